@@ -1,0 +1,296 @@
+//! The frame player (sans-IO): turns a queue of prompts and silences into one RTP stream of
+//! 20 ms packets at real-time pace.
+//!
+//! The stream is continuous for the whole call: when nothing is queued it sends silence, so
+//! the far end never sees a gap, its jitter buffer stays primed and NAT bindings stay open.
+//! Hence the marker bit is set once, on the first packet (RFC 3551 §4.1: only after a
+//! silence period in which nothing was sent). Sequence numbers and timestamps start random
+//! (RFC 3550 §5.1) and advance by 1 and 160 per packet.
+//!
+//! Pacing is by the clock given in: packet *n* is due at `start + n·20 ms`. A driver that
+//! wakes late gets every due packet at once, so the far end's audio stays in step with time;
+//! after a stall longer than `MAX_BURST` frames, the missed frames are skipped (the
+//! timestamps jump with them) rather than sent in a burst the far end would discard.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::g711::Codec;
+use super::prompts::{FRAME_SAMPLES, Prompt};
+
+pub const FRAME: Duration = Duration::from_millis(20);
+const RTP_HEADER: usize = 12;
+/// Most frames sent back-to-back after a late wake-up.
+const MAX_BURST: u32 = 5;
+
+/// Something to play.
+#[derive(Clone, Debug)]
+pub enum PlayItem {
+    Prompt(Arc<Prompt>),
+    /// Silence of this many 20 ms frames.
+    Silence(u32),
+}
+
+/// What the player reports to its driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlayerEvent {
+    /// The queue ran dry: the last frame of the last item has been sent.
+    Done,
+}
+
+#[derive(Debug)]
+pub struct Player {
+    codec: Codec,
+    payload_type: u8,
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    /// Marker goes on the first packet only.
+    first: bool,
+    queue: VecDeque<PlayItem>,
+    /// Frame index into the head of the queue.
+    pos: usize,
+    /// When the next packet is due; `None` until started.
+    next_due: Option<Instant>,
+    events: VecDeque<PlayerEvent>,
+    /// The packet being handed out by `poll_transmit`.
+    packet: [u8; RTP_HEADER + FRAME_SAMPLES],
+}
+
+impl Player {
+    pub fn new(codec: Codec, ssrc: u32, seq: u16, timestamp: u32) -> Player {
+        Player {
+            codec,
+            payload_type: codec.payload_type(),
+            ssrc,
+            seq,
+            timestamp,
+            first: true,
+            queue: VecDeque::new(),
+            pos: 0,
+            next_due: None,
+            events: VecDeque::new(),
+            packet: [0; RTP_HEADER + FRAME_SAMPLES],
+        }
+    }
+
+    /// Starts the stream: the first packet is due at `now`.
+    pub fn start(&mut self, now: Instant) {
+        if self.next_due.is_none() {
+            self.next_due = Some(now);
+        }
+    }
+
+    /// Changes codec (re-INVITE); the stream (SSRC, sequence, timestamps) continues.
+    pub fn set_codec(&mut self, codec: Codec) {
+        self.codec = codec;
+        self.payload_type = codec.payload_type();
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Queues items after whatever is playing.
+    pub fn enqueue(&mut self, items: impl IntoIterator<Item = PlayItem>) {
+        self.queue.extend(items);
+    }
+
+    /// Barge-in: drops everything queued. The next packet is silence. No `Done` follows.
+    pub fn stop(&mut self) {
+        self.queue.clear();
+        self.pos = 0;
+    }
+
+    pub fn is_playing(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_due
+    }
+
+    pub fn poll_event(&mut self) -> Option<PlayerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next RTP packet if one is due at `now`. Call until it returns `None`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<&[u8]> {
+        let due = self.next_due?;
+        if now < due {
+            return None;
+        }
+        let late = (now - due).as_micros() / FRAME.as_micros();
+        if late > MAX_BURST as u128 {
+            let skip = (late - 1) as u32;
+            for _ in 0..skip {
+                self.advance_content();
+            }
+            self.timestamp = self
+                .timestamp
+                .wrapping_add(skip.wrapping_mul(FRAME_SAMPLES as u32));
+            self.next_due = Some(due + FRAME * skip);
+        }
+        let due = self.next_due.unwrap_or(now);
+
+        let header = &mut self.packet[..RTP_HEADER];
+        header[0] = 0x80;
+        header[1] = self.payload_type | if self.first { 0x80 } else { 0 };
+        header[2..4].copy_from_slice(&self.seq.to_be_bytes());
+        header[4..8].copy_from_slice(&self.timestamp.to_be_bytes());
+        header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
+        let payload = &mut self.packet[RTP_HEADER..];
+        match self.queue.front() {
+            Some(PlayItem::Prompt(p)) => payload.copy_from_slice(p.frame(self.codec, self.pos)),
+            Some(PlayItem::Silence(_)) | None => payload.fill(self.codec.silence_byte()),
+        }
+        self.advance_content();
+        self.first = false;
+        self.seq = self.seq.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+        self.next_due = Some(due + FRAME);
+        Some(&self.packet)
+    }
+
+    /// Moves one frame forward in the queue; reports `Done` when it empties.
+    fn advance_content(&mut self) {
+        let Some(head) = self.queue.front() else {
+            return;
+        };
+        let len = match head {
+            PlayItem::Prompt(p) => p.frames(),
+            PlayItem::Silence(n) => *n as usize,
+        };
+        self.pos += 1;
+        if self.pos >= len {
+            self.queue.pop_front();
+            self.pos = 0;
+            // Skip empty items so `Done` comes right after the last real frame.
+            while matches!(self.queue.front(), Some(PlayItem::Silence(0))) {
+                self.queue.pop_front();
+            }
+            if self.queue.is_empty() {
+                self.events.push_back(PlayerEvent::Done);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(frames: usize, value: i16) -> Arc<Prompt> {
+        Arc::new(Prompt::from_pcm8k(
+            "p",
+            "en",
+            "",
+            vec![value; frames * FRAME_SAMPLES],
+        ))
+    }
+
+    fn header(p: &[u8]) -> (bool, u8, u16, u32, u32) {
+        let r = rtp_rs::RtpReader::new(p).unwrap();
+        (
+            r.mark(),
+            r.payload_type(),
+            r.sequence_number().into(),
+            r.timestamp(),
+            r.ssrc(),
+        )
+    }
+
+    #[test]
+    fn packets_are_paced_every_20ms_with_contiguous_headers() {
+        let t0 = Instant::now();
+        let mut p = Player::new(Codec::Pcmu, 0xABCD, 65534, u32::MAX - 100);
+        p.start(t0);
+        p.enqueue([PlayItem::Prompt(prompt(3, 1000))]);
+        let mut seen = vec![];
+        for i in 0..5u32 {
+            let now = t0 + FRAME * i;
+            let pkt = p.poll_transmit(now).expect("due").to_vec();
+            assert!(p.poll_transmit(now).is_none(), "only one per 20 ms");
+            assert_eq!(p.poll_timeout(), Some(now + FRAME));
+            seen.push(header(&pkt));
+        }
+        assert!(seen[0].0, "marker on the first packet");
+        assert!(seen[1..].iter().all(|h| !h.0), "and only there");
+        for w in seen.windows(2) {
+            assert_eq!(w[1].2, w[0].2.wrapping_add(1));
+            assert_eq!(w[1].3, w[0].3.wrapping_add(160));
+            assert_eq!(w[1].4, 0xABCD);
+            assert_eq!(w[1].1, 0);
+        }
+    }
+
+    #[test]
+    fn prompt_frames_then_silence_and_done_after_the_last_frame() {
+        let t0 = Instant::now();
+        let mut p = Player::new(Codec::Pcma, 1, 0, 0);
+        p.start(t0);
+        let pr = prompt(2, 4000);
+        p.enqueue([PlayItem::Prompt(pr.clone()), PlayItem::Silence(1)]);
+        let f0 = p.poll_transmit(t0).unwrap()[12..].to_vec();
+        assert_eq!(f0, pr.frame(Codec::Pcma, 0));
+        assert_eq!(p.poll_event(), None);
+        p.poll_transmit(t0 + FRAME).unwrap();
+        assert_eq!(p.poll_event(), None, "silence item still queued");
+        let s = p.poll_transmit(t0 + FRAME * 2).unwrap()[12..].to_vec();
+        assert!(s.iter().all(|&b| b == 0xD5));
+        assert_eq!(p.poll_event(), Some(PlayerEvent::Done));
+        assert!(!p.is_playing());
+        let idle = p.poll_transmit(t0 + FRAME * 3).unwrap();
+        assert_eq!(idle[1] & 0x7F, 8, "A-law payload type");
+        assert_eq!(p.poll_event(), None);
+    }
+
+    #[test]
+    fn barge_in_stops_within_one_frame() {
+        let t0 = Instant::now();
+        let mut p = Player::new(Codec::Pcmu, 1, 0, 0);
+        p.start(t0);
+        p.enqueue([PlayItem::Prompt(prompt(50, 8000))]);
+        p.poll_transmit(t0).unwrap();
+        p.stop();
+        let next = p.poll_transmit(t0 + FRAME).unwrap();
+        assert!(
+            next[12..].iter().all(|&b| b == 0xFF),
+            "silence right after stop"
+        );
+        assert_eq!(p.poll_event(), None);
+    }
+
+    #[test]
+    fn late_wakeup_sends_due_frames_and_skips_after_a_stall() {
+        let t0 = Instant::now();
+        let mut p = Player::new(Codec::Pcmu, 1, 100, 1000);
+        p.start(t0);
+        p.poll_transmit(t0).unwrap();
+        // Woken 60 ms late: three packets are due now.
+        let mut n = 0;
+        while p.poll_transmit(t0 + FRAME * 4).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 4);
+        // A 1 s stall: we do not burst 50 packets; the timestamp jumps to match the clock.
+        let now = t0 + FRAME * 55;
+        let pkt = p.poll_transmit(now).unwrap().to_vec();
+        let (_, _, seq, ts, _) = header(&pkt);
+        assert_eq!(seq, 105, "sequence stays contiguous");
+        assert_eq!(ts, 1000 + 160 * 54, "timestamp follows the clock");
+        let mut burst = 0;
+        while p.poll_transmit(now).is_some() {
+            burst += 1;
+        }
+        assert!(burst <= 1, "{burst}");
+    }
+
+    #[test]
+    fn nothing_is_sent_before_start() {
+        let mut p = Player::new(Codec::Pcmu, 1, 0, 0);
+        assert!(p.poll_transmit(Instant::now()).is_none());
+        assert_eq!(p.poll_timeout(), None);
+    }
+}
