@@ -1,4 +1,11 @@
 //! topup-ivr: an IVR media service for prepaid mobile top-up.
 
+pub mod call;
+pub mod config;
+pub mod dialplan;
+pub mod http;
 pub mod media;
+pub mod redact;
+pub mod server;
+pub mod store;
 pub mod telephony;

@@ -1,1 +1,253 @@
-fn main() {}
+//! The `topup-ivr` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use topup_ivr::config::{Config, LogFormat, Overrides};
+use topup_ivr::media::dtmf::inband::InbandDetector;
+use topup_ivr::media::prompts::{decode_file, resample};
+use topup_ivr::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "topup-ivr",
+    version,
+    about = "IVR media service for prepaid mobile top-up"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: built-in SIP, prompts, dialplans, embedded SQLite.
+    Serve(ConfigArgs),
+    /// Call detail records.
+    Calls {
+        #[command(subcommand)]
+        command: CallsCommand,
+    },
+    /// DTMF tools.
+    Dtmf {
+        #[command(subcommand)]
+        command: DtmfCommand,
+    },
+    /// Dialplan tools.
+    Dialplan {
+        #[command(subcommand)]
+        command: DialplanCommand,
+    },
+    /// Prompt tools.
+    Prompts {
+        #[command(subcommand)]
+        command: PromptsCommand,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Configuration file (TOML). Every key is optional.
+    #[arg(long, short = 'c', env = "TOPUP_IVR_CONFIG")]
+    config: Option<PathBuf>,
+    /// SIP listen address.
+    #[arg(long, env = "TOPUP_IVR_SIP_LISTEN", value_name = "ADDR:PORT")]
+    sip_listen: Option<String>,
+    /// RTP port range, e.g. 20000-29999.
+    #[arg(long, env = "TOPUP_IVR_RTP_PORTS", value_name = "LOW-HIGH")]
+    rtp_ports: Option<String>,
+    /// HTTP listen address (health, API).
+    #[arg(long, env = "TOPUP_IVR_HTTP_LISTEN", value_name = "ADDR:PORT")]
+    http_listen: Option<String>,
+    /// Data directory (database).
+    #[arg(long, env = "TOPUP_IVR_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Prompts directory (one subdirectory per language).
+    #[arg(long, env = "TOPUP_IVR_PROMPTS_DIR", value_name = "DIR")]
+    prompts_dir: Option<String>,
+    /// Dialplans directory.
+    #[arg(long, env = "TOPUP_IVR_DIALPLANS_DIR", value_name = "DIR")]
+    dialplans_dir: Option<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        let o = Overrides {
+            sip_listen: self.sip_listen.clone(),
+            rtp_ports: self.rtp_ports.clone(),
+            http_listen: self.http_listen.clone(),
+            data_dir: self.data_dir.clone(),
+            prompts_dir: self.prompts_dir.clone(),
+            dialplans_dir: self.dialplans_dir.clone(),
+        };
+        Ok(Config::load(self.config.as_deref(), &o)?)
+    }
+}
+
+#[derive(Subcommand)]
+enum CallsCommand {
+    /// List recent calls, newest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print JSON (one array).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DtmfCommand {
+    /// Print the DTMF digits in a recording with their start times.
+    Detect {
+        /// Audio file (WAV, MP3, OGG, FLAC; any rate).
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DialplanCommand {
+    /// Check every dialplan (references, prompts, reachability).
+    Check(ConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum PromptsCommand {
+    /// Load every prompt as `serve` would.
+    Check(ConfigArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOPUP_IVR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = args.load()?;
+            init_logging(&cfg);
+            runtime()?.block_on(topup_ivr::server::serve(cfg))?;
+        }
+        Command::Calls {
+            command:
+                CallsCommand::List {
+                    config,
+                    json,
+                    limit,
+                },
+        } => {
+            let cfg = config.load()?;
+            let cdrs = runtime()?.block_on(async {
+                let store = Store::open(&cfg.data_dir).await?;
+                let rows = store.recent_cdrs(limit).await;
+                store.close().await;
+                rows
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&cdrs)?);
+            } else {
+                let row = |cols: [&str; 8]| {
+                    println!(
+                        "{:<24} {:<14} {:<10} {:<8} {:<5} {:<14} {:<16} {}",
+                        cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7]
+                    )
+                };
+                row([
+                    "STARTED", "CALLER", "DIALLED", "SERVICE", "CODEC", "DTMF", "END", "DIGITS",
+                ]);
+                for c in cdrs {
+                    row([
+                        &c.started_at,
+                        &c.caller,
+                        &c.dialled,
+                        c.service.as_deref().unwrap_or(""),
+                        c.codec.as_deref().unwrap_or(""),
+                        &c.dtmf_methods,
+                        &c.end_reason,
+                        c.digits.as_deref().unwrap_or(""),
+                    ]);
+                }
+            }
+        }
+        Command::Dtmf {
+            command: DtmfCommand::Detect { file, json },
+        } => {
+            let (samples, rate) = decode_file(&file)?;
+            let pcm: Vec<i16> = resample(&samples, rate, 8000)
+                .map_err(anyhow::Error::msg)?
+                .iter()
+                .map(|s| (s * 32767.0).round().clamp(-32768.0, 32767.0) as i16)
+                .collect();
+            let found = InbandDetector::detect_all(&pcm);
+            if json {
+                let v: Vec<_> = found
+                    .iter()
+                    .map(|d| serde_json::json!({"digit": d.digit.to_string(), "start": d.start_sample as f64 / 8000.0}))
+                    .collect();
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                for d in found {
+                    println!("{:.3} {}", d.start_sample as f64 / 8000.0, d.digit);
+                }
+            }
+        }
+        Command::Dialplan {
+            command: DialplanCommand::Check(args),
+        } => {
+            let cfg = args.load()?;
+            let (_, plans) = topup_ivr::server::load_content(&cfg)?;
+            for p in plans.plans() {
+                println!(
+                    "ok {} ({}): numbers {}",
+                    p.source.display(),
+                    p.service,
+                    p.numbers.join(", ")
+                );
+            }
+        }
+        Command::Prompts {
+            command: PromptsCommand::Check(args),
+        } => {
+            let cfg = args.load()?;
+            let store =
+                topup_ivr::media::prompts::PromptStore::load(&cfg.prompts_dir, Default::default())?;
+            let mut langs: Vec<&str> = store.languages().collect();
+            langs.sort();
+            println!("ok: {} prompts in {}", store.len(), langs.join(", "));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,539 @@
+//! One call: the sans-IO [`CallSession`] (interpreter + player + DTMF receivers) and the
+//! async driver that ties it to a SIP dialog and an RTP socket.
+//!
+//! The session is where a call's logic lives and is tested on a simulated clock; the driver
+//! only moves bytes and time in and out, so the softswitch adapters can reuse the session.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::dialplan::{CallAction, CallEvent, Dialplan, Interpreter};
+use crate::media::dtmf::inband::{InbandDetector, InbandDigit};
+use crate::media::dtmf::rfc4733::Rfc4733Receiver;
+use crate::media::dtmf::{Digit, DtmfMethod};
+use crate::media::g711::Codec;
+use crate::media::player::{PlayItem, Player, PlayerEvent};
+use crate::media::prompts::PromptStore;
+use crate::server::{Shared, Shutdown};
+use crate::store::Cdr;
+use crate::telephony::sip::endpoint::{IncomingCall, SipEvent};
+use crate::telephony::sip::sdp::{self, Negotiated};
+use crate::telephony::sip::transport::SipCommand;
+
+/// What was agreed for the media of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaParams {
+    pub codec: Codec,
+    pub telephone_event: Option<u8>,
+    /// Run the in-band detector on received audio.
+    pub inband: bool,
+    /// We may send (not on hold).
+    pub send: bool,
+}
+
+/// The per-call logic, sans-IO.
+pub struct CallSession {
+    interp: Interpreter,
+    player: Player,
+    prompts: Arc<PromptStore>,
+    media: MediaParams,
+    rfc4733: Rfc4733Receiver,
+    inband: InbandDetector,
+    pcm: Vec<i16>,
+    inband_found: Vec<InbandDigit>,
+    methods: BTreeSet<&'static str>,
+    hangup: Option<String>,
+}
+
+impl CallSession {
+    pub fn new(
+        plan: Arc<Dialplan>,
+        prompts: Arc<PromptStore>,
+        media: MediaParams,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+    ) -> Self {
+        CallSession {
+            interp: Interpreter::new(plan),
+            player: Player::new(media.codec, ssrc, seq, ts),
+            prompts,
+            media,
+            rfc4733: Rfc4733Receiver::new(),
+            inband: InbandDetector::new(),
+            pcm: Vec::with_capacity(480),
+            inband_found: Vec::new(),
+            methods: BTreeSet::new(),
+            hangup: None,
+        }
+    }
+
+    /// The call is up: start sending and run the plan.
+    pub fn start(&mut self, now: Instant) {
+        self.player.start(now);
+        self.interp.start(now);
+        self.pump(now);
+    }
+
+    /// New media parameters (re-INVITE).
+    pub fn set_media(&mut self, media: MediaParams) {
+        if media.codec != self.media.codec {
+            self.player.set_codec(media.codec);
+        }
+        self.media = media;
+    }
+
+    pub fn media(&self) -> MediaParams {
+        self.media
+    }
+
+    /// An RTP (or multiplexed RTCP) packet from the caller's latched address.
+    pub fn handle_rtp(&mut self, now: Instant, packet: &[u8]) {
+        // RTCP multiplexed on the RTP port (RFC 5761): packet types 200-204.
+        if packet.len() >= 2 && (200..=204).contains(&packet[1]) {
+            return;
+        }
+        let Ok(rtp) = rtp_rs::RtpReader::new(packet) else {
+            return;
+        };
+        let pt = rtp.payload_type();
+        if Some(pt) == self.media.telephone_event {
+            if let Ok(Some(d)) =
+                self.rfc4733
+                    .handle_packet(rtp.ssrc(), rtp.timestamp(), rtp.payload())
+            {
+                self.handle_digit(now, d, DtmfMethod::Rfc4733);
+            }
+            return;
+        }
+        if !self.media.inband {
+            return;
+        }
+        let Some(codec) = Codec::from_payload_type(pt) else {
+            return;
+        };
+        let payload = rtp.payload();
+        self.pcm.resize(payload.len(), 0);
+        codec.decode(payload, &mut self.pcm);
+        self.inband.process(&self.pcm, &mut self.inband_found);
+        let found: Vec<Digit> = self.inband_found.drain(..).map(|d| d.digit).collect();
+        for d in found {
+            self.handle_digit(now, d, DtmfMethod::Inband);
+        }
+    }
+
+    pub fn handle_digit(&mut self, now: Instant, digit: Digit, method: DtmfMethod) {
+        debug!(method = method.as_str(), "key received");
+        self.methods.insert(method.as_str());
+        self.interp.handle_event(now, CallEvent::Digit(digit));
+        self.pump(now);
+    }
+
+    /// The next RTP packet to send, if one is due. Call until `None`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        loop {
+            let packet = self.player.poll_transmit(now)?.to_vec();
+            self.pump(now);
+            if self.media.send {
+                return Some(packet);
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.player.poll_timeout(), self.interp.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.interp.handle_timeout(now);
+        self.pump(now);
+    }
+
+    /// Set once the plan has ended the call.
+    pub fn hangup_reason(&self) -> Option<&str> {
+        self.hangup.as_deref()
+    }
+
+    /// DTMF methods seen, comma-separated.
+    pub fn dtmf_methods(&self) -> String {
+        self.methods.iter().copied().collect::<Vec<_>>().join(",")
+    }
+
+    pub fn interpreter(&self) -> &Interpreter {
+        &self.interp
+    }
+
+    /// Moves interpreter actions to the player and player events back, until both are idle.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(action) = self.interp.poll_action() {
+                progressed = true;
+                match action {
+                    CallAction::Play(refs) => {
+                        let items: Vec<PlayItem> = refs
+                            .iter()
+                            .filter_map(|r| {
+                                let p = self.prompts.get(&r.language, &r.name);
+                                if p.is_none() {
+                                    warn!(prompt = %r.name, language = %r.language, "prompt missing");
+                                }
+                                p.map(PlayItem::Prompt)
+                            })
+                            .collect();
+                        if items.is_empty() {
+                            self.interp.handle_event(now, CallEvent::PromptDone);
+                        } else {
+                            self.player.enqueue(items);
+                        }
+                    }
+                    CallAction::StopPlayback => self.player.stop(),
+                    CallAction::Hangup { reason } => {
+                        self.hangup.get_or_insert(reason);
+                    }
+                }
+            }
+            while let Some(PlayerEvent::Done) = self.player.poll_event() {
+                progressed = true;
+                self.interp.handle_event(now, CallEvent::PromptDone);
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+}
+
+/// Wall-clock time as RFC 3339 (UTC, milliseconds).
+pub fn timestamp() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&fmt).unwrap_or_default()
+}
+
+/// Everything a SIP call task needs from the transport.
+pub struct SipCallSetup {
+    pub shared: Arc<Shared>,
+    pub incoming: IncomingCall,
+    pub plan: Arc<Dialplan>,
+    pub events: mpsc::Receiver<SipEvent>,
+    pub commands: mpsc::Sender<SipCommand>,
+    pub permit: OwnedSemaphorePermit,
+    pub started_at: String,
+}
+
+/// Runs one SIP call to its end and writes its CDR.
+pub async fn run_sip_call(setup: SipCallSetup) {
+    let span =
+        tracing::info_span!("call", id = %setup.incoming.call, call_id = %setup.incoming.call_id);
+    async move {
+        let shared = setup.shared.clone();
+        let mut cdr = Cdr {
+            call_id: setup.incoming.call_id.clone(),
+            caller: setup.incoming.caller.clone(),
+            dialled: setup.incoming.dialled.clone(),
+            service: Some(setup.plan.service.clone()),
+            codec: None,
+            dtmf_methods: String::new(),
+            started_at: setup.started_at.clone(),
+            answered_at: None,
+            ended_at: String::new(),
+            end_reason: String::new(),
+            digits: None,
+        };
+        let record_digits = setup.plan.record_digits;
+        let outcome = drive(setup, &mut cdr).await;
+        cdr.end_reason = outcome.reason;
+        if record_digits {
+            cdr.digits = Some(outcome.digits);
+        }
+        cdr.ended_at = timestamp();
+        info!(reason = %cdr.end_reason, "call ended");
+        if let Err(e) = shared.store.insert_cdr(&cdr).await {
+            warn!(error = %e, "CDR not written");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct Outcome {
+    reason: String,
+    digits: String,
+}
+
+impl Outcome {
+    fn new(reason: &str) -> Self {
+        Outcome {
+            reason: reason.to_string(),
+            digits: String::new(),
+        }
+    }
+}
+
+async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
+    let SipCallSetup {
+        shared,
+        incoming,
+        plan,
+        mut events,
+        commands,
+        permit: _permit,
+        ..
+    } = setup;
+    let call = incoming.call;
+    let cfg = &shared.cfg;
+    let send = |cmd: SipCommand| {
+        let commands = commands.clone();
+        async move {
+            let _ = commands.send(cmd).await;
+        }
+    };
+
+    let negotiated = match sdp::negotiate(&incoming.offer, &cfg.codecs) {
+        Ok(n) => n,
+        Err(e) => {
+            info!(error = %e, "offer refused");
+            send(SipCommand::Reject(call, 488, None)).await;
+            return Outcome::new("no-acceptable-media");
+        }
+    };
+    let socket = match shared.ports.bind(cfg.advertise).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "no RTP port free");
+            send(SipCommand::Reject(call, 503, Some(5))).await;
+            return Outcome::new("no-rtp-port");
+        }
+    };
+    let local_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+    cdr.codec = Some(negotiated.codec.name().to_string());
+
+    let mut shutdown = shared.shutdown.clone();
+    if !cfg.answer_delay.is_zero() {
+        send(SipCommand::Ring(call)).await;
+        let ring = tokio::time::sleep(cfg.answer_delay);
+        tokio::pin!(ring);
+        loop {
+            tokio::select! {
+                _ = &mut ring => break,
+                ev = events.recv() => match ev {
+                    Some(SipEvent::Ended { reason, .. }) => {
+                        return Outcome::new(reason.as_str());
+                    }
+                    None => return Outcome::new("internal"),
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    let session_id: u64 = rand::random::<u32>() as u64;
+    let mut sdp_version = 1u64;
+    let answer = sdp::write_answer(
+        &negotiated,
+        cfg.advertise,
+        local_port,
+        session_id,
+        sdp_version,
+    );
+    send(SipCommand::Answer(call, answer)).await;
+    cdr.answered_at = Some(timestamp());
+
+    // Wait for the ACK before starting media: the caller is then sure to hear the start.
+    loop {
+        match events.recv().await {
+            Some(SipEvent::Confirmed { .. }) => break,
+            Some(SipEvent::Ended { reason, .. }) => return Outcome::new(reason.as_str()),
+            Some(_) => {}
+            None => return Outcome::new("internal"),
+        }
+    }
+
+    let media = media_params(&negotiated, cfg.inband_dtmf);
+    let mut session = CallSession::new(
+        plan,
+        shared.prompts.clone(),
+        media,
+        rand::random(),
+        rand::random(),
+        rand::random(),
+    );
+    let started = Instant::now();
+    session.start(started);
+    let mut remote = SocketAddr::new(negotiated.remote_addr, negotiated.remote_port);
+    let mut latch = Latch::default();
+    let mut last_rtp = started;
+    let mut buf = vec![0u8; 2048];
+    let mut hangup_deadline: Option<Instant> = None;
+
+    let reason = loop {
+        let now = Instant::now();
+        while let Some(pkt) = session.poll_transmit(now) {
+            if !remote.ip().is_unspecified() {
+                let _ = socket.send_to(&pkt, remote).await;
+            }
+        }
+        if let Some(r) = session.hangup_reason() {
+            break r.to_string();
+        }
+        if now >= started + cfg.max_call_duration {
+            break "max-duration".into();
+        }
+        // The caller is expected to send RTP unless the stream is on hold the other way.
+        if session.media().send && now >= last_rtp + cfg.rtp_timeout {
+            break "rtp-timeout".into();
+        }
+        if hangup_deadline.is_some_and(|d| now >= d) {
+            break "shutdown".into();
+        }
+        let mut wake = [
+            session.poll_timeout(),
+            Some(started + cfg.max_call_duration),
+            Some(last_rtp + cfg.rtp_timeout),
+            hangup_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + Duration::from_secs(1));
+        if wake < now {
+            wake = now;
+        }
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let now = Instant::now();
+                if let Ok((n, from)) = r
+                    && latch.accept(now, from)
+                {
+                    remote = from;
+                    last_rtp = now;
+                    session.handle_rtp(now, &buf[..n]);
+                }
+            }
+            ev = events.recv() => {
+                let now = Instant::now();
+                match ev {
+                    Some(SipEvent::Dtmf { digit, .. }) => session.handle_digit(now, digit, DtmfMethod::SipInfo),
+                    Some(SipEvent::Reoffer { offer, .. }) => match sdp::negotiate(&offer, &cfg.codecs) {
+                        Ok(n) => {
+                            sdp_version += 1;
+                            session.set_media(media_params(&n, cfg.inband_dtmf));
+                            cdr.codec = Some(n.codec.name().to_string());
+                            if !latch.is_latched() || n.remote_addr.is_unspecified() {
+                                remote = SocketAddr::new(n.remote_addr, n.remote_port);
+                            }
+                            let answer = sdp::write_answer(&n, cfg.advertise, local_port, session_id, sdp_version);
+                            send(SipCommand::AnswerReoffer(call, Ok(answer))).await;
+                        }
+                        Err(e) => {
+                            info!(error = %e, "re-offer refused");
+                            send(SipCommand::AnswerReoffer(call, Err(488))).await;
+                        }
+                    },
+                    Some(SipEvent::Ended { reason, .. }) => {
+                        return Outcome { reason: reason.as_str().into(), digits: session.interpreter().digits().into() }
+                            .with_methods(cdr, &session);
+                    }
+                    Some(_) => {}
+                    None => break "internal".into(),
+                }
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() == Shutdown::HangupNow {
+                    hangup_deadline = Some(Instant::now());
+                }
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                session.handle_timeout(Instant::now());
+            }
+        }
+    };
+    send(SipCommand::Hangup(call)).await;
+    Outcome {
+        reason,
+        digits: session.interpreter().digits().into(),
+    }
+    .with_methods(cdr, &session)
+}
+
+impl Outcome {
+    fn with_methods(self, cdr: &mut Cdr, session: &CallSession) -> Outcome {
+        cdr.dtmf_methods = session.dtmf_methods();
+        self
+    }
+}
+
+fn media_params(n: &Negotiated, inband: crate::config::InbandDtmf) -> MediaParams {
+    use crate::config::InbandDtmf;
+    MediaParams {
+        codec: n.codec,
+        telephone_event: n.telephone_event,
+        inband: match inband {
+            InbandDtmf::Auto => n.telephone_event.is_none(),
+            InbandDtmf::Always => true,
+            InbandDtmf::Never => false,
+        },
+        send: n.direction.we_send(),
+    }
+}
+
+/// Symmetric RTP (RFC 4961 style latching): we send to where the caller's packets come from.
+/// The first source is latched; another source takes over only after the latched one has been
+/// quiet for a while, so a stray or spoofed stream cannot hijack a live call.
+#[derive(Default)]
+struct Latch {
+    addr: Option<SocketAddr>,
+    last: Option<Instant>,
+}
+
+const RELATCH_AFTER: Duration = Duration::from_millis(500);
+
+impl Latch {
+    fn accept(&mut self, now: Instant, from: SocketAddr) -> bool {
+        match (self.addr, self.last) {
+            (Some(a), _) if a == from => {}
+            (Some(_), Some(last)) if now.duration_since(last) < RELATCH_AFTER => return false,
+            _ => {
+                if self.addr.is_some() {
+                    info!(%from, "RTP source changed");
+                }
+                self.addr = Some(from);
+            }
+        }
+        self.last = Some(now);
+        true
+    }
+
+    fn is_latched(&self) -> bool {
+        self.addr.is_some()
+    }
+}
+
+/// Used by the transport for calls refused before a task exists.
+pub fn refused_cdr(incoming: &IncomingCall, service: Option<String>, reason: &str) -> Cdr {
+    let now = timestamp();
+    Cdr {
+        call_id: incoming.call_id.clone(),
+        caller: incoming.caller.clone(),
+        dialled: incoming.dialled.clone(),
+        service,
+        codec: None,
+        dtmf_methods: String::new(),
+        started_at: now.clone(),
+        answered_at: None,
+        ended_at: now,
+        end_reason: reason.to_string(),
+        digits: None,
+    }
+}

@@ -1,0 +1,7 @@
+//! Call flows: the dialplan file model and its sans-IO interpreter.
+
+pub mod interpreter;
+pub mod model;
+
+pub use interpreter::{CallAction, CallEvent, Interpreter, PromptRef};
+pub use model::{Dialplan, DialplanError, Dialplans};

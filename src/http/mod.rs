@@ -1,0 +1,43 @@
+//! HTTP: health now; the top-up API, agent console and staff pages build on this router.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::server::{Shared, Shutdown};
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .with_state(shared)
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    if let Err(e) = axum::serve(listener, router(shared)).await {
+        tracing::error!(error = %e, "HTTP server stopped");
+    }
+}
+
+/// 200 while taking calls, 503 while draining (load balancers stop sending calls).
+async fn health(State(s): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::Value>) {
+    let state = *s.shutdown.borrow();
+    let (code, status) = match state {
+        Shutdown::Running => (StatusCode::OK, "ok"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+    };
+    (
+        code,
+        Json(json!({
+            "status": status,
+            "active_calls": s.active_calls(),
+            "max_calls": s.cfg.max_calls,
+            "calls_total": s.calls_total.load(Ordering::Relaxed),
+            "services": s.dialplans.plans().iter().map(|p| p.service.clone()).collect::<Vec<_>>(),
+        })),
+    )
+}

@@ -1,0 +1,223 @@
+//! `topup-ivr serve`: loads prompts, dialplans and the store, binds the SIP and HTTP
+//! listeners, runs until SIGINT/SIGTERM, then drains: new calls get 503, calls in progress
+//! may finish until `calls.shutdown_grace`, after which they are hung up.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{Mutex, Semaphore, watch};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::dialplan::{DialplanError, Dialplans};
+use crate::media::prompts::{LoadOptions, PromptError, PromptStore};
+use crate::store::{Store, StoreError};
+use crate::telephony::sip::endpoint::{Endpoint, EndpointConfig};
+use crate::telephony::sip::transport::Transport;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    Running,
+    /// Refuse new calls; let calls in progress finish.
+    Draining,
+    /// Hang up every call now.
+    HangupNow,
+    /// Stop the transports.
+    Stop,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("prompts: {0}")]
+    Prompts(#[from] PromptError),
+    #[error("dialplans:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Dialplans(Vec<DialplanError>),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the transports and call tasks (read-only but for counters and ports).
+pub struct Shared {
+    pub cfg: Config,
+    pub prompts: Arc<PromptStore>,
+    pub dialplans: Dialplans,
+    pub store: Store,
+    pub ports: PortPool,
+    /// One permit per call in progress (admission).
+    pub calls: Arc<Semaphore>,
+    pub calls_total: AtomicU64,
+    pub shutdown: watch::Receiver<Shutdown>,
+}
+
+impl Shared {
+    pub fn active_calls(&self) -> usize {
+        self.cfg.max_calls - self.calls.available_permits()
+    }
+}
+
+/// Hands out RTP ports: even ports of the range, round robin, skipping ports in use.
+pub struct PortPool {
+    low: u16,
+    high: u16,
+    next: Mutex<u16>,
+}
+
+impl PortPool {
+    pub fn new((low, high): (u16, u16)) -> PortPool {
+        let low = low + (low % 2);
+        PortPool {
+            low,
+            high,
+            next: Mutex::new(low),
+        }
+    }
+
+    /// Binds the next free even port on `ip`.
+    pub async fn bind(&self, ip: IpAddr) -> std::io::Result<UdpSocket> {
+        let count = ((self.high - self.low) / 2 + 1) as usize;
+        let mut next = self.next.lock().await;
+        for _ in 0..count {
+            let port = *next;
+            *next = if port + 2 > self.high {
+                self.low
+            } else {
+                port + 2
+            };
+            if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, port)).await {
+                return Ok(s);
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("all RTP ports {}-{} are in use", self.low, self.high),
+        ))
+    }
+}
+
+/// Loads prompts and dialplans as `serve` does (also used by the check commands).
+pub fn load_content(cfg: &Config) -> Result<(PromptStore, Dialplans), ServeError> {
+    let prompts = PromptStore::load(&cfg.prompts_dir, LoadOptions::default())?;
+    let dialplans = Dialplans::load_dir(&cfg.dialplans_dir, &|lang, name| {
+        prompts.get(lang, name).is_some()
+    })
+    .map_err(ServeError::Dialplans)?;
+    Ok((prompts, dialplans))
+}
+
+/// Runs the service until a termination signal, then shuts down gracefully.
+pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    let started = std::time::Instant::now();
+    let (prompts, dialplans) = load_content(&cfg)?;
+    let store = Store::open(&cfg.data_dir).await?;
+    let sip_socket = UdpSocket::bind(cfg.sip_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "SIP",
+            addr: cfg.sip_listen,
+            source,
+        })?;
+    let http = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "HTTP",
+            addr: cfg.http_listen,
+            source,
+        })?;
+    let sip_local = sip_socket.local_addr().unwrap_or(cfg.sip_listen);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(Shutdown::Running);
+    let endpoint = Endpoint::new(
+        EndpointConfig {
+            local_addr: SocketAddr::new(cfg.advertise, sip_local.port()),
+            user_agent: cfg.user_agent.clone(),
+            tsx: cfg.tsx,
+        },
+        rand::random(),
+    );
+    let shared = Arc::new(Shared {
+        ports: PortPool::new(cfg.rtp_ports),
+        calls: Arc::new(Semaphore::new(cfg.max_calls)),
+        calls_total: AtomicU64::new(0),
+        prompts: Arc::new(prompts),
+        dialplans,
+        store: store.clone(),
+        shutdown: shutdown_rx,
+        cfg,
+    });
+    let services: Vec<String> = shared
+        .dialplans
+        .plans()
+        .iter()
+        .map(|p| p.service.clone())
+        .collect();
+    info!(
+        sip = %sip_local,
+        http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        prompts = shared.prompts.len(),
+        services = %services.join(","),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "topup-ivr ready"
+    );
+
+    let transport = tokio::spawn(Transport::new(sip_socket, endpoint, shared.clone()).run());
+    let http_task = tokio::spawn(crate::http::serve(http, shared.clone()));
+
+    wait_for_signal().await;
+    info!(
+        active = shared.active_calls(),
+        "shutting down: refusing new calls"
+    );
+    let _ = shutdown_tx.send(Shutdown::Draining);
+    let grace = shared.cfg.shutdown_grace;
+    if !wait_idle(&shared, grace).await {
+        warn!(
+            active = shared.active_calls(),
+            "grace period over: hanging up calls in progress"
+        );
+        let _ = shutdown_tx.send(Shutdown::HangupNow);
+        wait_idle(&shared, Duration::from_secs(5)).await;
+    }
+    // Let the last BYEs leave before the socket closes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = shutdown_tx.send(Shutdown::Stop);
+    let _ = transport.await;
+    http_task.abort();
+    store.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_idle(shared: &Shared, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while shared.active_calls() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM; SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,176 @@
+//! The tokio edge of the built-in SIP stack: one UDP socket and one [`Endpoint`], driven by
+//! datagrams, timers and commands from call tasks. New calls pass admission here (503 when
+//! full or shutting down, 404 for a number no dialplan serves) and get their own task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::endpoint::{CallHandle, Endpoint, IncomingCall, SipEvent};
+use crate::call::{SipCallSetup, refused_cdr, run_sip_call, timestamp};
+use crate::server::{Shared, Shutdown};
+
+/// What call tasks ask of the SIP layer.
+#[derive(Debug)]
+pub enum SipCommand {
+    Ring(CallHandle),
+    Answer(CallHandle, Vec<u8>),
+    Reject(CallHandle, u16, Option<u32>),
+    AnswerReoffer(CallHandle, Result<Vec<u8>, u16>),
+    Hangup(CallHandle),
+}
+
+/// Events queued per call before the call task reads them.
+const CALL_EVENT_QUEUE: usize = 64;
+
+pub struct Transport {
+    socket: UdpSocket,
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    routes: HashMap<CallHandle, mpsc::Sender<SipEvent>>,
+    commands_tx: mpsc::Sender<SipCommand>,
+    commands_rx: mpsc::Receiver<SipCommand>,
+}
+
+impl Transport {
+    pub fn new(socket: UdpSocket, endpoint: Endpoint, shared: Arc<Shared>) -> Transport {
+        let (commands_tx, commands_rx) = mpsc::channel(4096);
+        Transport {
+            socket,
+            endpoint,
+            shared,
+            routes: HashMap::new(),
+            commands_tx,
+            commands_rx,
+        }
+    }
+
+    /// Runs until the shutdown state reaches `Stop`.
+    pub async fn run(mut self) {
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let timeout = self.endpoint.poll_timeout();
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.endpoint.handle_datagram(Instant::now(), from, &buf[..n]),
+                    Err(e) => debug!(error = %e, "SIP socket receive error"),
+                },
+                Some(cmd) = self.commands_rx.recv() => self.on_command(cmd),
+                _ = sleep_until(timeout) => self.endpoint.handle_timeout(Instant::now()),
+                r = shutdown.changed() => {
+                    if r.is_err() || *shutdown.borrow() == Shutdown::Stop {
+                        self.flush().await;
+                        return;
+                    }
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    fn on_command(&mut self, cmd: SipCommand) {
+        let now = Instant::now();
+        match cmd {
+            SipCommand::Ring(c) => self.endpoint.ring(now, c),
+            SipCommand::Answer(c, sdp) => self.endpoint.answer(now, c, sdp),
+            SipCommand::Reject(c, code, retry) => {
+                self.endpoint.reject(now, c, code, retry);
+                self.routes.remove(&c);
+            }
+            SipCommand::AnswerReoffer(c, a) => self.endpoint.answer_reoffer(now, c, a),
+            SipCommand::Hangup(c) => {
+                self.endpoint.hangup(now, c);
+                self.routes.remove(&c);
+            }
+        }
+    }
+
+    /// Sends what the endpoint produced and hands its events out.
+    async fn flush(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            if let Err(e) = self.socket.send_to(&t.payload, t.to).await {
+                debug!(to = %t.to, error = %e, "SIP send failed");
+            }
+        }
+        while let Some(ev) = self.endpoint.poll_event() {
+            match ev {
+                SipEvent::Incoming(inc) => self.admit(inc),
+                SipEvent::Ended { call, .. } => {
+                    if let Some(tx) = self.routes.remove(&call) {
+                        let _ = tx.try_send(ev);
+                    }
+                }
+                SipEvent::Confirmed { call }
+                | SipEvent::Dtmf { call, .. }
+                | SipEvent::Reoffer { call, .. } => {
+                    if let Some(tx) = self.routes.get(&call)
+                        && tx.try_send(ev).is_err()
+                    {
+                        warn!(%call, "call task not keeping up; SIP event dropped");
+                    }
+                }
+            }
+        }
+        // Rejections made during admission go out now.
+        while let Some(t) = self.endpoint.poll_transmit() {
+            let _ = self.socket.send_to(&t.payload, t.to).await;
+        }
+    }
+
+    fn admit(&mut self, inc: IncomingCall) {
+        let now = Instant::now();
+        if *self.shared.shutdown.borrow() != Shutdown::Running {
+            self.endpoint.reject(now, inc.call, 503, Some(30));
+            info!(call = %inc.call, "refused: shutting down");
+            return;
+        }
+        let Some(plan) = self.shared.dialplans.route(&inc.dialled) else {
+            self.endpoint.reject(now, inc.call, 404, None);
+            info!(call = %inc.call, "refused: no service for the dialled number");
+            let cdr = refused_cdr(&inc, None, "not-found");
+            let store = self.shared.store.clone();
+            tokio::spawn(async move {
+                let _ = store.insert_cdr(&cdr).await;
+            });
+            return;
+        };
+        let Ok(permit) = self.shared.calls.clone().try_acquire_owned() else {
+            // Over capacity: refuse quickly and cheaply (no CDR write under a flood).
+            self.endpoint.reject(now, inc.call, 503, Some(5));
+            debug!(call = %inc.call, "refused: at max_calls");
+            return;
+        };
+        let (tx, rx) = mpsc::channel(CALL_EVENT_QUEUE);
+        self.routes.insert(inc.call, tx);
+        info!(call = %inc.call, service = %plan.service, from = %crate::redact::Phone(&inc.caller), "incoming call");
+        self.shared
+            .calls_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(run_sip_call(SipCallSetup {
+            shared: self.shared.clone(),
+            incoming: inc,
+            plan,
+            events: rx,
+            commands: self.commands_tx.clone(),
+            permit,
+            started_at: timestamp(),
+        }));
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,480 @@
+//! Shared harness for the end-to-end tests: runs the real `topup-ivr` binary on its own ports
+//! and data directory, and drives real peers (sipp, baresip, tcpdump) against it.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_topup-ivr");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Fails the test with a clear message when a peer program is missing.
+pub fn require(program: &str) {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{program}` is not installed: run the test command from the README (scripts/test), \
+         which installs sipp, baresip, sox and tcpdump"
+    );
+}
+
+/// A free UDP port (the OS picks it; released before use, so race-prone but fine here).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A free UDP port whose next port is free too (sipp binds media port and port+2).
+pub fn free_udp_pair() -> u16 {
+    loop {
+        let p = free_udp_port();
+        if p % 2 == 0
+            && p < 65000
+            && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", p + 3)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Distinct RTP ranges per server, below the ephemeral range the OS hands out.
+fn rtp_range() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+    let base = 20000 + ((std::process::id() * 37 + slot * 211) % 4500) * 2;
+    (base as u16, base as u16 + 398)
+}
+
+/// A running server.
+pub struct Server {
+    child: Option<Child>,
+    pub sip: SocketAddr,
+    pub http: SocketAddr,
+    pub rtp: (u16, u16),
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Server {
+    /// Starts the service with the shipped prompts and dialplans; `extra` is appended to the
+    /// generated config file (TOML).
+    pub fn start(extra: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let rtp = rtp_range();
+        let config = dir.path().join("topup-ivr.toml");
+        let text = format!(
+            "[sip]\nlisten = \"{sip}\"\n[rtp]\nports = \"{}-{}\"\n[http]\nlisten = \"{http}\"\n\
+[paths]\ndata_dir = \"{}\"\nprompts = \"{}\"\ndialplans = \"{}\"\n[log]\nlevel = \"info,topup_ivr=debug\"\n{extra}",
+            rtp.0,
+            rtp.1,
+            dir.path().join("data").display(),
+            repo().join("prompts").display(),
+            repo().join("dialplans").display(),
+        );
+        // Later tables in `extra` may repeat a section: merge by letting extra override keys.
+        let text = merge_sections(&text);
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start topup-ivr");
+        let server = Server {
+            child: Some(child),
+            sip,
+            http,
+            rtp,
+            dir,
+            config,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = http_get(self.http, "/health") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not become ready:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn health(&self) -> serde_json::Value {
+        let (_, body) = http_get(self.http, "/health").expect("health");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until no call is in progress (CDRs are written when calls end).
+    pub fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.health()["active_calls"] == 0 {
+                std::thread::sleep(Duration::from_millis(100));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("calls still active:\n{}", self.log());
+    }
+
+    /// CDRs via `topup-ivr calls list --json`, newest first.
+    pub fn calls(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(BIN)
+            .args(["calls", "list", "--json", "--limit", "1000", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for the process to exit; returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not exit in {limit:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- server log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Joins repeated `[section]` tables so `extra` can set keys in sections the base wrote.
+fn merge_sections(text: &str) -> String {
+    let mut order: Vec<String> = vec![];
+    let mut sections: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            current = t.to_string();
+            if !sections.contains_key(&current) {
+                order.push(current.clone());
+                sections.insert(current.clone(), vec![]);
+            }
+        } else if let Some((k, _)) = t.split_once('=') {
+            let entry = sections.entry(current.clone()).or_default();
+            let k = k.trim().to_string();
+            entry.retain(|(key, _)| *key != k);
+            entry.push((k, line.to_string()));
+        }
+    }
+    let mut out = String::new();
+    for s in order {
+        out.push_str(&s);
+        out.push('\n');
+        for (_, l) in &sections[&s] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Minimal HTTP/1.0 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    Some((code, body))
+}
+
+/// A sipp run against `server`.
+pub struct Sipp {
+    pub scenario: PathBuf,
+    pub service: String,
+    pub args: Vec<String>,
+    pub local_port: u16,
+    pub media_port: u16,
+}
+
+impl Sipp {
+    pub fn new(scenario: &str, service: &str) -> Sipp {
+        Sipp {
+            scenario: repo().join("tests/sipp").join(scenario),
+            service: service.into(),
+            args: vec![],
+            local_port: free_udp_port(),
+            media_port: free_udp_pair(),
+        }
+    }
+
+    pub fn arg(mut self, a: &str) -> Sipp {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn command(&self, server: &Server, log_dir: &Path) -> Command {
+        let mut c = Command::new("sipp");
+        c.arg("-sf")
+            .arg(&self.scenario)
+            .args(["-s", &self.service])
+            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
+            .args(["-p", &self.local_port.to_string()])
+            .args(["-mp", &self.media_port.to_string()])
+            .args(["-timeout", "60s", "-timeout_error", "-nostdin"])
+            .args(["-trace_err", "-trace_msg", "-trace_logs"])
+            .current_dir(log_dir)
+            .args(&self.args)
+            .arg(server.sip.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if !self.args.iter().any(|a| a == "-m") {
+            c.args(["-m", "1"]);
+        }
+        c
+    }
+
+    /// Runs to completion; panics with sipp's logs if it failed.
+    pub fn run(&self, server: &Server) -> Output {
+        let logs = tempfile::tempdir().unwrap();
+        let out = self
+            .command(server, logs.path())
+            .output()
+            .expect("run sipp");
+        if !out.status.success() {
+            panic!(
+                "sipp {} failed ({}):\n{}\n{}\n---- server log ----\n{}",
+                self.scenario.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                read_logs(logs.path()),
+                server.log()
+            );
+        }
+        out
+    }
+
+    pub fn spawn(&self, server: &Server, logs: &Path) -> Child {
+        self.command(server, logs).spawn().expect("run sipp")
+    }
+}
+
+pub fn read_logs(dir: &Path) -> String {
+    let mut s = String::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with("_errors.log")
+            || name.ends_with("_messages.log")
+            || name.ends_with("_logs.log")
+        {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(120).collect();
+            s.push_str(&format!("---- {name} (tail) ----\n"));
+            for l in tail.into_iter().rev() {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+    }
+    s
+}
+
+/// tcpdump capturing UDP to one port on loopback.
+pub struct Capture {
+    child: Child,
+    pub file: PathBuf,
+}
+
+impl Capture {
+    pub fn start(dir: &Path, filter: &str) -> Capture {
+        require("tcpdump");
+        let file = dir.join("capture.pcap");
+        let child = Command::new("tcpdump")
+            .args(["-i", "lo", "-s0", "-U", "--immediate-mode", "-w"])
+            .arg(&file)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        // tcpdump needs a moment before it captures.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !file.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        Capture { child, file }
+    }
+
+    /// Stops (SIGINT after 1 s, so the last packets are written) and returns the UDP payloads
+    /// with their capture times in seconds.
+    pub fn stop(mut self) -> Vec<(f64, Vec<u8>)> {
+        std::thread::sleep(Duration::from_secs(1));
+        Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let _ = self.child.wait();
+        read_pcap_udp(&std::fs::read(&self.file).unwrap())
+    }
+}
+
+/// UDP payloads of an Ethernet (or Linux cooked) IPv4 pcap.
+pub fn read_pcap_udp(data: &[u8]) -> Vec<(f64, Vec<u8>)> {
+    let mut out = vec![];
+    if data.len() < 24 {
+        return out;
+    }
+    let link = u32::from_le_bytes(data[20..24].try_into().unwrap());
+    let l2 = match link {
+        1 => 14,
+        113 => 16,
+        _ => panic!("unexpected link type {link}"),
+    };
+    let mut off = 24;
+    while off + 16 <= data.len() {
+        let ts = u32::from_le_bytes(data[off..off + 4].try_into().unwrap()) as f64
+            + u32::from_le_bytes(data[off + 4..off + 8].try_into().unwrap()) as f64 / 1e6;
+        let incl = u32::from_le_bytes(data[off + 8..off + 12].try_into().unwrap()) as usize;
+        off += 16;
+        let pkt = &data[off..(off + incl).min(data.len())];
+        off += incl;
+        if pkt.len() < l2 + 28 {
+            continue;
+        }
+        let ihl = ((pkt[l2] & 0x0F) as usize) * 4;
+        let udp = l2 + ihl;
+        if pkt[l2 + 9] != 17 || pkt.len() < udp + 8 {
+            continue;
+        }
+        out.push((ts, pkt[udp + 8..].to_vec()));
+    }
+    out
+}
+
+/// Writes a pcap of RTP packets (Ethernet/IPv4/UDP) for sipp's play_pcap_audio.
+pub fn write_rtp_pcap(path: &Path, packets: &[(f64, Vec<u8>)]) {
+    let mut f = Vec::new();
+    f.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
+    f.extend_from_slice(&2u16.to_le_bytes());
+    f.extend_from_slice(&4u16.to_le_bytes());
+    f.extend_from_slice(&0i32.to_le_bytes());
+    f.extend_from_slice(&0u32.to_le_bytes());
+    f.extend_from_slice(&65535u32.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes());
+    for (t, rtp) in packets {
+        let udp_len = 8 + rtp.len();
+        let ip_len = 20 + udp_len;
+        let mut pkt = vec![0u8; 14];
+        pkt[12] = 0x08; // IPv4
+        let mut ip = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1,
+        ];
+        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+        let sum = ipv4_checksum(&ip);
+        ip[10..12].copy_from_slice(&sum.to_be_bytes());
+        pkt.extend_from_slice(&ip);
+        pkt.extend_from_slice(&6000u16.to_be_bytes());
+        pkt.extend_from_slice(&7000u16.to_be_bytes());
+        pkt.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        pkt.extend_from_slice(&[0, 0]);
+        pkt.extend_from_slice(rtp);
+        f.extend_from_slice(&(t.trunc() as u32).to_le_bytes());
+        f.extend_from_slice(&((t.fract() * 1e6) as u32).to_le_bytes());
+        f.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
+        f.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
+        f.extend_from_slice(&pkt);
+    }
+    std::fs::write(path, f).unwrap();
+}
+
+fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum();
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An RTP header + payload.
+pub fn rtp_packet(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
