@@ -47,8 +47,13 @@ pub struct CallSession {
     pcm: Vec<i16>,
     inband_found: Vec<InbandDigit>,
     methods: BTreeSet<&'static str>,
-    hangup: Option<String>,
+    /// The plan ended the call: why, and when the BYE may go (see [`HANGUP_LINGER`]).
+    hangup: Option<(String, Instant)>,
 }
+
+/// Silence sent after the last prompt before hanging up: the caller's jitter buffer still
+/// holds the end of "Goodbye" when our last packet leaves, and a BYE right then cuts it off.
+pub const HANGUP_LINGER: Duration = Duration::from_millis(300);
 
 impl CallSession {
     pub fn new(
@@ -146,10 +151,14 @@ impl CallSession {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.player.poll_timeout(), self.interp.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.player.poll_timeout(),
+            self.interp.poll_timeout(),
+            self.hangup.as_ref().map(|h| h.1),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -157,9 +166,12 @@ impl CallSession {
         self.pump(now);
     }
 
-    /// Set once the plan has ended the call.
-    pub fn hangup_reason(&self) -> Option<&str> {
-        self.hangup.as_deref()
+    /// Why the plan ended the call, once it is time to send the BYE.
+    pub fn poll_hangup(&self, now: Instant) -> Option<&str> {
+        self.hangup
+            .as_ref()
+            .filter(|(_, at)| now >= *at)
+            .map(|(r, _)| r.as_str())
     }
 
     /// DTMF methods seen, comma-separated.
@@ -197,7 +209,7 @@ impl CallSession {
                     }
                     CallAction::StopPlayback => self.player.stop(),
                     CallAction::Hangup { reason } => {
-                        self.hangup.get_or_insert(reason);
+                        self.hangup.get_or_insert((reason, now + HANGUP_LINGER));
                     }
                 }
             }
@@ -384,7 +396,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
                 let _ = socket.send_to(&pkt, remote).await;
             }
         }
-        if let Some(r) = session.hangup_reason() {
+        if let Some(r) = session.poll_hangup(now) {
             break r.to_string();
         }
         if now >= started + cfg.max_call_duration {
@@ -535,5 +547,161 @@ pub fn refused_cdr(incoming: &IncomingCall, service: Option<String>, reason: &st
         ended_at: now,
         end_reason: reason.to_string(),
         digits: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::dtmf::rfc4733::EventPayload;
+    use crate::media::prompts::Prompt;
+    use std::path::Path;
+
+    /// The echo plan with tiny prompts: each is one frame of a distinct constant level, so a
+    /// packet's payload tells which prompt it belongs to.
+    fn session() -> (CallSession, Arc<PromptStore>) {
+        let plan = Dialplan::parse(
+            Path::new("echo.toml"),
+            include_str!("../dialplans/echo.toml"),
+            &|_, _| true,
+        )
+        .unwrap();
+        let mut store = PromptStore::default();
+        let names = ["echo-welcome", "echo-reprompt", "goodbye"]
+            .into_iter()
+            .chain(crate::dialplan::model::SAY_PROMPTS);
+        for (i, name) in names.enumerate() {
+            let frames = if name == "echo-welcome" { 50 } else { 2 };
+            store.insert(Prompt::from_pcm8k(
+                name,
+                "en",
+                "",
+                vec![(i as i16 + 1) * 500; 160 * frames],
+            ));
+        }
+        let store = Arc::new(store);
+        let media = MediaParams {
+            codec: Codec::Pcmu,
+            telephone_event: Some(101),
+            inband: false,
+            send: true,
+        };
+        (
+            CallSession::new(Arc::new(plan), store.clone(), media, 1, 0, 0),
+            store,
+        )
+    }
+
+    fn first_byte(store: &PromptStore, name: &str) -> u8 {
+        store.get("en", name).unwrap().frame(Codec::Pcmu, 0)[0]
+    }
+
+    fn key(code: u8, ts: u32) -> Vec<u8> {
+        let mut ev = [0u8; 4];
+        EventPayload {
+            event: code,
+            end: false,
+            volume: 10,
+            duration: 160,
+        }
+        .write(&mut ev);
+        let mut p = vec![0x80, 101, 0, 1];
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&7u32.to_be_bytes());
+        p.extend_from_slice(&ev);
+        p
+    }
+
+    #[test]
+    fn a_key_cuts_the_greeting_and_its_readback_starts_in_the_next_frame() {
+        let (mut s, store) = session();
+        let t0 = Instant::now();
+        s.start(t0);
+        let first = s.poll_transmit(t0).unwrap();
+        assert_eq!(first[12], first_byte(&store, "echo-welcome"));
+        // Key "4" arrives 5 ms into the second frame period.
+        let t = t0 + Duration::from_millis(25);
+        s.handle_rtp(t, &key(4, 1000));
+        let next = s.poll_transmit(t0 + Duration::from_millis(40)).unwrap();
+        assert_eq!(
+            next[12],
+            first_byte(&store, "digit-4"),
+            "readback right after the key"
+        );
+        assert_eq!(s.dtmf_methods(), "rfc4733");
+    }
+
+    #[test]
+    fn star_star_hangs_up_after_goodbye_and_a_short_linger() {
+        let (mut s, store) = session();
+        let t0 = Instant::now();
+        s.start(t0);
+        s.handle_rtp(t0, &key(10, 100));
+        s.handle_rtp(t0, &key(10, 900));
+        let goodbye = first_byte(&store, "goodbye");
+        let mut now = t0;
+        let mut goodbye_end = None;
+        while s.poll_hangup(now).is_none() {
+            assert!(now < t0 + Duration::from_secs(2), "never hung up");
+            while let Some(p) = s.poll_transmit(now) {
+                if p[12] == goodbye {
+                    goodbye_end = Some(now);
+                }
+            }
+            now = s.poll_timeout().unwrap();
+        }
+        let linger = now - goodbye_end.expect("goodbye was played");
+        assert!(linger >= HANGUP_LINGER, "{linger:?}");
+        assert_eq!(s.poll_hangup(now), Some("service-hangup"));
+        assert_eq!(s.interpreter().digits(), "**");
+    }
+
+    #[test]
+    fn on_hold_nothing_is_sent_but_time_goes_on() {
+        let (mut s, _) = session();
+        let t0 = Instant::now();
+        s.set_media(MediaParams {
+            send: false,
+            ..s.media()
+        });
+        s.start(t0);
+        assert!(s.poll_transmit(t0 + Duration::from_millis(100)).is_none());
+        s.set_media(MediaParams {
+            send: true,
+            ..s.media()
+        });
+        let p = s.poll_transmit(t0 + Duration::from_millis(120)).unwrap();
+        // Six frame periods went by while held: the sequence continued.
+        assert_eq!(u16::from_be_bytes([p[2], p[3]]), 6);
+    }
+
+    #[test]
+    fn rtcp_and_garbage_on_the_rtp_port_are_ignored() {
+        let (mut s, _) = session();
+        let t0 = Instant::now();
+        s.start(t0);
+        s.handle_rtp(t0, &[0x80, 200, 0, 6, 0, 0, 0, 1]);
+        s.handle_rtp(t0, &[1, 2, 3]);
+        s.handle_rtp(t0, &[]);
+        assert_eq!(s.interpreter().digits(), "");
+    }
+
+    #[test]
+    fn latch_keeps_the_first_source_until_it_goes_quiet() {
+        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let t0 = Instant::now();
+        let mut l = Latch::default();
+        assert!(l.accept(t0, a));
+        assert!(
+            !l.accept(t0 + Duration::from_millis(100), b),
+            "intruder while a is live"
+        );
+        assert!(l.accept(t0 + Duration::from_millis(120), a));
+        assert!(
+            l.accept(t0 + Duration::from_millis(700), b),
+            "a went quiet: b takes over"
+        );
+        assert!(!l.accept(t0 + Duration::from_millis(710), a));
     }
 }

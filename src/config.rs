@@ -463,3 +463,17 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The documented example (docker/topup-ivr.toml) is valid and states the defaults.
+    #[test]
+    fn the_example_config_parses_and_matches_the_defaults() {
+        let text = include_str!("../docker/topup-ivr.toml");
+        let c = Config::from_toml("docker/topup-ivr.toml", text, &Overrides::default()).unwrap();
+        let d = Config::from_toml("defaults", "", &Overrides::default()).unwrap();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+}

@@ -221,8 +221,10 @@ pub fn decode_file(path: &Path) -> Result<(Vec<f32>, u32), PromptError> {
     let is_wav = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
+    // hound reads PCM and float WAV; anything else (µ-law/A-law WAV, MP3, OGG, FLAC) goes
+    // through symphonia.
     let (samples, rate) = if is_wav {
-        decode_wav(path)
+        decode_wav(path).or_else(|e| decode_symphonia(path).map_err(|_| e))
     } else {
         decode_symphonia(path)
     }

@@ -1,0 +1,150 @@
+//! The command line as telco staff use it: DTMF detection on recordings, start-up checks
+//! that name the file and the problem, dialplan and prompt checks.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use topup_ivr::media::dtmf::inband::InbandDetector;
+use topup_ivr::media::prompts::{decode_file, resample};
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dtmf_detect_finds_the_keys_in_a_recording_with_their_times() {
+    let fixture = repo().join("audio-fixtures/keys-in-speech.flac");
+    let (ok, out, err) = run(&["dtmf", "detect", "--json", fixture.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let found: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let expected =
+        std::fs::read_to_string(repo().join("audio-fixtures/keys-in-speech.txt")).unwrap();
+    let expected: Vec<(f64, String)> = expected
+        .lines()
+        .map(|l| {
+            let (t, k) = l.split_once(' ').unwrap();
+            (t.parse().unwrap(), k.to_string())
+        })
+        .collect();
+    assert_eq!(found.len(), expected.len(), "{out}");
+    for (f, (t, k)) in found.iter().zip(&expected) {
+        assert_eq!(f["digit"], k.as_str());
+        let start = f["start"].as_f64().unwrap();
+        assert!((start - t).abs() < 0.010, "{k}: {start} vs {t}");
+    }
+    // The plain format: one "seconds digit" line per key.
+    let (_, text, _) = run(&["dtmf", "detect", fixture.to_str().unwrap()]);
+    assert_eq!(text.lines().next(), Some("1.005 1"));
+}
+
+#[test]
+fn speech_and_music_give_no_false_keys() {
+    for name in ["speech-en", "speech-es", "speech-vi", "music"] {
+        let (samples, rate) =
+            decode_file(&repo().join(format!("audio-fixtures/{name}.flac"))).unwrap();
+        let pcm8k = resample(&samples, rate, 8000).unwrap();
+        // Also louder and quieter than recorded: +6 dB (clipping) and -12 dB.
+        for gain in [1.0f32, 2.0, 0.25] {
+            let pcm: Vec<i16> = pcm8k
+                .iter()
+                .map(|s| (s * gain * 32767.0).round().clamp(-32768.0, 32767.0) as i16)
+                .collect();
+            let found = InbandDetector::detect_all(&pcm);
+            assert!(found.is_empty(), "{name} at x{gain}: {found:?}");
+        }
+    }
+}
+
+#[test]
+fn dtmf_detect_on_a_missing_or_bad_file_is_a_clear_error() {
+    let (ok, _, err) = run(&["dtmf", "detect", "/nonexistent/x.wav"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/x.wav"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.wav");
+    std::fs::write(&bad, b"RIFFxxxxWAVEjunk").unwrap();
+    let (ok, _, err) = run(&["dtmf", "detect", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("bad.wav") && err.contains("cannot decode"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_refuses_unknown_config_keys_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[sip]\nlisten = \"127.0.0.1:5999\"\nmax_cals = 3\n").unwrap();
+    let (ok, _, err) = run(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("bad.toml") && err.contains("sip.max_cals") && err.contains("unknown field"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&[
+        "serve",
+        "--rtp-ports",
+        "9-8",
+        "--sip-listen",
+        "127.0.0.1:5999",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("rtp.ports"), "{err}");
+}
+
+#[test]
+fn serve_refuses_a_missing_prompt_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts/en");
+    std::fs::create_dir_all(&prompts).unwrap();
+    std::fs::write(
+        prompts.join("manifest.toml"),
+        "[prompts]\necho-welcome = \"Hi\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&[
+        "serve",
+        "--sip-listen",
+        "127.0.0.1:5998",
+        "--prompts-dir",
+        dir.path().join("prompts").to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("echo-welcome.wav"), "{err}");
+}
+
+#[test]
+fn dialplan_check_reports_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("dialplans/echo.toml"))
+        .unwrap()
+        .replace("on_failure = \"bye\"", "on_failure = \"byebye\"");
+    std::fs::write(dir.path().join("echo.toml"), &text).unwrap();
+    let line = text.lines().position(|l| l == "[nodes.listen]").unwrap() + 1;
+    let (ok, _, err) = run(&[
+        "dialplan",
+        "check",
+        "--dialplans-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("echo.toml:{line}:")) && err.contains("`byebye`"),
+        "{err}"
+    );
+    let (ok, out, err) = run(&["dialplan", "check"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("echo"), "{out}");
+    let (ok, out, _) = run(&["prompts", "check"]);
+    assert!(ok && out.contains("en"), "{out}");
+}
