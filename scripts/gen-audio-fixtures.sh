@@ -76,3 +76,9 @@ for k in 1 5 9 '*' 0 '#' 4 7; do
 done
 sox -m "${mixes[@]}" "$out/keys-in-speech.flac"
 soxi -D "$out"/*.flac
+
+# Prompt-format samples: 0.5 s of 440 Hz at 16 kHz (peak 0.25) as MP3 and OGG/Vorbis.
+# (MP3 needs lame; Debian package `lame`.)
+sox -n -r 16000 -c 1 -b 16 "$tmp/tone.wav" synth 0.5 sine 440 vol 0.25
+lame --quiet -b 32 "$tmp/tone.wav" "$out/tone-440hz.mp3"
+sox "$tmp/tone.wav" -C 0 "$out/tone-440hz.ogg"

@@ -90,6 +90,7 @@ impl CallSession {
         if media.codec != self.media.codec {
             self.player.set_codec(media.codec);
         }
+        self.player.set_muted(!media.send);
         self.media = media;
     }
 
@@ -141,13 +142,9 @@ impl CallSession {
 
     /// The next RTP packet to send, if one is due. Call until `None`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        loop {
-            let packet = self.player.poll_transmit(now)?.to_vec();
-            self.pump(now);
-            if self.media.send {
-                return Some(packet);
-            }
-        }
+        let packet = self.player.poll_transmit(now).map(<[u8]>::to_vec);
+        self.pump(now);
+        packet
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -240,12 +237,13 @@ pub struct SipCallSetup {
     pub plan: Arc<Dialplan>,
     pub events: mpsc::Receiver<SipEvent>,
     pub commands: mpsc::Sender<SipCommand>,
-    pub permit: OwnedSemaphorePermit,
     pub started_at: String,
 }
 
-/// Runs one SIP call to its end and writes its CDR.
-pub async fn run_sip_call(setup: SipCallSetup) {
+/// Runs one SIP call to its end and writes its CDR. The admission `permit` is held until the
+/// record is written, so "no call in progress" also means "every record is stored" (shutdown
+/// relies on it).
+pub async fn run_sip_call(setup: SipCallSetup, permit: OwnedSemaphorePermit) {
     let span =
         tracing::info_span!("call", id = %setup.incoming.call, call_id = %setup.incoming.call_id);
     async move {
@@ -274,6 +272,7 @@ pub async fn run_sip_call(setup: SipCallSetup) {
         if let Err(e) = shared.store.insert_cdr(&cdr).await {
             warn!(error = %e, "CDR not written");
         }
+        drop(permit);
     }
     .instrument(span)
     .await
@@ -300,7 +299,6 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
         plan,
         mut events,
         commands,
-        permit: _permit,
         ..
     } = setup;
     let call = incoming.call;
@@ -671,8 +669,13 @@ mod tests {
             ..s.media()
         });
         let p = s.poll_transmit(t0 + Duration::from_millis(120)).unwrap();
-        // Six frame periods went by while held: the sequence continued.
-        assert_eq!(u16::from_be_bytes([p[2], p[3]]), 6);
+        // Six frame periods went by while held: time moved on, the sequence did not.
+        assert_eq!(u16::from_be_bytes([p[2], p[3]]), 0);
+        assert_eq!(u32::from_be_bytes([p[4], p[5], p[6], p[7]]), 6 * 160);
+        assert!(
+            p[1] & 0x80 != 0,
+            "marker on the first packet after the hold"
+        );
     }
 
     #[test]

@@ -371,3 +371,68 @@ fn calls_still_up_after_the_grace_period_are_hung_up() {
     assert!(server.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(server.calls()[0]["end_reason"], "shutdown");
 }
+
+#[test]
+fn hold_stops_our_rtp_and_resume_restarts_it() {
+    require("sipp");
+    let server = Server::start("");
+    let sipp = Sipp::new("hold_resume.xml", "echo");
+    let cap_dir = tempfile::tempdir().unwrap();
+    let capture = Capture::start(
+        cap_dir.path(),
+        &format!("udp and dst port {}", sipp.media_port),
+    );
+    sipp.run(&server);
+    let packets = capture.stop();
+    server.wait_idle();
+    let rtp: Vec<(f64, u16, bool)> = packets
+        .iter()
+        .filter_map(|(t, p)| {
+            rtp_rs::RtpReader::new(p)
+                .ok()
+                .map(|r| (*t, u16::from(r.sequence_number()), r.mark()))
+        })
+        .collect();
+    assert!(rtp.len() > 80, "{} packets", rtp.len());
+    // The longest silence is the hold (2 s in the scenario); packets flow before and after.
+    let (gap_at, gap) = rtp
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (i, w[1].0 - w[0].0))
+        .fold((0, 0.0), |best, x| if x.1 > best.1 { x } else { best });
+    assert!((1.7..2.6).contains(&gap), "hold gap {gap} s");
+    assert!(
+        gap_at > 30 && rtp.len() - gap_at > 30,
+        "packets before and after the hold"
+    );
+    let (before, after) = (rtp[gap_at], rtp[gap_at + 1]);
+    assert_eq!(
+        after.1,
+        before.1.wrapping_add(1),
+        "no sequence jump across the hold"
+    );
+    assert!(after.2, "marker on the first packet after the hold");
+    assert_eq!(server.calls()[0]["end_reason"], "caller-hangup");
+}
+
+#[test]
+fn a_call_without_rtp_is_ended_by_the_rtp_timeout() {
+    require("sipp");
+    let server = Server::start("[rtp]\ntimeout = \"2s\"\n");
+    let t = Instant::now();
+    Sipp::new("silent_caller.xml", "echo").run(&server);
+    assert!(t.elapsed() < Duration::from_secs(6));
+    server.wait_idle();
+    assert_eq!(server.calls()[0]["end_reason"], "rtp-timeout");
+}
+
+#[test]
+fn a_call_is_cut_at_the_maximum_duration() {
+    require("sipp");
+    let server = Server::start("[calls]\nmax_duration = \"2s\"\n");
+    let t = Instant::now();
+    Sipp::new("silent_caller.xml", "echo").run(&server);
+    assert!(t.elapsed() < Duration::from_secs(6));
+    server.wait_idle();
+    assert_eq!(server.calls()[0]["end_reason"], "max-duration");
+}

@@ -46,8 +46,11 @@ pub struct Player {
     ssrc: u32,
     seq: u16,
     timestamp: u32,
-    /// Marker goes on the first packet only.
+    /// Marker goes on the first packet, and on the first after a muted stretch.
     first: bool,
+    /// On hold: time, timestamps and the queue go on, but nothing is sent and sequence
+    /// numbers do not advance (they count packets sent, RFC 3550 §5.1).
+    muted: bool,
     queue: VecDeque<PlayItem>,
     /// Frame index into the head of the queue.
     pos: usize,
@@ -67,6 +70,7 @@ impl Player {
             seq,
             timestamp,
             first: true,
+            muted: false,
             queue: VecDeque::new(),
             pos: 0,
             next_due: None,
@@ -90,6 +94,14 @@ impl Player {
 
     pub fn codec(&self) -> Codec {
         self.codec
+    }
+
+    /// Stops or resumes sending (hold). Prompts keep playing out in time while muted.
+    pub fn set_muted(&mut self, muted: bool) {
+        if muted && !self.muted {
+            self.first = true;
+        }
+        self.muted = muted;
     }
 
     /// Queues items after whatever is playing.
@@ -117,6 +129,15 @@ impl Player {
 
     /// The next RTP packet if one is due at `now`. Call until it returns `None`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<&[u8]> {
+        while self.muted {
+            let due = self.next_due?;
+            if now < due {
+                return None;
+            }
+            self.advance_content();
+            self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
+            self.next_due = Some(due + FRAME);
+        }
         let due = self.next_due?;
         if now < due {
             return None;
@@ -285,6 +306,29 @@ mod tests {
             burst += 1;
         }
         assert!(burst <= 1, "{burst}");
+    }
+
+    #[test]
+    fn muted_stream_keeps_time_but_not_sequence_and_marks_the_resume() {
+        let t0 = Instant::now();
+        let mut p = Player::new(Codec::Pcmu, 1, 10, 0);
+        p.start(t0);
+        p.enqueue([PlayItem::Prompt(prompt(3, 100))]);
+        let (_, _, seq0, _, _) = header(p.poll_transmit(t0).unwrap());
+        p.set_muted(true);
+        for i in 1..=4 {
+            assert!(p.poll_transmit(t0 + FRAME * i).is_none());
+        }
+        assert_eq!(
+            p.poll_event(),
+            Some(PlayerEvent::Done),
+            "the prompt played out while muted"
+        );
+        p.set_muted(false);
+        let (marker, _, seq, ts, _) = header(p.poll_transmit(t0 + FRAME * 5).unwrap());
+        assert!(marker);
+        assert_eq!(seq, seq0.wrapping_add(1));
+        assert_eq!(ts, 160 * 5);
     }
 
     #[test]

@@ -400,6 +400,35 @@ mod tests {
     }
 
     #[test]
+    fn mp3_and_ogg_prompts_decode_to_the_same_tone() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("audio-fixtures");
+        for file in ["tone-440hz.mp3", "tone-440hz.ogg"] {
+            let (samples, rate) = decode_file(&fixtures.join(file)).unwrap();
+            assert_eq!(rate, 16000, "{file}");
+            let pcm = to_i16(&resample(&samples, rate, 8000).unwrap());
+            // 0.5 s (MP3 adds encoder padding), and a 440 Hz sine of peak 0.25: RMS 0.177.
+            assert!(
+                (3900..=5200).contains(&pcm.len()),
+                "{file}: {} samples",
+                pcm.len()
+            );
+            let mid = &pcm[1000..3000];
+            let rms = (mid
+                .iter()
+                .map(|&s| (s as f64 / 32768.0).powi(2))
+                .sum::<f64>()
+                / 2000.0)
+                .sqrt();
+            assert!((rms - 0.177).abs() < 0.02, "{file}: rms {rms}");
+            let crossings = mid.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+            assert!(
+                (210..=230).contains(&crossings),
+                "{file}: {crossings} zero crossings in 0.25 s"
+            );
+        }
+    }
+
+    #[test]
     fn missing_prompt_names_the_file() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();

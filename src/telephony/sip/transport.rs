@@ -152,15 +152,15 @@ impl Transport {
         self.shared
             .calls_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::spawn(run_sip_call(SipCallSetup {
+        let setup = SipCallSetup {
             shared: self.shared.clone(),
             incoming: inc,
             plan,
             events: rx,
             commands: self.commands_tx.clone(),
-            permit,
             started_at: timestamp(),
-        }));
+        };
+        tokio::spawn(run_sip_call(setup, permit));
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
