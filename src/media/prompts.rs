@@ -368,17 +368,20 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn loads_resamples_and_encodes_once_per_codec() {
+    /// A prompts directory with one language, `en`, and its manifest.
+    fn prompts_dir(manifest: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let en = dir.join("en");
         std::fs::create_dir_all(&en).unwrap();
-        std::fs::write(
-            en.join("manifest.toml"),
-            "[prompts]\nhello = \"Hello\"\nstereo = \"Two channels\"\n",
-        )
-        .unwrap();
+        std::fs::write(en.join("manifest.toml"), manifest).unwrap();
+        (tmp, dir, en)
+    }
+
+    #[test]
+    fn loads_resamples_and_encodes_once_per_codec() {
+        let (_tmp, dir, en) =
+            prompts_dir("[prompts]\nhello = \"Hello\"\nstereo = \"Two channels\"\n");
         write_wav(&en.join("hello.wav"), 16000, 1, &tone(16000, 440.0, 0.5));
         let stereo: Vec<i16> = tone(44100, 440.0, 0.25)
             .into_iter()
@@ -430,11 +433,7 @@ mod tests {
 
     #[test]
     fn missing_prompt_names_the_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let en = dir.join("en");
-        std::fs::create_dir_all(&en).unwrap();
-        std::fs::write(en.join("manifest.toml"), "[prompts]\nbye = \"Goodbye\"\n").unwrap();
+        let (_tmp, dir, _) = prompts_dir("[prompts]\nbye = \"Goodbye\"\n");
         let err = PromptStore::load(&dir, LoadOptions::default())
             .unwrap_err()
             .to_string();
@@ -443,15 +442,7 @@ mod tests {
 
     #[test]
     fn undecodable_prompt_names_the_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let en = dir.join("en");
-        std::fs::create_dir_all(&en).unwrap();
-        std::fs::write(
-            en.join("manifest.toml"),
-            "[prompts]\nbad = \"x\"\nworse = \"y\"\n",
-        )
-        .unwrap();
+        let (_tmp, dir, en) = prompts_dir("[prompts]\nbad = \"x\"\nworse = \"y\"\n");
         std::fs::write(en.join("bad.wav"), b"RIFF....not a wav").unwrap();
         let err = PromptStore::load(&dir, LoadOptions::default())
             .unwrap_err()

@@ -673,15 +673,24 @@ impl Endpoint {
                 .get(&call)
                 .is_some_and(|d| d.state == DialogState::Early)
         {
-            let resp = self.response_for(call, 487);
-            self.send_invite_response(now, call, resp);
-            self.remove_call(call);
-            self.events.push_back(SipEvent::Ended {
-                call,
-                reason: EndReason::Cancelled,
-            });
+            self.end_by_caller(now, call, EndReason::Cancelled);
         }
         Ok(())
+    }
+
+    /// The caller ended the call (BYE or CANCEL): a pending INVITE gets its 487 (§9.2,
+    /// §15.1.2), the dialog goes, and the driver is told.
+    fn end_by_caller(&mut self, now: Instant, call: CallHandle, reason: EndReason) {
+        if self
+            .calls
+            .get(&call)
+            .is_some_and(|d| d.state == DialogState::Early)
+        {
+            let resp = self.response_for(call, 487);
+            self.send_invite_response(now, call, resp);
+        }
+        self.remove_call(call);
+        self.events.push_back(SipEvent::Ended { call, reason });
     }
 
     fn on_bye(
@@ -694,20 +703,7 @@ impl Endpoint {
         let call = self.dialog_for(req)?;
         let ok = self.build_response(from, req, 200, None);
         self.respond_non_invite(now, from, key, ok);
-        // A BYE in an early dialog also ends the pending INVITE (§15.1.2).
-        if self
-            .calls
-            .get(&call)
-            .is_some_and(|d| d.state == DialogState::Early)
-        {
-            let resp = self.response_for(call, 487);
-            self.send_invite_response(now, call, resp);
-        }
-        self.remove_call(call);
-        self.events.push_back(SipEvent::Ended {
-            call,
-            reason: EndReason::RemoteBye,
-        });
+        self.end_by_caller(now, call, EndReason::RemoteBye);
         Ok(())
     }
 
