@@ -707,4 +707,41 @@ mod tests {
         );
         assert!(!l.accept(t0 + Duration::from_millis(710), a));
     }
+
+    #[test]
+    fn random_and_mutated_rtp_never_panics_the_session() {
+        let (mut s, _) = session();
+        s.set_media(MediaParams {
+            inband: true,
+            ..s.media()
+        });
+        let t0 = Instant::now();
+        s.start(t0);
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut rnd = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..50_000u64 {
+            let mut p = key((rnd() % 20) as u8, rnd() as u32);
+            if i % 3 == 0 {
+                p = rtp_rs::RtpPacketBuilder::new()
+                    .payload_type((rnd() % 128) as u8)
+                    .payload(&[0x55; 160])
+                    .build()
+                    .unwrap();
+            }
+            for _ in 0..(rnd() % 4) {
+                let pos = rnd() as usize % p.len();
+                p[pos] = rnd() as u8;
+            }
+            p.truncate(rnd() as usize % (p.len() + 1));
+            let now = t0 + Duration::from_micros(i * 400);
+            s.handle_rtp(now, &p);
+            while s.poll_transmit(now).is_some() {}
+            s.handle_timeout(now);
+        }
+    }
 }

@@ -373,7 +373,7 @@ fn calls_still_up_after_the_grace_period_are_hung_up() {
 }
 
 #[test]
-fn hold_stops_our_rtp_and_resume_restarts_it() {
+fn hold_stops_our_rtp_and_resume_restarts_it_with_the_new_codec() {
     require("sipp");
     let server = Server::start("");
     let sipp = Sipp::new("hold_resume.xml", "echo");
@@ -385,12 +385,17 @@ fn hold_stops_our_rtp_and_resume_restarts_it() {
     sipp.run(&server);
     let packets = capture.stop();
     server.wait_idle();
-    let rtp: Vec<(f64, u16, bool)> = packets
+    let rtp: Vec<(f64, u16, bool, u8)> = packets
         .iter()
         .filter_map(|(t, p)| {
-            rtp_rs::RtpReader::new(p)
-                .ok()
-                .map(|r| (*t, u16::from(r.sequence_number()), r.mark()))
+            rtp_rs::RtpReader::new(p).ok().map(|r| {
+                (
+                    *t,
+                    u16::from(r.sequence_number()),
+                    r.mark(),
+                    r.payload_type(),
+                )
+            })
         })
         .collect();
     assert!(rtp.len() > 80, "{} packets", rtp.len());
@@ -412,6 +417,14 @@ fn hold_stops_our_rtp_and_resume_restarts_it() {
         "no sequence jump across the hold"
     );
     assert!(after.2, "marker on the first packet after the hold");
+    assert!(
+        rtp[..=gap_at].iter().all(|p| p.3 == 0),
+        "PCMU before the hold"
+    );
+    assert!(
+        rtp[gap_at + 1..].iter().all(|p| p.3 == 8),
+        "PCMA after the resume offered only PCMA"
+    );
     assert_eq!(server.calls()[0]["end_reason"], "caller-hangup");
 }
 

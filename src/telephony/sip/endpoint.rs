@@ -1693,4 +1693,79 @@ From: <sip:mon@127.0.0.1>;tag=m\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: o1\r\nCSe
         assert!(again.len() >= 5, "{}", again.len());
         assert_eq!(ep.transactions(), 0);
     }
+
+    /// Mutated copies of real requests (bytes flipped, cut, duplicated) never panic the
+    /// endpoint, and it stays able to take a clean call afterwards.
+    #[test]
+    fn mutated_messages_never_panic_the_endpoint() {
+        let mut ep = ep();
+        let t0 = Instant::now();
+        let seeds = [
+            invite("z9hG4bK1", "m1"),
+            in_dialog("BYE", 2, "x", "m1", "", ""),
+            in_dialog(
+                "INFO",
+                3,
+                "x",
+                "m1",
+                "Content-Type: application/dtmf-relay\r\n",
+                "Signal=5\r\n",
+            ),
+            in_dialog(
+                "INVITE",
+                4,
+                "x",
+                "m1",
+                "Content-Type: application/sdp\r\n",
+                "v=0\r\n",
+            ),
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..20_000u32 {
+            let mut m = seeds[i as usize % seeds.len()].as_bytes().to_vec();
+            for _ in 0..(rnd() % 8) {
+                let pos = (rnd() as usize) % m.len().max(1);
+                match rnd() % 4 {
+                    0 => m[pos] = rnd() as u8,
+                    1 => m.truncate(pos),
+                    2 => m.insert(pos, b"\r\n:;,<>\"= "[(rnd() % 10) as usize]),
+                    _ => {
+                        let end = (pos + (rnd() as usize % 16)).min(m.len());
+                        let chunk = m[pos..end].to_vec();
+                        m.splice(pos..pos, chunk);
+                    }
+                }
+                if m.is_empty() {
+                    break;
+                }
+            }
+            let now = t0 + Duration::from_millis(i as u64);
+            ep.handle_datagram(now, caller(), &m);
+            while ep.poll_transmit().is_some() {}
+            while let Some(ev) = ep.poll_event() {
+                if let SipEvent::Incoming(inc) = ev {
+                    ep.reject(now, inc.call, 486, None);
+                }
+            }
+            if let Some(at) = ep.poll_timeout()
+                && at <= now
+            {
+                ep.handle_timeout(now);
+            }
+        }
+        let later = t0 + Duration::from_secs(100);
+        ep.handle_timeout(later);
+        ep.handle_datagram(later, caller(), invite("z9hG4bKclean", "clean").as_bytes());
+        assert!(
+            events(&mut ep)
+                .iter()
+                .any(|e| matches!(e, SipEvent::Incoming(_)))
+        );
+    }
 }
