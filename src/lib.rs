@@ -9,3 +9,4 @@ pub mod redact;
 pub mod server;
 pub mod store;
 pub mod telephony;
+pub mod topup;

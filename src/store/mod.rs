@@ -1,21 +1,31 @@
-//! Storage (sqlx). SQLite in the data directory is the embedded default.
-//! Schema changes are migrations under `migrations/`, applied at start.
+//! Storage (sqlx). One set of queries runs on SQLite (the embedded default, a file in the data
+//! directory) and on Postgres (`--database-url postgres://...`) through `sqlx::Any`: bound
+//! parameters only, `$1` placeholders, portable types (TEXT, BIGINT). Each backend has its own
+//! migrations directory (`migrations/sqlite`, `migrations/postgres`), applied at start.
 
 use std::path::Path;
 use std::str::FromStr;
 
 use serde::Serialize;
-use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Row, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("data directory {dir}: {reason}")]
     DataDir { dir: String, reason: String },
+    #[error("database URL must start with sqlite:// or postgres:// (got `{0}`)")]
+    Url(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 /// One call detail record.
@@ -35,31 +45,91 @@ pub struct Cdr {
     pub digits: Option<String>,
 }
 
+/// The database: a pool and which backend it talks to.
 #[derive(Clone, Debug)]
-pub struct Store {
-    pool: SqlitePool,
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
 }
 
-impl Store {
-    /// Opens (creating if needed) `<data_dir>/topup-ivr.db` and applies migrations.
-    pub async fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let dir_err = |reason: String| StoreError::DataDir {
+/// Kept for call sites that predate the top-up core.
+pub type Store = Db;
+
+impl Db {
+    /// Opens (creating if needed) `<data_dir>/topup-ivr.db`.
+    pub async fn open(data_dir: &Path) -> Result<Db, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::DataDir {
             dir: data_dir.display().to_string(),
-            reason,
-        };
-        std::fs::create_dir_all(data_dir).map_err(|e| dir_err(e.to_string()))?;
+            reason: e.to_string(),
+        })?;
         let path = data_dir.join("topup-ivr.db");
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(|e| dir_err(e.to_string()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+        Db::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
+    }
+
+    /// Opens `sqlite://PATH` or `postgres://...` and applies migrations.
+    pub async fn connect(url: &str) -> Result<Db, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Url(
+                url.split('@')
+                    .next_back()
+                    .unwrap_or("")
+                    .chars()
+                    .take(40)
+                    .collect(),
+            ));
+        };
+        let opts = AnyConnectOptions::from_str(url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
             .connect_with(opts)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        if backend == Backend::Sqlite {
+            // WAL lets readers run beside the one writer; the mode is stored in the file.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let db = Db { pool, backend };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&self.pool)
+                    .await?
+            }
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A write transaction. On SQLite it takes the write lock at once (BEGIN IMMEDIATE), so two
+    /// writers queue on the busy timeout instead of failing when one upgrades its read lock.
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     pub async fn insert_cdr(&self, c: &Cdr) -> Result<(), StoreError> {
@@ -118,39 +188,131 @@ impl Store {
     }
 }
 
+/// Databases for tests: SQLite in a temp dir, and Postgres when `TOPUP_IVR_TEST_DATABASE_URL`
+/// names a server (scripts/test starts one). Each Postgres test gets its own schema-free
+/// database so tests run in parallel.
+pub mod testing {
+    use super::*;
+
+    /// The test suite runs on both backends; Postgres is required, not optional: a missing
+    /// server fails the test with instructions rather than silently skipping half the suite.
+    pub async fn backends() -> Vec<(Db, Option<tempfile_guard::Guard>)> {
+        let mut out = vec![];
+        let guard = tempfile_guard::Guard::new();
+        out.push((Db::open(guard.path()).await.expect("sqlite"), Some(guard)));
+        out.push((postgres().await, None));
+        out
+    }
+
+    /// A fresh Postgres database for one test.
+    pub async fn postgres() -> Db {
+        let base = std::env::var("TOPUP_IVR_TEST_DATABASE_URL").unwrap_or_else(|_| {
+            panic!(
+                "TOPUP_IVR_TEST_DATABASE_URL is not set: the store tests also run on Postgres. \
+                 Run scripts/test (it installs and starts Postgres), or point the variable at a \
+                 server where the user may create databases, e.g. postgres://topup_test:topup_test@127.0.0.1/postgres"
+            )
+        });
+        sqlx::any::install_default_drivers();
+        let admin = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&base)
+            .await
+            .expect("connect to the test Postgres");
+        let name = format!("t_{}_{:x}", std::process::id(), rand::random::<u64>());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let url = match base.rsplit_once('/') {
+            Some((prefix, _)) => format!("{prefix}/{name}"),
+            None => panic!("TOPUP_IVR_TEST_DATABASE_URL needs a /database part"),
+        };
+        Db::connect(&url).await.expect("open test database")
+    }
+
+    /// A temporary directory that lives as long as the test's database.
+    pub mod tempfile_guard {
+        pub struct Guard(std::path::PathBuf);
+        impl Guard {
+            pub fn new() -> Guard {
+                let p =
+                    std::env::temp_dir().join(format!("topup-ivr-db-{:x}", rand::random::<u64>()));
+                std::fs::create_dir_all(&p).expect("temp dir");
+                Guard(p)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Default for Guard {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn cdrs_round_trip_newest_first() {
+        for (store, _guard) in testing::backends().await {
+            let mut c = Cdr {
+                call_id: "a".into(),
+                caller: "100".into(),
+                dialled: "echo".into(),
+                service: Some("echo".into()),
+                codec: Some("PCMU".into()),
+                dtmf_methods: "rfc4733".into(),
+                started_at: "2026-01-01T00:00:00Z".into(),
+                answered_at: None,
+                ended_at: "2026-01-01T00:00:01Z".into(),
+                end_reason: "caller-hangup".into(),
+                digits: Some("12".into()),
+            };
+            store.insert_cdr(&c).await.unwrap();
+            c.call_id = "b".into();
+            c.digits = None;
+            store.insert_cdr(&c).await.unwrap();
+            let got = store.recent_cdrs(10).await.unwrap();
+            assert_eq!(got.len(), 2, "{:?}", store.backend());
+            assert_eq!(got[0], c);
+            assert_eq!(got[1].digits.as_deref(), Some("12"));
+        }
+    }
+
+    #[tokio::test]
+    async fn reopening_applies_no_migration_twice_and_keeps_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let mut c = Cdr {
-            call_id: "a".into(),
-            caller: "100".into(),
-            dialled: "echo".into(),
-            service: Some("echo".into()),
-            codec: Some("PCMU".into()),
-            dtmf_methods: "rfc4733".into(),
-            started_at: "2026-01-01T00:00:00Z".into(),
-            answered_at: None,
-            ended_at: "2026-01-01T00:00:01Z".into(),
-            end_reason: "caller-hangup".into(),
-            digits: Some("12".into()),
-        };
-        store.insert_cdr(&c).await.unwrap();
-        c.call_id = "b".into();
-        c.digits = None;
-        store.insert_cdr(&c).await.unwrap();
-        let got = store.recent_cdrs(10).await.unwrap();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0], c);
-        assert_eq!(got[1].digits.as_deref(), Some("12"));
+        let store = Db::open(dir.path()).await.unwrap();
+        store
+            .insert_cdr(&Cdr {
+                call_id: "x".into(),
+                caller: "1".into(),
+                dialled: "echo".into(),
+                service: None,
+                codec: None,
+                dtmf_methods: String::new(),
+                started_at: "t".into(),
+                answered_at: None,
+                ended_at: "t".into(),
+                end_reason: "r".into(),
+                digits: None,
+            })
+            .await
+            .unwrap();
         store.close().await;
-        // Reopening applies no migration twice and keeps the rows.
-        let again = Store::open(dir.path()).await.unwrap();
-        assert_eq!(again.recent_cdrs(1).await.unwrap()[0].call_id, "b");
+        let again = Db::open(dir.path()).await.unwrap();
+        assert_eq!(again.recent_cdrs(1).await.unwrap()[0].call_id, "x");
     }
 
     #[tokio::test]
@@ -158,10 +320,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("plain-file");
         std::fs::write(&file, b"x").unwrap();
-        let err = Store::open(&file.join("sub"))
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = Db::open(&file.join("sub")).await.unwrap_err().to_string();
         assert!(err.starts_with("data directory"), "{err}");
+        assert!(matches!(
+            Db::connect("mysql://x").await,
+            Err(StoreError::Url(_))
+        ));
     }
 }
