@@ -1,8 +1,57 @@
 //! The top-up core: money, the double-entry ledger, cards, wallets, prepaid accounts, number
-//! lookup, carriers and products. Pure rules live here; storage is behind [`store::Store`].
+//! lookup, carriers and products. Pure rules live in the submodules without I/O (`money`,
+//! `ledger`, `auth`'s policy, product pricing); [`Core`] applies them to the database.
 
+pub mod accounts;
+pub mod auth;
 pub mod books;
+pub mod cards;
 pub mod error;
 pub mod ledger;
 pub mod money;
+pub mod secrets;
+
 pub use error::TopupError;
+
+use crate::store::Db;
+use auth::AuthPolicy;
+use secrets::Pepper;
+
+/// The top-up core as every channel uses it: the database, the PIN pepper and the
+/// brute-force policy.
+#[derive(Clone, Debug)]
+pub struct Core {
+    pub db: Db,
+    pub pepper: Pepper,
+    pub policy: AuthPolicy,
+}
+
+impl Core {
+    pub fn new(db: Db, pepper: Pepper, policy: AuthPolicy) -> Core {
+        Core { db, pepper, policy }
+    }
+}
+
+/// Cores on both backends for tests (see [`crate::store::testing`]).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::store::testing::tempfile_guard::Guard;
+
+    pub async fn cores() -> Vec<(Core, Option<Guard>)> {
+        crate::store::testing::backends()
+            .await
+            .into_iter()
+            .map(|(db, g)| {
+                (
+                    Core::new(
+                        db,
+                        Pepper::new(b"test-pepper-0123456789").unwrap(),
+                        AuthPolicy::default(),
+                    ),
+                    g,
+                )
+            })
+            .collect()
+    }
+}
