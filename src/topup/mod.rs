@@ -3,13 +3,17 @@
 //! `ledger`, `auth`'s policy, product pricing); [`Core`] applies them to the database.
 
 pub mod accounts;
+pub mod adapters;
 pub mod auth;
 pub mod books;
 pub mod cards;
+pub mod carriers;
 pub mod error;
 pub mod ledger;
 pub mod money;
+pub mod numbers;
 pub mod secrets;
+pub mod topups;
 
 pub use error::TopupError;
 
