@@ -40,6 +40,41 @@ struct RawConfig {
     http: RawHttp,
     paths: RawPaths,
     log: RawLog,
+    database: RawDatabase,
+    security: RawSecurity,
+    lookup: RawLookup,
+    topups: RawTopups,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSecurity {
+    max_pin_failures: Option<u32>,
+    ani_failures_per_hour: Option<u32>,
+    global_failures_per_minute: Option<u32>,
+    pin_pepper_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLookup {
+    hlr_url: Option<String>,
+    hlr_api_key_env: Option<String>,
+    hlr_timeout: Option<String>,
+    hlr_cache_ttl: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawTopups {
+    reconcile_every: Option<String>,
+    demo: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -129,6 +164,24 @@ pub struct Config {
     pub dialplans_dir: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// `postgres://...`, or `None` for SQLite in the data directory.
+    pub database_url: Option<String>,
+    pub auth: crate::topup::auth::AuthPolicy,
+    pub pin_pepper_file: PathBuf,
+    pub hlr: Option<HlrConfig>,
+    pub reconcile_every: Duration,
+    /// Seed the demo carriers, accounts and cards into an empty database.
+    pub demo: bool,
+}
+
+/// An HLR lookup provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HlrConfig {
+    pub url: String,
+    /// Environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    pub timeout: Duration,
+    pub cache_ttl: Duration,
 }
 
 /// Values given on the command line or in the environment; they win over the file.
@@ -140,6 +193,7 @@ pub struct Overrides {
     pub data_dir: Option<String>,
     pub prompts_dir: Option<String>,
     pub dialplans_dir: Option<String>,
+    pub database_url: Option<String>,
 }
 
 impl Config {
@@ -319,6 +373,72 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
     let path = |flag: &Option<String>, file: &Option<String>, default: &str| {
         PathBuf::from(pick(flag, file, default).0)
     };
+    let data_dir = path(&o.data_dir, &raw.paths.data_dir, "data");
+    let (url, url_flag) = pick(&o.database_url, &raw.database.url, "");
+    let database_url = match url.trim() {
+        "" => None,
+        u if u.starts_with("postgres://")
+            || u.starts_with("postgresql://")
+            || u.starts_with("sqlite:") =>
+        {
+            Some(u.to_string())
+        }
+        _ => {
+            return Err(err(
+                url_flag,
+                "database.url",
+                "must start with postgres:// or sqlite: (empty: SQLite in the data directory)"
+                    .into(),
+            ));
+        }
+    };
+    let defaults = crate::topup::auth::AuthPolicy::default();
+    let auth = crate::topup::auth::AuthPolicy {
+        max_pin_failures: raw
+            .security
+            .max_pin_failures
+            .unwrap_or(defaults.max_pin_failures),
+        ani_failures_per_hour: raw
+            .security
+            .ani_failures_per_hour
+            .unwrap_or(defaults.ani_failures_per_hour),
+        global_failures_per_minute: raw
+            .security
+            .global_failures_per_minute
+            .unwrap_or(defaults.global_failures_per_minute),
+    };
+    if auth.max_pin_failures == 0
+        || auth.ani_failures_per_hour == 0
+        || auth.global_failures_per_minute == 0
+    {
+        return Err(err(false, "security", "limits must be at least 1".into()));
+    }
+    let hlr = match raw
+        .lookup
+        .hlr_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        None => None,
+        Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(HlrConfig {
+            url: u.to_string(),
+            api_key_env: raw.lookup.hlr_api_key_env.clone().filter(|v| !v.is_empty()),
+            timeout: nonzero(
+                dur("lookup.hlr_timeout", &raw.lookup.hlr_timeout, "2s")?,
+                "lookup.hlr_timeout",
+                origin,
+            )?,
+            cache_ttl: dur("lookup.hlr_cache_ttl", &raw.lookup.hlr_cache_ttl, "1h")?,
+        }),
+        Some(_) => {
+            return Err(err(
+                false,
+                "lookup.hlr_url",
+                "must be an http(s) URL".into(),
+            ));
+        }
+    };
 
     Ok(Config {
         sip_listen,
@@ -349,7 +469,23 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
             "http.listen",
             pick(&o.http_listen, &raw.http.listen, "127.0.0.1:8080"),
         )?,
-        data_dir: path(&o.data_dir, &raw.paths.data_dir, "data"),
+        pin_pepper_file: raw
+            .security
+            .pin_pepper_file
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("pin-pepper")),
+        data_dir,
+        database_url,
+        auth,
+        hlr,
+        reconcile_every: nonzero(
+            dur("topups.reconcile_every", &raw.topups.reconcile_every, "30s")?,
+            "topups.reconcile_every",
+            origin,
+        )?,
+        demo: raw.topups.demo.unwrap_or(true),
         prompts_dir: path(&o.prompts_dir, &raw.paths.prompts, "prompts"),
         dialplans_dir: path(&o.dialplans_dir, &raw.paths.dialplans, "dialplans"),
         log_level,

@@ -3,12 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod topup_cli;
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use topup_ivr::config::{Config, LogFormat, Overrides};
 use topup_ivr::media::dtmf::inband::InbandDetector;
 use topup_ivr::media::prompts::{decode_file, resample};
-use topup_ivr::store::Store;
 
 #[derive(Parser)]
 #[command(
@@ -45,31 +46,120 @@ enum Command {
         #[command(subcommand)]
         command: PromptsCommand,
     },
+    /// PIN cards (vouchers).
+    Cards {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::CardsCommand,
+    },
+    /// Carriers, prefixes, products, ported numbers and rates.
+    Carriers {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::CarriersCommand,
+    },
+    /// Products for a number.
+    Products {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::ProductsCommand,
+    },
+    /// Number lookup.
+    Numbers {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::NumbersCommand,
+    },
+    /// Wallets and prepaid accounts.
+    Accounts {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::AccountsCommand,
+    },
+    /// Top-ups.
+    Topups {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::TopupsCommand,
+    },
+    /// The double-entry ledger.
+    Ledger {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::LedgerCommand,
+    },
+    /// Database tools.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Create the database if needed and apply migrations.
+    Migrate(ConfigArgs),
 }
 
 #[derive(Args, Clone)]
 struct ConfigArgs {
     /// Configuration file (TOML). Every key is optional.
-    #[arg(long, short = 'c', env = "TOPUP_IVR_CONFIG")]
+    #[arg(global = true, long, short = 'c', env = "TOPUP_IVR_CONFIG")]
     config: Option<PathBuf>,
     /// SIP listen address.
-    #[arg(long, env = "TOPUP_IVR_SIP_LISTEN", value_name = "ADDR:PORT")]
+    #[arg(
+        global = true,
+        long,
+        env = "TOPUP_IVR_SIP_LISTEN",
+        value_name = "ADDR:PORT"
+    )]
     sip_listen: Option<String>,
     /// RTP port range, e.g. 20000-29999.
-    #[arg(long, env = "TOPUP_IVR_RTP_PORTS", value_name = "LOW-HIGH")]
+    #[arg(
+        global = true,
+        long,
+        env = "TOPUP_IVR_RTP_PORTS",
+        value_name = "LOW-HIGH"
+    )]
     rtp_ports: Option<String>,
     /// HTTP listen address (health, API).
-    #[arg(long, env = "TOPUP_IVR_HTTP_LISTEN", value_name = "ADDR:PORT")]
+    #[arg(
+        global = true,
+        long,
+        env = "TOPUP_IVR_HTTP_LISTEN",
+        value_name = "ADDR:PORT"
+    )]
     http_listen: Option<String>,
     /// Data directory (database).
-    #[arg(long, env = "TOPUP_IVR_DATA_DIR", value_name = "DIR")]
+    #[arg(global = true, long, env = "TOPUP_IVR_DATA_DIR", value_name = "DIR")]
     data_dir: Option<String>,
     /// Prompts directory (one subdirectory per language).
-    #[arg(long, env = "TOPUP_IVR_PROMPTS_DIR", value_name = "DIR")]
+    #[arg(global = true, long, env = "TOPUP_IVR_PROMPTS_DIR", value_name = "DIR")]
     prompts_dir: Option<String>,
     /// Dialplans directory.
-    #[arg(long, env = "TOPUP_IVR_DIALPLANS_DIR", value_name = "DIR")]
+    #[arg(
+        global = true,
+        long,
+        env = "TOPUP_IVR_DIALPLANS_DIR",
+        value_name = "DIR"
+    )]
     dialplans_dir: Option<String>,
+    /// Database: postgres://USER:PASSWORD@HOST/DB (default: SQLite in the data directory).
+    #[arg(
+        global = true,
+        long,
+        env = "TOPUP_IVR_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
 }
 
 impl ConfigArgs {
@@ -81,6 +171,7 @@ impl ConfigArgs {
             data_dir: self.data_dir.clone(),
             prompts_dir: self.prompts_dir.clone(),
             dialplans_dir: self.dialplans_dir.clone(),
+            database_url: self.database_url.clone(),
         };
         Ok(Config::load(self.config.as_deref(), &o)?)
     }
@@ -171,10 +262,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let cfg = config.load()?;
             let cdrs = runtime()?.block_on(async {
-                let store = Store::open(&cfg.data_dir).await?;
-                let rows = store.recent_cdrs(limit).await;
-                store.close().await;
-                rows
+                let core = topup_ivr::server::open_core(&cfg).await?;
+                let rows = core.db.recent_cdrs(limit).await;
+                core.db.close().await;
+                anyhow::Ok(rows?)
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&cdrs)?);
@@ -237,6 +328,38 @@ fn run(cli: Cli) -> Result<()> {
                     p.numbers.join(", ")
                 );
             }
+        }
+        Command::Cards { config, command } => {
+            runtime()?.block_on(topup_cli::cards(&config.load()?, command))?
+        }
+        Command::Carriers { config, command } => {
+            runtime()?.block_on(topup_cli::carriers(&config.load()?, command))?
+        }
+        Command::Products { config, command } => {
+            runtime()?.block_on(topup_cli::products(&config.load()?, command))?
+        }
+        Command::Numbers { config, command } => {
+            runtime()?.block_on(topup_cli::numbers(&config.load()?, command))?
+        }
+        Command::Accounts { config, command } => {
+            runtime()?.block_on(topup_cli::accounts_cmd(&config.load()?, command))?
+        }
+        Command::Topups { config, command } => {
+            runtime()?.block_on(topup_cli::topups(&config.load()?, command))?
+        }
+        Command::Ledger { config, command } => {
+            runtime()?.block_on(topup_cli::ledger(&config.load()?, command))?
+        }
+        Command::Db {
+            command: DbCommand::Migrate(args),
+        } => {
+            let cfg = args.load()?;
+            runtime()?.block_on(async {
+                let core = topup_ivr::server::open_core(&cfg).await?;
+                core.db.close().await;
+                anyhow::Ok(())
+            })?;
+            println!("database ready");
         }
         Command::Prompts {
             command: PromptsCommand::Check(args),

@@ -14,9 +14,13 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::dialplan::{DialplanError, Dialplans};
 use crate::media::prompts::{LoadOptions, PromptError, PromptStore};
-use crate::store::{Store, StoreError};
+use crate::store::{Db, Store, StoreError};
 use crate::telephony::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::telephony::sip::transport::Transport;
+use crate::topup::adapters::Adapters;
+use crate::topup::numbers::Hlr;
+use crate::topup::secrets::Pepper;
+use crate::topup::{Core, books::now_ms};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shutdown {
@@ -37,6 +41,10 @@ pub enum ServeError {
     Dialplans(Vec<DialplanError>),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Secret(#[from] crate::topup::secrets::SecretError),
+    #[error("{0}")]
+    Topup(#[from] crate::topup::TopupError),
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -48,6 +56,10 @@ pub enum ServeError {
 /// State shared by the transports and call tasks (read-only but for counters and ports).
 pub struct Shared {
     pub cfg: Config,
+    /// The top-up core (its database also holds the call records).
+    pub core: Core,
+    pub adapters: Adapters,
+    pub hlr: Option<Hlr>,
     pub prompts: Arc<PromptStore>,
     pub dialplans: Dialplans,
     pub store: Store,
@@ -113,11 +125,59 @@ pub fn load_content(cfg: &Config) -> Result<(PromptStore, Dialplans), ServeError
     Ok((prompts, dialplans))
 }
 
+/// Opens the database (Postgres when `database.url` is set, else SQLite in the data
+/// directory) and the top-up core over it.
+pub async fn open_core(cfg: &Config) -> Result<Core, ServeError> {
+    let db = match &cfg.database_url {
+        Some(url) => Db::connect(url).await?,
+        None => Db::open(&cfg.data_dir).await?,
+    };
+    let pepper = Pepper::load(&cfg.pin_pepper_file)?;
+    Ok(Core::new(db, pepper, cfg.auth))
+}
+
+/// The HLR client, when one is configured.
+pub fn hlr(cfg: &Config) -> Option<Hlr> {
+    cfg.hlr.as_ref().map(|h| {
+        let key = h.api_key_env.as_deref().and_then(|v| std::env::var(v).ok());
+        Hlr::new(&h.url, key, h.timeout, h.cache_ttl)
+    })
+}
+
+/// Resolves pending top-ups every `every` until shutdown.
+async fn reconcile_loop(shared: Arc<Shared>, every: Duration) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        match shared.core.reconcile(&shared.adapters, now_ms(), 100).await {
+            Ok(r) if r.checked > 0 => info!(
+                checked = r.checked,
+                succeeded = r.succeeded,
+                failed = r.failed,
+                "reconciled top-ups"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "reconciliation failed; will retry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() != Shutdown::Running {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Runs the service until a termination signal, then shuts down gracefully.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
     let (prompts, dialplans) = load_content(&cfg)?;
-    let store = Store::open(&cfg.data_dir).await?;
+    let core = open_core(&cfg).await?;
+    if cfg.demo && core.seed_demo(now_ms()).await? {
+        info!("seeded the demo carriers, accounts and cards (see README)");
+    }
+    let store: Store = core.db.clone();
     let sip_socket = UdpSocket::bind(cfg.sip_listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -151,6 +211,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         dialplans,
         store: store.clone(),
         shutdown: shutdown_rx,
+        hlr: hlr(&cfg),
+        adapters: Adapters::new(),
+        core,
         cfg,
     });
     let services: Vec<String> = shared
@@ -170,6 +233,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
 
     let transport = tokio::spawn(Transport::new(sip_socket, endpoint, shared.clone()).run());
     let http_task = tokio::spawn(crate::http::serve(http, shared.clone()));
+    let reconciler = tokio::spawn(reconcile_loop(shared.clone(), shared.cfg.reconcile_every));
 
     wait_for_signal().await;
     info!(
@@ -191,6 +255,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let _ = shutdown_tx.send(Shutdown::Stop);
     let _ = transport.await;
     http_task.abort();
+    reconciler.abort();
     store.close().await;
     info!("stopped");
     Ok(())

@@ -206,6 +206,13 @@ pub mod testing {
 
     /// A fresh Postgres database for one test.
     pub async fn postgres() -> Db {
+        Db::connect(&postgres_url().await)
+            .await
+            .expect("open test database")
+    }
+
+    /// The URL of a fresh, empty Postgres database for one test.
+    pub async fn postgres_url() -> String {
         let base = std::env::var("TOPUP_IVR_TEST_DATABASE_URL").unwrap_or_else(|_| {
             panic!(
                 "TOPUP_IVR_TEST_DATABASE_URL is not set: the store tests also run on Postgres. \
@@ -225,11 +232,10 @@ pub mod testing {
             .await
             .expect("create test database");
         admin.close().await;
-        let url = match base.rsplit_once('/') {
+        match base.rsplit_once('/') {
             Some((prefix, _)) => format!("{prefix}/{name}"),
             None => panic!("TOPUP_IVR_TEST_DATABASE_URL needs a /database part"),
-        };
-        Db::connect(&url).await.expect("open test database")
+        }
     }
 
     /// A temporary directory that lives as long as the test's database.

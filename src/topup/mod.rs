@@ -8,6 +8,7 @@ pub mod auth;
 pub mod books;
 pub mod cards;
 pub mod carriers;
+pub mod demo;
 pub mod error;
 pub mod ledger;
 pub mod money;

@@ -1,0 +1,593 @@
+//! The command line of the top-up core: cards, carriers, products, numbers, accounts,
+//! top-ups and the ledger. PINs are read from standard input, never from arguments (which end
+//! up in shell history and process lists).
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use serde::Serialize;
+use topup_ivr::config::Config;
+use topup_ivr::server::{hlr, open_core};
+use topup_ivr::topup::adapters::Adapters;
+use topup_ivr::topup::books::{check_books, now_ms};
+use topup_ivr::topup::cards::{format_date, parse_date_end};
+use topup_ivr::topup::ledger::accounts;
+use topup_ivr::topup::money::{Currency, Money};
+use topup_ivr::topup::secrets::Pin;
+use topup_ivr::topup::topups::{Funding, TopupRequest};
+
+#[derive(Subcommand)]
+pub enum CardsCommand {
+    /// Create a batch of cards; prints serial and PIN once (CSV). Only hashes are kept.
+    Generate {
+        #[arg(long)]
+        batch: String,
+        #[arg(long)]
+        count: usize,
+        /// Face value, e.g. 10.00USD.
+        #[arg(long)]
+        value: String,
+        /// Last valid day (YYYY-MM-DD); default one year from today.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Import cards from CSV: serial,pin,value,currency[,batch][,expires].
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value = "imported")]
+        batch: String,
+    },
+    /// Show a card (never its PIN).
+    Show {
+        serial: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Block a card that has not been used.
+    Block { serial: String },
+    /// Unblock a blocked or locked card.
+    Unblock { serial: String },
+}
+
+#[derive(Subcommand)]
+pub enum CarriersCommand {
+    /// Import carriers, prefixes, products, ported numbers, rates (TOML) or a CSV list.
+    Import { file: PathBuf },
+    /// List carriers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProductsCommand {
+    /// Products available for a number.
+    List {
+        #[arg(long)]
+        number: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NumbersCommand {
+    /// Country, type and carrier of a number, and where the answer came from.
+    Lookup {
+        number: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AccountsCommand {
+    /// Wallets and prepaid accounts with balances.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One wallet and/or prepaid account.
+    Show {
+        number: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a wallet (or set its PIN); the PIN is read from standard input.
+    CreateWallet {
+        number: String,
+        #[arg(long, default_value = "USD")]
+        currency: String,
+        #[arg(long, default_value = "en")]
+        language: String,
+    },
+    /// Create a prepaid account on our own network.
+    CreatePrepaid {
+        number: String,
+        #[arg(long, default_value = "USD")]
+        currency: String,
+        /// Low-balance alert threshold, e.g. 2.00.
+        #[arg(long, default_value = "2.00")]
+        low_balance: String,
+        #[arg(long, default_value = "en")]
+        language: String,
+    },
+    /// Link a funding source to a prepaid account; its PIN is read from standard input.
+    LinkFunding { number: String },
+    /// Unlock a wallet or prepaid account locked by wrong PINs (after an identity check).
+    Unlock { number: String },
+    /// Staff adjustment: credit (or with a negative amount, debit) a wallet or prepaid
+    /// account. `--id` makes it happen once.
+    Credit {
+        number: String,
+        /// e.g. 5.00USD or -1.50USD
+        amount: String,
+        #[arg(long)]
+        id: String,
+        /// Credit the prepaid account rather than the wallet.
+        #[arg(long)]
+        prepaid: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TopupsCommand {
+    /// Top up a number from a wallet.
+    Create {
+        /// Unique request id; repeating it returns the first result.
+        #[arg(long)]
+        id: String,
+        /// The paying wallet's number.
+        #[arg(long)]
+        wallet: String,
+        /// The recipient's number with country code.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        product: String,
+        /// For range products, e.g. 10.00USD.
+        #[arg(long)]
+        amount: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent top-ups.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One top-up's receipt.
+    Show { id: String },
+    /// Ask carriers about pending top-ups that are due, and settle them.
+    Reconcile {
+        /// Check every pending top-up now, due or not.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LedgerCommand {
+    /// Prove the books: per currency all balances sum to zero, every account matches its
+    /// transfers, no customer account is overdrawn. Exits 1 if not.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print<T: Serialize + std::fmt::Debug>(json: bool, v: &T, text: impl FnOnce(&T)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        text(v);
+    }
+    Ok(())
+}
+
+fn read_pin(what: &str) -> Result<Pin> {
+    eprintln!("{what} (digits, then Enter):");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let pin = Pin::new(line.trim());
+    if !pin.is_well_formed() {
+        bail!("a PIN is 4 to 20 digits");
+    }
+    Ok(pin)
+}
+
+pub async fn cards(cfg: &Config, cmd: CardsCommand) -> Result<()> {
+    let core = open_core(cfg).await?;
+    let now = now_ms();
+    match cmd {
+        CardsCommand::Generate {
+            batch,
+            count,
+            value,
+            expires,
+        } => {
+            let value = Money::parse(&value)?;
+            let expires_at = match expires {
+                Some(d) => parse_date_end(&d).context("--expires must be YYYY-MM-DD")?,
+                None => now + 365 * 86_400_000,
+            };
+            let cards = core
+                .generate_cards(&batch, count, value, expires_at, now)
+                .await?;
+            println!("serial,pin,value,currency,batch,expires");
+            for c in cards {
+                println!(
+                    "{},{},{},{},{},{}",
+                    c.serial,
+                    c.pin.expose(),
+                    c.value.amount_string(),
+                    c.value.currency,
+                    c.batch,
+                    format_date(c.expires_at)
+                );
+            }
+        }
+        CardsCommand::Import { file, batch } => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let n = core
+                .import_cards(&text, &batch, now)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("imported {n} cards");
+        }
+        CardsCommand::Show { serial, json } => {
+            let card = core
+                .card(&serial, now)
+                .await?
+                .with_context(|| format!("no card {serial}"))?;
+            print(json, &card, |c| {
+                println!("serial     {}", c.serial);
+                println!("batch      {}", c.batch);
+                println!("value      {} {}", c.value, c.currency);
+                println!("state      {}", c.state);
+                println!("expires    {}", format_date(c.expires_at));
+                if let Some(by) = &c.redeemed_by {
+                    println!(
+                        "redeemed   {} by {by}",
+                        c.redeemed_at.map(format_date).unwrap_or_default()
+                    );
+                }
+                println!("wrong PINs {}", c.failed_attempts);
+            })?;
+        }
+        CardsCommand::Block { serial } => {
+            if !core.set_card_blocked(&serial, true).await? {
+                bail!("card {serial} is not an active card");
+            }
+            println!("blocked {serial}");
+        }
+        CardsCommand::Unblock { serial } => {
+            if !core.set_card_blocked(&serial, false).await? {
+                bail!("card {serial} is not blocked or locked");
+            }
+            println!("unblocked {serial}");
+        }
+    }
+    core.db.close().await;
+    Ok(())
+}
+
+pub async fn carriers(cfg: &Config, cmd: CarriersCommand) -> Result<()> {
+    let core = open_core(cfg).await?;
+    match cmd {
+        CarriersCommand::Import { file } => {
+            let text =
+                std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let r = core
+                .import_carriers(&text, now_ms())
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!(
+                "imported {} carriers, {} prefixes, {} products, {} ported numbers, {} rates",
+                r.carriers, r.prefixes, r.products, r.ported, r.rates
+            );
+        }
+        CarriersCommand::List { json } => {
+            let list = core.carriers().await?;
+            print(json, &list, |l| {
+                for c in l {
+                    println!(
+                        "{:<16} {:<12} {} {} {:<8} {}",
+                        c.id, c.name, c.country, c.currency, c.adapter, c.status
+                    );
+                }
+            })?;
+        }
+    }
+    core.db.close().await;
+    Ok(())
+}
+
+pub async fn products(cfg: &Config, cmd: ProductsCommand) -> Result<()> {
+    let core = open_core(cfg).await?;
+    let ProductsCommand::List { number, json } = cmd;
+    let info = core.lookup_number(&number, hlr(cfg).as_ref()).await?;
+    let carrier = info
+        .carrier_id
+        .clone()
+        .context("no carrier known for this number")?;
+    let list = core.products(&carrier).await?;
+    print(json, &list, |l| {
+        for p in l {
+            match &p.kind {
+                topup_ivr::topup::carriers::ProductKind::Fixed { price, receive } => {
+                    println!(
+                        "{:<20} {:<14} pay {price:<12} receive {receive}",
+                        p.id, p.label
+                    )
+                }
+                topup_ivr::topup::carriers::ProductKind::Range { min, max, rate } => {
+                    println!(
+                        "{:<20} {:<14} pay {min} to {max}, rate {rate} {}",
+                        p.id, p.label, p.receive_currency
+                    )
+                }
+            }
+        }
+    })?;
+    core.db.close().await;
+    Ok(())
+}
+
+pub async fn numbers(cfg: &Config, cmd: NumbersCommand) -> Result<()> {
+    let core = open_core(cfg).await?;
+    let NumbersCommand::Lookup { number, json } = cmd;
+    let info = core.lookup_number(&number, hlr(cfg).as_ref()).await?;
+    print(json, &info, |i| {
+        println!(
+            "{} {} {:?} carrier {} ({:?}{})",
+            i.e164,
+            i.country,
+            i.kind,
+            i.carrier_id.as_deref().unwrap_or("unknown"),
+            i.source,
+            if i.ported { ", ported" } else { "" }
+        )
+    })?;
+    core.db.close().await;
+    Ok(())
+}
+
+pub async fn accounts_cmd(cfg: &Config, cmd: AccountsCommand) -> Result<()> {
+    let core = open_core(cfg).await?;
+    let now = now_ms();
+    match cmd {
+        AccountsCommand::List { json } => {
+            let all = core.list_accounts().await?;
+            print(json, &all, |(wallets, prepaid)| {
+                for w in wallets {
+                    println!(
+                        "wallet  {:<16} {:>12} {} {:<7} {}",
+                        w.number, w.balance, w.currency, w.status, w.language
+                    );
+                }
+                for p in prepaid {
+                    println!(
+                        "prepaid {:<16} {:>12} {} {:<7} {}",
+                        p.number, p.balance, p.currency, p.status, p.language
+                    );
+                }
+            })?;
+        }
+        AccountsCommand::Show { number, json } => {
+            let w = core.wallet(&number).await?;
+            let p = core.prepaid(&number).await?;
+            if w.is_none() && p.is_none() {
+                bail!("no wallet or prepaid account for {number}");
+            }
+            let recent = core.recent_recipients(&number, 5).await?;
+            #[derive(Serialize, Debug)]
+            struct Show {
+                wallet: Option<topup_ivr::topup::accounts::Wallet>,
+                prepaid: Option<topup_ivr::topup::accounts::PrepaidAccount>,
+                recent_recipients: Vec<String>,
+            }
+            print(
+                json,
+                &Show {
+                    wallet: w,
+                    prepaid: p,
+                    recent_recipients: recent,
+                },
+                |s| {
+                    if let Some(w) = &s.wallet {
+                        println!(
+                            "wallet:  balance {} {} (available {}), {}, PIN {}, wrong PINs {}",
+                            w.balance,
+                            w.currency,
+                            w.available,
+                            w.status,
+                            if w.has_pin { "set" } else { "not set" },
+                            w.failed_attempts
+                        );
+                    }
+                    if let Some(p) = &s.prepaid {
+                        println!(
+                            "prepaid: balance {} {}, alert below {}, {}, funding {}",
+                            p.balance,
+                            p.currency,
+                            p.low_balance,
+                            p.status,
+                            if p.linked_funding { "linked" } else { "none" }
+                        );
+                    }
+                    if !s.recent_recipients.is_empty() {
+                        println!("recent recipients: {}", s.recent_recipients.join(", "));
+                    }
+                },
+            )?;
+        }
+        AccountsCommand::CreateWallet {
+            number,
+            currency,
+            language,
+        } => {
+            let pin = read_pin("wallet PIN")?;
+            let w = core
+                .create_wallet(&number, Currency::new(&currency)?, &pin, &language, now)
+                .await?;
+            println!("wallet {} ({})", w.number, w.currency);
+        }
+        AccountsCommand::CreatePrepaid {
+            number,
+            currency,
+            low_balance,
+            language,
+        } => {
+            let cur = Currency::new(&currency)?;
+            let p = core
+                .create_prepaid(
+                    &number,
+                    cur,
+                    Money::parse_amount(&low_balance, cur)?,
+                    &language,
+                    now,
+                )
+                .await?;
+            println!("prepaid account {} ({})", p.number, p.currency);
+        }
+        AccountsCommand::LinkFunding { number } => {
+            let pin = read_pin("funding PIN")?;
+            core.link_funding(&number, &pin, now).await?;
+            println!("linked funding to {number}");
+        }
+        AccountsCommand::Unlock { number } => {
+            if !core.unlock(&number).await? {
+                bail!("{number} is not locked");
+            }
+            println!("unlocked {number}");
+        }
+        AccountsCommand::Credit {
+            number,
+            amount,
+            id,
+            prepaid,
+        } => {
+            let account = if prepaid {
+                accounts::prepaid(&number)
+            } else {
+                accounts::wallet(&number)
+            };
+            core.adjust(&id, &account, Money::parse(&amount)?, now)
+                .await?;
+            println!("adjusted {account} by {amount}");
+        }
+    }
+    core.db.close().await;
+    Ok(())
+}
+
+pub async fn topups(cfg: &Config, cmd: TopupsCommand) -> Result<()> {
+    let core = open_core(cfg).await?;
+    let adapters = Adapters::new();
+    match cmd {
+        TopupsCommand::Create {
+            id,
+            wallet,
+            to,
+            product,
+            amount,
+            json,
+        } => {
+            let req = TopupRequest {
+                id,
+                channel: "cli".into(),
+                funding: Funding::Wallet(wallet.clone()),
+                payer: wallet,
+                recipient: to,
+                product_id: product,
+                amount: amount.as_deref().map(Money::parse).transpose()?,
+            };
+            let r = core
+                .topup(&adapters, hlr(cfg).as_ref(), &req, now_ms())
+                .await?;
+            print(json, &r, print_receipt)?;
+        }
+        TopupsCommand::List { state, limit, json } => {
+            let list = core.list_topups(state.as_deref(), limit).await?;
+            print(json, &list, |l| {
+                for r in l {
+                    println!(
+                        "{:<24} {:<9} {:<15} {:<14} {:>12} -> {:<14} {}",
+                        r.id,
+                        r.state,
+                        r.recipient,
+                        r.carrier_id,
+                        r.sent,
+                        r.received,
+                        r.error.as_deref().unwrap_or("")
+                    );
+                }
+            })?;
+        }
+        TopupsCommand::Show { id } => {
+            let r = core
+                .topup_receipt(&id)
+                .await?
+                .with_context(|| format!("no top-up {id}"))?;
+            print(true, &r, |_| {})?;
+        }
+        TopupsCommand::Reconcile { all } => {
+            let now = if all { i64::MAX / 2 } else { now_ms() };
+            let r = core.reconcile(&adapters, now, 10_000).await?;
+            println!(
+                "checked {}: {} succeeded, {} failed, {} still pending",
+                r.checked, r.succeeded, r.failed, r.still_pending
+            );
+        }
+    }
+    core.db.close().await;
+    Ok(())
+}
+
+fn print_receipt(r: &topup_ivr::topup::topups::Receipt) {
+    println!(
+        "{} {}: {} to {} via {} (receives {})",
+        r.id, r.state, r.sent, r.recipient, r.carrier_id, r.received
+    );
+    if let Some(c) = &r.carrier_ref {
+        println!("carrier reference {c}");
+    }
+    if let Some(e) = &r.error {
+        println!("note: {e}");
+    }
+}
+
+pub async fn ledger(cfg: &Config, cmd: LedgerCommand) -> Result<()> {
+    let core = open_core(cfg).await?;
+    let LedgerCommand::Check { json } = cmd;
+    let report = check_books(&core.db).await?;
+    core.db.close().await;
+    print(json, &report, |r| {
+        for (cur, posted, pending) in &r.totals {
+            println!("{cur}: posted {posted:+}, pending {pending:+}");
+        }
+        println!("{} accounts, {} transfers", r.accounts, r.transfers);
+        for a in &r.mismatched_accounts {
+            println!("MISMATCH: {a} disagrees with its transfers");
+        }
+        for a in &r.overdrawn_accounts {
+            println!("OVERDRAWN: {a}");
+        }
+    })?;
+    if !report.balanced() {
+        bail!("the books do not balance");
+    }
+    if !json {
+        println!("the books balance");
+    }
+    Ok(())
+}
