@@ -564,6 +564,9 @@ fn print_receipt(r: &topup_ivr::topup::topups::Receipt) {
     if let Some(e) = &r.error {
         println!("note: {e}");
     }
+    if let Some(b) = &r.payer_balance {
+        println!("payer balance {b}");
+    }
 }
 
 pub async fn ledger(cfg: &Config, cmd: LedgerCommand) -> Result<()> {

@@ -575,6 +575,23 @@ impl Core {
     }
 }
 
+impl Core {
+    /// "You have 23 minutes": whole minutes a wallet's balance buys to a destination, or
+    /// `None` when there is no rate for it.
+    pub async fn minutes_left(
+        &self,
+        wallet: &str,
+        destination: &str,
+    ) -> Result<Option<i64>, TopupError> {
+        let balance = self.wallet_balance(wallet).await?;
+        let e164 = super::numbers::parse_number(destination)?.e164;
+        Ok(self
+            .rate_for(&e164, balance.currency)
+            .await?
+            .map(|(per_minute, _)| minutes_left(balance, per_minute)))
+    }
+}
+
 /// Whole minutes a balance pays for at `per_minute` (rounded down; never negative).
 pub fn minutes_left(balance: Money, per_minute: Money) -> i64 {
     if per_minute.minor <= 0 || balance.minor <= 0 || balance.currency != per_minute.currency {

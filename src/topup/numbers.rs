@@ -375,4 +375,75 @@ mod tests {
         assert_eq!(longest_prefix("+84812345678", &t), Some(("84", &"a")));
         assert_eq!(longest_prefix("+52", &t), None);
     }
+
+    /// The HLR answers first when configured, its answers are cached, and when it fails the
+    /// chain goes on to the tables.
+    #[tokio::test]
+    async fn hlr_answers_first_is_cached_and_its_failures_fall_through() {
+        use axum::extract::{Query, State};
+        use axum::routing::get;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        async fn hlr(
+            State(hits): State<Arc<AtomicU32>>,
+            Query(q): Query<HashMap<String, String>>,
+        ) -> (axum::http::StatusCode, String) {
+            hits.fetch_add(1, Ordering::SeqCst);
+            let n = q.get("number").cloned().unwrap_or_default();
+            match &n[n.len() - 2..] {
+                "11" => (
+                    axum::http::StatusCode::OK,
+                    r#"{"valid":true,"mccmnc":"334030","ported":true}"#.into(),
+                ),
+                "22" => (axum::http::StatusCode::OK, r#"{"valid":false}"#.into()),
+                "33" => (axum::http::StatusCode::OK, "garbage".into()),
+                _ => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, String::new()),
+            }
+        }
+        let hits = Arc::new(AtomicU32::new(0));
+        let app = axum::Router::new()
+            .route("/hlr", get(hlr))
+            .with_state(hits.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hlr", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        let h = Hlr::new(
+            &url,
+            Some("k".into()),
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        );
+        for (core, _g) in crate::topup::testing::cores().await {
+            core.import_carriers(
+                "[[carrier]]\nid = \"telcel-mx\"\nname = \"Telcel\"\ncountry = \"MX\"\ncurrency = \"MXN\"\nadapter = \"sandbox\"\nmccmnc = [\"334020\"]\nprefixes = [\"52\"]\n\
+[[carrier]]\nid = \"movistar-mx\"\nname = \"Movistar\"\ncountry = \"MX\"\ncurrency = \"MXN\"\nadapter = \"sandbox\"\nmccmnc = [\"334030\"]\n",
+                1,
+            )
+            .await
+            .unwrap();
+            let before = hits.load(Ordering::SeqCst);
+            let n = core.lookup_number("+525512345611", Some(&h)).await.unwrap();
+            assert_eq!(
+                (n.carrier_id.as_deref(), n.source, n.ported),
+                (Some("movistar-mx"), Source::Hlr, true)
+            );
+            core.lookup_number("+525512345611", Some(&h)).await.unwrap();
+            assert!(
+                hits.load(Ordering::SeqCst) - before <= 1,
+                "the second answer came from the cache"
+            );
+            let e = core
+                .lookup_number("+525512345622", Some(&h))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), "invalid_number");
+            for fallthrough in ["+525512345633", "+525512345644"] {
+                let n = core.lookup_number(fallthrough, Some(&h)).await.unwrap();
+                assert_eq!(
+                    (n.carrier_id.as_deref(), n.source),
+                    (Some("telcel-mx"), Source::Prefix)
+                );
+            }
+        }
+    }
 }

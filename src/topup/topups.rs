@@ -80,6 +80,8 @@ pub struct Receipt {
     pub attempts: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The paying account's available balance when the receipt was read.
+    pub payer_balance: Option<String>,
 }
 
 impl Receipt {
@@ -151,6 +153,7 @@ fn receipt_from_row(r: &sqlx::any::AnyRow) -> Result<Receipt, TopupError> {
         attempts: r.try_get("attempts")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        payer_balance: None,
         id,
     })
 }
@@ -430,7 +433,24 @@ impl Core {
         .bind(id)
         .fetch_optional(self.db.pool())
         .await?;
-        row.as_ref().map(receipt_from_row).transpose()
+        let Some(mut r) = row.as_ref().map(receipt_from_row).transpose()? else {
+            return Ok(None);
+        };
+        self.fill_payer_balance(&mut r).await?;
+        Ok(Some(r))
+    }
+
+    async fn fill_payer_balance(&self, r: &mut Receipt) -> Result<(), TopupError> {
+        let account_id = match r.funding.split_once(':') {
+            Some(("wallet", n)) => accounts::wallet(n),
+            Some(("account", a)) => a.to_string(),
+            _ => return Ok(()),
+        };
+        let mut conn = self.db.pool().acquire().await?;
+        r.payer_balance = super::books::account(&mut conn, &account_id)
+            .await?
+            .map(|a| a.available_money().to_string());
+        Ok(())
     }
 
     /// Most recent top-ups, optionally only those in `state`.
@@ -446,7 +466,14 @@ impl Core {
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(receipt_from_row).collect()
+        let mut out = rows
+            .iter()
+            .map(receipt_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        for r in &mut out {
+            self.fill_payer_balance(r).await?;
+        }
+        Ok(out)
     }
 }
 
@@ -621,6 +648,7 @@ receive = "5.00USD"
                     ("succeeded", "5.99 USD", "100.00 MXN")
                 );
                 assert_eq!(r.carrier_ref.as_deref(), Some("SBX-t1"));
+                assert_eq!(r.payer_balance.as_deref(), Some("4.01 USD"));
                 assert_eq!(
                     core.wallet_balance("+12015550100")
                         .await
