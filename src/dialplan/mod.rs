@@ -2,6 +2,7 @@
 
 pub mod interpreter;
 pub mod model;
+pub mod say;
 
 pub use interpreter::{CallAction, CallEvent, Interpreter, PromptRef};
 pub use model::{Dialplan, DialplanError, Dialplans};
