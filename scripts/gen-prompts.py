@@ -38,11 +38,15 @@ def main() -> int:
     for lang in langs:
         manifest = tomllib.loads((root / lang / "manifest.toml").read_text())["prompts"]
         voice = VOICES.get(lang, lang)
-        for name, text in sorted(manifest.items()):
+        for name, phrase in sorted(manifest.items()):
             out = root / lang / f"{name}.wav"
             if out.exists() and not args.force:
                 continue
-            synth(text, voice, out)
+            text, v = (phrase["text"], phrase["voice"]) if isinstance(phrase, dict) else (phrase, voice)
+            if name == "pause":
+                subprocess.run(["sox", "-n", "-r", "8000", "-b", "16", "-c", "1", str(out), "trim", "0", "0.25"], check=True)
+            else:
+                synth(text, v, out)
             print(f"{out}: {text}")
     return 0
 

@@ -4,7 +4,7 @@
 //! The session is where a call's logic lives and is tested on a simulated clock; the driver
 //! only moves bytes and time in and out, so the softswitch adapters can reuse the session.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{Instrument, debug, info, warn};
 
+use crate::dialplan::interpreter::CallContext;
 use crate::dialplan::{CallAction, CallEvent, Dialplan, Interpreter};
 use crate::media::dtmf::inband::{InbandDetector, InbandDigit};
 use crate::media::dtmf::rfc4733::Rfc4733Receiver;
@@ -49,6 +50,12 @@ pub struct CallSession {
     methods: BTreeSet<&'static str>,
     /// The plan ended the call: why, and when the BYE may go (see [`HANGUP_LINGER`]).
     hangup: Option<(String, Instant)>,
+    /// Operations the plan asked for, not yet handed to the driver.
+    ops: VecDeque<(String, Vec<(String, String)>)>,
+    /// An escalation the plan asked for: (target, reason, context).
+    transfer: Option<(String, String, CallContext)>,
+    /// Hang up when the player runs dry (after a driver announcement).
+    hangup_after_play: Option<String>,
 }
 
 /// Silence sent after the last prompt before hanging up: the caller's jitter buffer still
@@ -64,9 +71,25 @@ impl CallSession {
         seq: u16,
         ts: u32,
     ) -> Self {
+        Self::with_vars(plan, prompts, media, ssrc, seq, ts, [])
+    }
+
+    /// With the call's variables (`caller`, `dialled`).
+    pub fn with_vars(
+        plan: Arc<Dialplan>,
+        prompts: Arc<PromptStore>,
+        media: MediaParams,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        let mut player = Player::new(media.codec, ssrc, seq, ts);
+        // A call may start on hold (an offer with a=sendonly).
+        player.set_muted(!media.send);
         CallSession {
-            interp: Interpreter::new(plan),
-            player: Player::new(media.codec, ssrc, seq, ts),
+            interp: Interpreter::with_vars(plan, vars),
+            player,
             prompts,
             media,
             rfc4733: Rfc4733Receiver::new(),
@@ -75,6 +98,9 @@ impl CallSession {
             inband_found: Vec::new(),
             methods: BTreeSet::new(),
             hangup: None,
+            ops: VecDeque::new(),
+            transfer: None,
+            hangup_after_play: None,
         }
     }
 
@@ -163,6 +189,40 @@ impl CallSession {
         self.pump(now);
     }
 
+    /// The next operation the plan wants run; answer with [`CallSession::handle_result`].
+    pub fn poll_invoke(&mut self) -> Option<(String, Vec<(String, String)>)> {
+        self.ops.pop_front()
+    }
+
+    pub fn handle_result(&mut self, now: Instant, code: String, vars: Vec<(String, String)>) {
+        self.interp
+            .handle_event(now, CallEvent::Result { code, vars });
+        self.pump(now);
+    }
+
+    /// Plays prompts (in the call's language), then hangs up with `reason`: what the driver
+    /// says when it cannot do what the plan asked (no agent to transfer to).
+    pub fn announce_then_hangup(&mut self, now: Instant, names: &[&str], reason: &str) {
+        let lang = self.interp.language().to_string();
+        let items: Vec<PlayItem> = names
+            .iter()
+            .filter_map(|n| self.prompts.get(&lang, n))
+            .map(PlayItem::Prompt)
+            .collect();
+        if items.is_empty() {
+            self.hangup.get_or_insert((reason.to_string(), now));
+        } else {
+            self.player.stop();
+            self.player.enqueue(items);
+            self.hangup_after_play = Some(reason.to_string());
+        }
+    }
+
+    /// An escalation the plan asked for (once).
+    pub fn take_transfer(&mut self) -> Option<(String, String, CallContext)> {
+        self.transfer.take()
+    }
+
     /// Why the plan ended the call, once it is time to send the BYE.
     pub fn poll_hangup(&self, now: Instant) -> Option<&str> {
         self.hangup
@@ -205,6 +265,14 @@ impl CallSession {
                         }
                     }
                     CallAction::StopPlayback => self.player.stop(),
+                    CallAction::Invoke { op, args } => self.ops.push_back((op, args)),
+                    CallAction::Transfer {
+                        target,
+                        reason,
+                        context,
+                    } => {
+                        self.transfer.get_or_insert((target, reason, context));
+                    }
                     CallAction::Hangup { reason } => {
                         self.hangup.get_or_insert((reason, now + HANGUP_LINGER));
                     }
@@ -212,6 +280,9 @@ impl CallSession {
             }
             while let Some(PlayerEvent::Done) = self.player.poll_event() {
                 progressed = true;
+                if let Some(reason) = self.hangup_after_play.take() {
+                    self.hangup.get_or_insert((reason, now + HANGUP_LINGER));
+                }
                 self.interp.handle_event(now, CallEvent::PromptDone);
             }
             if !progressed {
@@ -371,14 +442,25 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
     }
 
     let media = media_params(&negotiated, cfg.inband_dtmf);
-    let mut session = CallSession::new(
+    let caller = crate::services::caller_e164(&incoming.caller);
+    let mut session = CallSession::with_vars(
         plan,
         shared.prompts.clone(),
         media,
         rand::random(),
         rand::random(),
         rand::random(),
+        [
+            ("caller".to_string(), caller.clone()),
+            ("dialled".to_string(), incoming.dialled.clone()),
+        ],
     );
+    // The operation in flight (one at a time: the plan waits for it).
+    let mut op_task: Option<tokio::task::JoinHandle<crate::services::OpResult>> = None;
+    let mut op_seq = 0u32;
+    let mut topup_ids: Vec<String> = vec![];
+    // The escalation whose transfer (REFER) is in flight.
+    let mut referring: Option<String> = None;
     let started = Instant::now();
     session.start(started);
     let mut remote = SocketAddr::new(negotiated.remote_addr, negotiated.remote_port);
@@ -392,6 +474,65 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
         while let Some(pkt) = session.poll_transmit(now) {
             if !remote.ip().is_unspecified() {
                 let _ = socket.send_to(&pkt, remote).await;
+            }
+        }
+        if let Some((op, args)) = session.poll_invoke() {
+            op_seq += 1;
+            let shared = shared.clone();
+            let caller = caller.clone();
+            let request_id = format!("voice:{}:{op_seq}", incoming.call_id);
+            debug!(op = %op, "operation");
+            op_task = Some(tokio::spawn(async move {
+                let ctx = crate::services::OpContext {
+                    core: &shared.core,
+                    adapters: &shared.adapters,
+                    hlr: shared.hlr.as_ref(),
+                    caller: &caller,
+                    request_id,
+                    channel: "voice",
+                };
+                crate::services::run(&ctx, &op, &args).await
+            }));
+        }
+        if let Some((target, reason, context)) = session.take_transfer() {
+            let id = hex::encode(rand::random::<[u8; 8]>());
+            let esc = crate::topup::escalations::Escalation {
+                id: id.clone(),
+                call_id: incoming.call_id.clone(),
+                caller: caller.clone(),
+                service: context.service.clone(),
+                language: context.language.clone(),
+                node: context.node.clone(),
+                path: context.path.clone(),
+                inputs: context.inputs.clone(),
+                reason: reason.clone(),
+                topup_ids: topup_ids.clone(),
+                state: "open".into(),
+                created_at: crate::topup::books::now_ms(),
+            };
+            if let Err(e) = shared.core.record_escalation(&esc, esc.created_at).await {
+                warn!(error = %e, "escalation not recorded");
+            }
+            info!(escalation = %id, %target, %reason, "escalating");
+            match &cfg.agent_uri {
+                Some(uri) => {
+                    let sep = if uri.contains('?') { '&' } else { '?' };
+                    let to = format!("{uri}{sep}X-Escalation-Id={id}");
+                    send(SipCommand::Refer(
+                        call,
+                        to,
+                        vec![("X-Escalation-Id".into(), id.clone())],
+                    ))
+                    .await;
+                    referring = Some(id);
+                }
+                None => {
+                    let _ = shared
+                        .core
+                        .set_escalation_state(&id, "failed", crate::topup::books::now_ms())
+                        .await;
+                    session.announce_then_hangup(now, &["agents-unavailable"], "escalation-failed");
+                }
             }
         }
         if let Some(r) = session.poll_hangup(now) {
@@ -421,6 +562,14 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
             wake = now;
         }
         tokio::select! {
+            r = async { op_task.as_mut().expect("guarded").await }, if op_task.is_some() => {
+                op_task = None;
+                let (code, vars) = r.unwrap_or_else(|_| ("unavailable".into(), vec![]));
+                if let Some((_, id)) = vars.iter().find(|(k, _)| k == "topup_id") {
+                    topup_ids.push(id.clone());
+                }
+                session.handle_result(Instant::now(), code, vars);
+            }
             r = socket.recv_from(&mut buf) => {
                 let now = Instant::now();
                 if let Ok((n, from)) = r
@@ -451,6 +600,18 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
                             send(SipCommand::AnswerReoffer(call, Err(488))).await;
                         }
                     },
+                    Some(SipEvent::ReferResult { code, .. }) => {
+                        if let Some(id) = referring.take() {
+                            let ms = crate::topup::books::now_ms();
+                            if (200..300).contains(&code) {
+                                let _ = shared.core.set_escalation_state(&id, "transferred", ms).await;
+                                break "transferred".into();
+                            }
+                            warn!(code, "transfer refused");
+                            let _ = shared.core.set_escalation_state(&id, "failed", ms).await;
+                            session.announce_then_hangup(now, &["agents-unavailable"], "escalation-failed");
+                        }
+                    }
                     Some(SipEvent::Ended { reason, .. }) => {
                         return Outcome { reason: reason.as_str().into(), digits: session.interpreter().digits().into() }
                             .with_methods(cdr, &session);

@@ -44,6 +44,13 @@ struct RawConfig {
     security: RawSecurity,
     lookup: RawLookup,
     topups: RawTopups,
+    escalation: RawEscalation,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawEscalation {
+    agent_uri: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -172,6 +179,8 @@ pub struct Config {
     pub reconcile_every: Duration,
     /// Seed the demo carriers, accounts and cards into an empty database.
     pub demo: bool,
+    /// Where escalated calls are transferred (REFER), e.g. `sip:agents@pbx.example.com`.
+    pub agent_uri: Option<String>,
 }
 
 /// An HLR lookup provider.
@@ -486,6 +495,28 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
             origin,
         )?,
         demo: raw.topups.demo.unwrap_or(true),
+        agent_uri: match raw
+            .escalation
+            .agent_uri
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            None => None,
+            Some(u)
+                if crate::telephony::sip::message::Uri::parse(u)
+                    .is_some_and(|x| x.scheme == "sip" || x.scheme == "sips") =>
+            {
+                Some(u.to_string())
+            }
+            Some(u) => {
+                return Err(err(
+                    false,
+                    "escalation.agent_uri",
+                    format!("`{u}` is not a sip: URI"),
+                ));
+            }
+        },
         prompts_dir: path(&o.prompts_dir, &raw.paths.prompts, "prompts"),
         dialplans_dir: path(&o.dialplans_dir, &raw.paths.dialplans, "dialplans"),
         log_level,

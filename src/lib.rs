@@ -7,6 +7,7 @@ pub mod http;
 pub mod media;
 pub mod redact;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod telephony;
 pub mod topup;

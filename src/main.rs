@@ -88,6 +88,13 @@ enum Command {
         #[command(subcommand)]
         command: topup_cli::TopupsCommand,
     },
+    /// Calls handed to agents.
+    Escalations {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::EscalationsCommand,
+    },
     /// The double-entry ledger.
     Ledger {
         #[command(flatten)]
@@ -346,6 +353,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Topups { config, command } => {
             runtime()?.block_on(topup_cli::topups(&config.load()?, command))?
+        }
+        Command::Escalations { config, command } => {
+            runtime()?.block_on(topup_cli::escalations(&config.load()?, command))?
         }
         Command::Ledger { config, command } => {
             runtime()?.block_on(topup_cli::ledger(&config.load()?, command))?

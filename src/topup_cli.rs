@@ -174,6 +174,32 @@ pub enum TopupsCommand {
 }
 
 #[derive(Subcommand)]
+pub enum EscalationsCommand {
+    /// Recent escalations with their context, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn escalations(cfg: &Config, cmd: EscalationsCommand) -> Result<()> {
+    let core = open_core(cfg).await?;
+    let EscalationsCommand::List { limit, json } = cmd;
+    let list = core.escalations(limit).await?;
+    core.db.close().await;
+    print(json, &list, |l| {
+        for e in l {
+            println!(
+                "{} {:<11} {:<14} {:<9} at {:<14} {}",
+                e.id, e.state, e.caller, e.service, e.node, e.reason
+            );
+        }
+    })
+}
+
+#[derive(Subcommand)]
 pub enum LedgerCommand {
     /// Prove the books: per currency all balances sum to zero, every account matches its
     /// transfers, no customer account is overdrawn. Exits 1 if not.

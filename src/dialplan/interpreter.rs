@@ -1,25 +1,35 @@
 //! The dialplan interpreter (sans-IO): one per call, driven by events and the time.
 //!
-//! It never touches audio or sockets: it asks its driver to play prompts, to stop playing
-//! (barge-in) and to hang up, and it is told about key presses and prompt ends. Keys pressed
-//! at any time go into a type-ahead buffer that the next `collect` reads first, so a key is
-//! never lost, whether it interrupted a prompt or arrived while one was being read back.
+//! It never touches audio, sockets or the database: it asks its driver to play prompts, stop
+//! playing (barge-in), run an operation, transfer or hang up, and it is told about key presses,
+//! prompt ends and operation results. Keys pressed at any time go into a type-ahead buffer that
+//! the next menu or collect reads first, so a key is never lost, whether it interrupted a
+//! prompt or arrived while one was being read back.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::model::{Dialplan, Node, say_prompt};
+use super::model::{CONFIRM_PROMPT, ConfirmAs, Dialplan, Node, PRESS_PROMPT, SayItem, Validator};
+use super::say;
 use crate::media::dtmf::Digit;
+use crate::topup::money::Money;
 
 /// Transitions allowed without waiting for anything; more means a loop with no exit.
 const MAX_STEPS_PER_INPUT: usize = 256;
+/// Nodes remembered for escalations and analytics.
+const MAX_PATH: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallEvent {
     Digit(Digit),
     /// Everything the last `Play` asked for has been sent.
     PromptDone,
+    /// An operation finished: its result code (`ok` or an error code) and variables to set.
+    Result {
+        code: String,
+        vars: Vec<(String, String)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,27 +38,57 @@ pub struct PromptRef {
     pub name: String,
 }
 
+/// What the caller tried, for the agent who takes an escalation (secrets masked).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallContext {
+    pub service: String,
+    pub language: String,
+    pub node: String,
+    pub path: Vec<String>,
+    /// Collected inputs by variable; secrets as "****".
+    pub inputs: BTreeMap<String, String>,
+    pub last_failure: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallAction {
     /// Queue prompts; a `PromptDone` event is expected when they end (not after a stop).
     Play(Vec<PromptRef>),
     /// Barge-in: stop whatever is playing now.
     StopPlayback,
+    /// Run a core operation; answer with `CallEvent::Result`.
+    Invoke {
+        op: String,
+        args: Vec<(String, String)>,
+    },
+    /// Hand the call over (escalation) with its context; the interpreter is done.
+    Transfer {
+        target: String,
+        reason: String,
+        context: CallContext,
+    },
     /// End the call; `reason` goes to the CDR.
     Hangup { reason: String },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum After {
     Goto(String),
-    /// Back to the current collect node for another attempt.
+    MenuWait,
     Recollect,
+    ConfirmWait(String),
+    ChooseWait(usize),
+    Transfer,
 }
 
 #[derive(Debug)]
 enum Phase {
     Playing { barge_in: bool, then: After },
+    MenuWait { deadline: Instant },
     Collecting { digits: String, deadline: Instant },
+    ConfirmWait { value: String, deadline: Instant },
+    ChooseWait { count: usize, deadline: Instant },
+    Invoking { waiting_music: bool },
     Done,
 }
 
@@ -56,27 +96,44 @@ pub struct Interpreter {
     plan: Arc<Dialplan>,
     node: String,
     phase: Phase,
-    vars: HashMap<String, String>,
+    vars: BTreeMap<String, String>,
+    language: String,
     typeahead: VecDeque<Digit>,
-    /// Attempts used in the current collect node.
+    /// Failed attempts in the current menu/collect/choose node.
     tries: u32,
     actions: VecDeque<CallAction>,
     /// Every key received (kept for the CDR only when the plan says so).
     digits: String,
+    path: VecDeque<String>,
+    inputs: BTreeMap<String, String>,
+    last_failure: Option<String>,
 }
 
 impl Interpreter {
     pub fn new(plan: Arc<Dialplan>) -> Self {
+        Self::with_vars(plan, [])
+    }
+
+    /// With initial variables (`caller`, `dialled`, ...).
+    pub fn with_vars(
+        plan: Arc<Dialplan>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
         let node = plan.start.clone();
+        let language = plan.language.clone();
         Interpreter {
             plan,
             node,
             phase: Phase::Done,
-            vars: HashMap::new(),
+            vars: vars.into_iter().collect(),
+            language,
             typeahead: VecDeque::new(),
             tries: 0,
             actions: VecDeque::new(),
             digits: String::new(),
+            path: VecDeque::new(),
+            inputs: BTreeMap::new(),
+            last_failure: None,
         }
     }
 
@@ -100,13 +157,39 @@ impl Interpreter {
                         self.actions.push_back(CallAction::StopPlayback);
                         self.after_play(now);
                     }
-                    Phase::Collecting { .. } => self.consume_typeahead(now),
+                    Phase::MenuWait { .. }
+                    | Phase::Collecting { .. }
+                    | Phase::ConfirmWait { .. }
+                    | Phase::ChooseWait { .. } => self.consume_keys(now),
                     _ => {}
                 }
             }
-            CallEvent::PromptDone => {
-                if matches!(self.phase, Phase::Playing { .. }) {
-                    self.after_play(now);
+            CallEvent::PromptDone => match &mut self.phase {
+                Phase::Playing { .. } => self.after_play(now),
+                Phase::Invoking { waiting_music } => *waiting_music = false,
+                _ => {}
+            },
+            CallEvent::Result { code, vars } => {
+                let Phase::Invoking { waiting_music } = self.phase else {
+                    return;
+                };
+                if waiting_music {
+                    self.actions.push_back(CallAction::StopPlayback);
+                }
+                self.vars.extend(vars);
+                if code != "ok" {
+                    self.last_failure = Some(code.clone());
+                }
+                let plan = self.plan.clone();
+                if let Some(Node::Invoke { results, .. }) = plan.nodes.get(&self.node) {
+                    let next = results
+                        .get(&code)
+                        .or_else(|| results.get("default"))
+                        .cloned();
+                    match next {
+                        Some(n) => self.goto(now, n),
+                        None => self.hangup("dialplan-error"),
+                    }
                 }
             }
         }
@@ -114,20 +197,31 @@ impl Interpreter {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Collecting { deadline, .. } => Some(*deadline),
+            Phase::MenuWait { deadline }
+            | Phase::Collecting { deadline, .. }
+            | Phase::ConfirmWait { deadline, .. }
+            | Phase::ChooseWait { deadline, .. } => Some(*deadline),
             _ => None,
         }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Phase::Collecting { digits, deadline } = &self.phase else {
-            return;
-        };
-        if now < *deadline {
-            return;
+        match &self.phase {
+            Phase::Collecting { digits, deadline } if now >= *deadline => {
+                let digits = digits.clone();
+                self.finish_collect(now, digits);
+            }
+            Phase::MenuWait { deadline } | Phase::ChooseWait { deadline, .. }
+                if now >= *deadline =>
+            {
+                self.fail(now, "no-input")
+            }
+            Phase::ConfirmWait { value, deadline } if now >= *deadline => {
+                let value = value.clone();
+                self.confirm_failed(now, value);
+            }
+            _ => {}
         }
-        let digits = digits.clone();
-        self.finish_collect(now, digits);
     }
 
     pub fn poll_action(&mut self) -> Option<CallAction> {
@@ -147,37 +241,116 @@ impl Interpreter {
         self.vars.get(name).map(String::as_str)
     }
 
-    /// Where the call is in the plan (for logs and staff pages).
+    /// Where the call is in the plan.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    pub fn language(&self) -> &str {
+        &self.language
+    }
+
+    pub fn context(&self) -> CallContext {
+        CallContext {
+            service: self.plan.service.clone(),
+            language: self.language.clone(),
+            node: self.node.clone(),
+            path: self.path.iter().cloned().collect(),
+            inputs: self.inputs.clone(),
+            last_failure: self.last_failure.clone(),
+        }
+    }
+
+    // ---- playing ----
+
+    fn refs(&self, names: impl IntoIterator<Item = String>) -> Vec<PromptRef> {
+        names
+            .into_iter()
+            .map(|name| PromptRef {
+                language: self.language.clone(),
+                name,
+            })
+            .collect()
+    }
+
+    /// Queues prompts and waits for them; with nothing to play, continues at once.
+    fn play(&mut self, now: Instant, names: Vec<String>, barge_in: bool, then: After) {
+        if names.is_empty() {
+            self.run_after(now, then);
+            return;
+        }
+        self.actions.push_back(CallAction::Play(self.refs(names)));
+        self.phase = Phase::Playing { barge_in, then };
+        // A key already waiting interrupts a barge-in prompt at once.
+        if barge_in && !self.typeahead.is_empty() {
+            self.actions.push_back(CallAction::StopPlayback);
+            self.after_play(now);
+        }
     }
 
     fn after_play(&mut self, now: Instant) {
         let Phase::Playing { then, .. } = std::mem::replace(&mut self.phase, Phase::Done) else {
             return;
         };
-        match then {
-            After::Goto(next) => self.goto(now, next),
-            After::Recollect => self.begin_collect(now),
-        }
+        self.run_after(now, then);
     }
 
-    fn play(&mut self, names: Vec<String>, barge_in: bool, then: After) -> bool {
-        if names.is_empty() {
-            return false;
+    fn run_after(&mut self, now: Instant, then: After) {
+        match then {
+            After::Goto(next) => self.goto(now, next),
+            After::MenuWait => {
+                let timeout = match self.plan.nodes.get(&self.node) {
+                    Some(Node::Menu { timeout, .. }) => *timeout,
+                    _ => Duration::from_secs(5),
+                };
+                self.phase = Phase::MenuWait {
+                    deadline: now + timeout,
+                };
+                self.consume_keys(now);
+            }
+            After::Recollect => self.begin_collect(now),
+            After::ConfirmWait(value) => {
+                let timeout = match self.plan.nodes.get(&self.node) {
+                    Some(Node::Collect {
+                        first_digit_timeout,
+                        ..
+                    }) => *first_digit_timeout,
+                    _ => Duration::from_secs(5),
+                };
+                self.phase = Phase::ConfirmWait {
+                    value,
+                    deadline: now + timeout,
+                };
+                self.consume_keys(now);
+            }
+            After::ChooseWait(count) => {
+                let timeout = match self.plan.nodes.get(&self.node) {
+                    Some(Node::Choose { timeout, .. }) => *timeout,
+                    _ => Duration::from_secs(5),
+                };
+                self.phase = Phase::ChooseWait {
+                    count,
+                    deadline: now + timeout,
+                };
+                self.consume_keys(now);
+            }
+            After::Transfer => {
+                let (target, reason) = match self.plan.nodes.get(&self.node) {
+                    Some(Node::Transfer { target, reason, .. }) => (target.clone(), reason.clone()),
+                    _ => ("agents".into(), None),
+                };
+                let reason = reason
+                    .or_else(|| self.last_failure.clone())
+                    .unwrap_or_else(|| "caller request".into());
+                let context = self.context();
+                self.actions.push_back(CallAction::Transfer {
+                    target,
+                    reason,
+                    context,
+                });
+                self.phase = Phase::Done;
+            }
         }
-        let language = self.plan.language.clone();
-        self.actions.push_back(CallAction::Play(
-            names
-                .into_iter()
-                .map(|name| PromptRef {
-                    language: language.clone(),
-                    name,
-                })
-                .collect(),
-        ));
-        self.phase = Phase::Playing { barge_in, then };
-        true
     }
 
     fn hangup(&mut self, reason: &str) {
@@ -187,13 +360,62 @@ impl Interpreter {
         });
     }
 
-    /// Runs nodes until one waits for input.
-    fn goto(&mut self, now: Instant, mut id: String) {
+    // ---- say ----
+
+    /// The prompts for say items; `entry` maps `.field` names to a list entry's variables.
+    fn say_items(&self, items: &[SayItem], entry: Option<&str>) -> Vec<String> {
+        let lang = self.language.as_str();
+        let value = |name: &str| -> String {
+            let key = match (name.strip_prefix('.'), entry) {
+                (Some(field), Some(prefix)) => format!("{prefix}.{field}"),
+                _ => name.to_string(),
+            };
+            self.vars.get(&key).cloned().unwrap_or_default()
+        };
+        let mut out = vec![];
+        for it in items {
+            if let Some(p) = &it.prompt {
+                out.push(p.clone());
+            } else if let Some(v) = &it.prompt_from {
+                let name = value(v);
+                if !name.is_empty() {
+                    out.push(name);
+                }
+            } else if let Some(v) = &it.digits {
+                out.extend(say::digits(&value(v)));
+            } else if let Some(v) = &it.money {
+                if let Ok(m) = Money::parse(&value(v)) {
+                    out.extend(say::money(lang, m));
+                }
+            } else if let Some(v) = &it.number {
+                if let Ok(n) = value(v).parse::<u64>() {
+                    out.extend(say::number(lang, n, false));
+                }
+            } else if let Some(v) = &it.minutes {
+                if let Ok(n) = value(v).parse::<u64>() {
+                    out.extend(say::minutes(lang, n));
+                }
+            } else if let Some(v) = &it.phone {
+                out.extend(say_phone(&value(v)));
+            }
+        }
+        out
+    }
+
+    // ---- nodes ----
+
+    /// Runs nodes until one waits for something.
+    fn goto(&mut self, now: Instant, id: String) {
+        let mut id = id;
         for _ in 0..MAX_STEPS_PER_INPUT {
             if id != self.node {
                 self.tries = 0;
             }
             self.node = id.clone();
+            if self.path.len() == MAX_PATH {
+                self.path.pop_front();
+            }
+            self.path.push_back(id.clone());
             let plan = self.plan.clone();
             let Some(node) = plan.nodes.get(&id) else {
                 // Plans are checked at load; this is a bug, not input.
@@ -207,42 +429,80 @@ impl Interpreter {
                     barge_in,
                     next,
                 } => {
-                    if self.play(prompts.clone(), *barge_in, After::Goto(next.clone())) {
-                        // A key already waiting interrupts a barge-in prompt at once.
-                        if *barge_in && !self.typeahead.is_empty() {
-                            self.actions.push_back(CallAction::StopPlayback);
-                            self.phase = Phase::Done;
-                            id = next.clone();
-                            continue;
-                        }
-                        return;
-                    }
-                    id = next.clone();
+                    return self.play(now, prompts.clone(), *barge_in, After::Goto(next.clone()));
                 }
                 Node::Say {
-                    digits,
+                    items,
                     barge_in,
                     next,
                 } => {
-                    let value = self.vars.get(digits).cloned().unwrap_or_default();
-                    let names = value
-                        .chars()
-                        .filter_map(Digit::from_char)
-                        .map(|d| say_prompt(d).to_string())
-                        .collect();
-                    if self.play(names, *barge_in, After::Goto(next.clone())) {
-                        return;
-                    }
-                    id = next.clone();
+                    let names = self.say_items(items, None);
+                    return self.play(now, names, *barge_in, After::Goto(next.clone()));
                 }
-                Node::Collect { .. } => {
-                    self.begin_collect(now);
+                Node::Menu { prompts, .. } => {
+                    return self.play(now, prompts.clone(), true, After::MenuWait);
+                }
+                Node::Collect { prompts, .. } => {
+                    return self.play(now, prompts.clone(), true, After::Recollect);
+                }
+                Node::Choose {
+                    list,
+                    prompts,
+                    item,
+                    max_items,
+                    on_empty,
+                    ..
+                } => {
+                    let count = self
+                        .vars
+                        .get(&format!("{list}.count"))
+                        .and_then(|c| c.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    let count = count.min(*max_items);
+                    if count == 0 {
+                        id = on_empty.clone();
+                        continue;
+                    }
+                    let mut names = prompts.clone();
+                    for i in 1..=count {
+                        names.extend(self.say_items(item, Some(&format!("{list}.{i}"))));
+                        names.push(PRESS_PROMPT.to_string());
+                        names.push(format!("digit-{i}"));
+                    }
+                    return self.play(now, names, true, After::ChooseWait(count));
+                }
+                Node::Invoke {
+                    op,
+                    args,
+                    wait_prompts,
+                    ..
+                } => {
+                    let args = args
+                        .iter()
+                        .map(|(k, v)| (k.clone(), self.vars.get(v).cloned().unwrap_or_default()))
+                        .collect();
+                    self.actions.push_back(CallAction::Invoke {
+                        op: op.clone(),
+                        args,
+                    });
+                    let music = !wait_prompts.is_empty();
+                    if music {
+                        self.actions
+                            .push_back(CallAction::Play(self.refs(wait_prompts.clone())));
+                    }
+                    self.phase = Phase::Invoking {
+                        waiting_music: music,
+                    };
                     return;
+                }
+                Node::Transfer { prompts, .. } => {
+                    return self.play(now, prompts.clone(), false, After::Transfer);
                 }
                 Node::Branch {
                     var,
                     equals,
                     ends_with,
+                    is_set,
                     then,
                     otherwise,
                 } => {
@@ -250,9 +510,43 @@ impl Interpreter {
                     let hit = match (equals, ends_with) {
                         (Some(e), _) => v == e,
                         (_, Some(s)) => v.ends_with(s.as_str()),
-                        _ => false,
+                        _ => *is_set && !v.is_empty(),
                     };
                     id = if hit { then.clone() } else { otherwise.clone() };
+                }
+                Node::Goto { target } => id = target.clone(),
+                Node::Count {
+                    var,
+                    limit,
+                    next,
+                    on_limit,
+                } => {
+                    let n = self
+                        .vars
+                        .get(var)
+                        .and_then(|v| v.parse::<u32>().ok())
+                        .unwrap_or(0)
+                        + 1;
+                    self.vars.insert(var.clone(), n.to_string());
+                    id = if n > *limit {
+                        on_limit.clone()
+                    } else {
+                        next.clone()
+                    };
+                }
+                Node::SetLanguage {
+                    language,
+                    from,
+                    next,
+                } => {
+                    let wanted = language
+                        .clone()
+                        .or_else(|| from.as_ref().and_then(|v| self.vars.get(v).cloned()));
+                    if let Some(l) = wanted.filter(|l| self.plan.languages.contains(l)) {
+                        self.language = l.clone();
+                        self.vars.insert("language".into(), l);
+                    }
+                    id = next.clone();
                 }
                 Node::Hangup {} => {
                     self.hangup("service-hangup");
@@ -264,309 +558,396 @@ impl Interpreter {
         self.hangup("dialplan-loop");
     }
 
-    fn collect_spec(&self) -> Option<CollectSpec> {
-        match self.plan.nodes.get(&self.node)? {
-            Node::Collect {
-                max_digits,
-                terminator,
-                first_digit_timeout,
-                inter_digit_timeout,
-                ..
-            } => Some(CollectSpec {
-                max: *max_digits,
-                terminator: terminator.as_deref().and_then(|t| t.chars().next()),
-                first: *first_digit_timeout,
-                inter: *inter_digit_timeout,
-            }),
-            _ => None,
+    // ---- keys ----
+
+    /// Feeds waiting keys to whatever is waiting for them, until it moves on or they run out.
+    fn consume_keys(&mut self, now: Instant) {
+        loop {
+            let waiting = matches!(
+                self.phase,
+                Phase::MenuWait { .. }
+                    | Phase::Collecting { .. }
+                    | Phase::ConfirmWait { .. }
+                    | Phase::ChooseWait { .. }
+            );
+            if !waiting {
+                return;
+            }
+            let Some(d) = self.typeahead.pop_front() else {
+                return;
+            };
+            self.on_key(now, d);
         }
     }
 
+    fn on_key(&mut self, now: Instant, d: Digit) {
+        let c = d.as_char();
+        let plan = self.plan.clone();
+        let node = plan.nodes.get(&self.node);
+        match (&mut self.phase, node) {
+            (Phase::MenuWait { .. }, Some(Node::Menu { options, back, .. })) => {
+                if let (Some(b), '*') = (back, c) {
+                    return self.goto(now, b.clone());
+                }
+                match options.get(&c.to_string()) {
+                    Some(next) => self.goto(now, next.clone()),
+                    None => self.fail(now, "invalid"),
+                }
+            }
+            (
+                Phase::ChooseWait { count, .. },
+                Some(Node::Choose {
+                    list,
+                    var,
+                    back,
+                    agent,
+                    next,
+                    ..
+                }),
+            ) => {
+                let count = *count;
+                match (c, back, agent) {
+                    ('*', Some(b), _) => return self.goto(now, b.clone()),
+                    ('0', _, Some(a)) => return self.goto(now, a.clone()),
+                    _ => {}
+                }
+                match c.to_digit(10).map(|i| i as usize) {
+                    Some(i) if (1..=count).contains(&i) => {
+                        let prefix = format!("{list}.{i}.");
+                        let chosen: Vec<(String, String)> = self
+                            .vars
+                            .iter()
+                            .filter_map(|(k, v)| {
+                                k.strip_prefix(&prefix)
+                                    .map(|f| (format!("{var}.{f}"), v.clone()))
+                            })
+                            .collect();
+                        self.vars.extend(chosen);
+                        self.inputs.insert(var.clone(), i.to_string());
+                        self.goto(now, next.clone());
+                    }
+                    _ => self.fail(now, "invalid"),
+                }
+            }
+            (Phase::ConfirmWait { value, .. }, Some(Node::Collect { .. })) => {
+                let value = value.clone();
+                match c {
+                    '1' => self.collect_done(now, value),
+                    '2' => {
+                        // Re-enter: not a failed attempt.
+                        if let Some(Node::Collect { prompts, .. }) = node {
+                            let p = prompts.clone();
+                            self.play(now, p, true, After::Recollect);
+                        }
+                    }
+                    _ => self.confirm_failed(now, value),
+                }
+            }
+            (
+                Phase::Collecting { digits, deadline },
+                Some(Node::Collect {
+                    max_digits,
+                    terminator,
+                    inter_digit_timeout,
+                    back,
+                    agent,
+                    ..
+                }),
+            ) => {
+                if digits.is_empty() {
+                    match (c, back, agent) {
+                        ('*', Some(b), _) => return self.goto(now, b.clone()),
+                        ('0', _, Some(a)) => return self.goto(now, a.clone()),
+                        _ => {}
+                    }
+                }
+                if terminator.as_deref().and_then(|t| t.chars().next()) == Some(c) {
+                    let value = digits.clone();
+                    return self.finish_collect(now, value);
+                }
+                digits.push(c);
+                *deadline = now + *inter_digit_timeout;
+                if digits.len() >= *max_digits {
+                    let value = digits.clone();
+                    self.finish_collect(now, value);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---- collect ----
+
     fn begin_collect(&mut self, now: Instant) {
-        let Some(spec) = self.collect_spec() else {
+        let Some(Node::Collect {
+            first_digit_timeout,
+            ..
+        }) = self.plan.nodes.get(&self.node)
+        else {
             return;
         };
         self.phase = Phase::Collecting {
             digits: String::new(),
-            deadline: now + spec.first,
+            deadline: now + *first_digit_timeout,
         };
-        self.consume_typeahead(now);
+        self.consume_keys(now);
     }
 
-    /// Feeds waiting keys to the current collect until it completes or they run out.
-    fn consume_typeahead(&mut self, now: Instant) {
-        let Some(spec) = self.collect_spec() else {
-            return;
-        };
-        while let Phase::Collecting { digits, deadline } = &mut self.phase {
-            let Some(d) = self.typeahead.pop_front() else {
-                return;
-            };
-            let c = d.as_char();
-            if Some(c) == spec.terminator {
-                let digits = digits.clone();
-                self.finish_collect(now, digits);
-                return;
-            }
-            digits.push(c);
-            *deadline = now + spec.inter;
-            if digits.len() >= spec.max {
-                let digits = digits.clone();
-                self.finish_collect(now, digits);
-                return;
-            }
-        }
-    }
-
-    fn finish_collect(&mut self, now: Instant, digits: String) {
+    fn finish_collect(&mut self, now: Instant, value: String) {
         let plan = self.plan.clone();
         let Some(Node::Collect {
             var,
-            append_to,
             min_digits,
-            max_tries,
-            retry_prompts,
-            next,
-            on_failure,
+            validator,
+            regex,
+            amount_min,
+            amount_max,
+            confirm,
+            confirm_prompts,
+            secret,
             ..
         }) = plan.nodes.get(&self.node)
         else {
             return;
         };
-        if digits.len() >= *min_digits {
-            if let Some(h) = append_to {
-                self.vars.entry(h.clone()).or_default().push_str(&digits);
+        if value.is_empty() {
+            return self.fail(now, "no-input");
+        }
+        if value.len() < *min_digits {
+            return self.fail(now, "invalid");
+        }
+        let extra = match validate(
+            &value,
+            *validator,
+            regex.as_deref(),
+            *amount_min,
+            *amount_max,
+        ) {
+            Ok(extra) => extra,
+            Err(why) => {
+                self.vars.insert(format!("{var}_error"), why);
+                return self.fail(now, "invalid");
             }
-            self.vars.insert(var.clone(), digits);
+        };
+        self.vars.insert(var.clone(), value.clone());
+        for (suffix, v) in extra {
+            self.vars.insert(format!("{var}_{suffix}"), v);
+        }
+        self.inputs.insert(
+            var.clone(),
+            if *secret {
+                "****".into()
+            } else {
+                value.clone()
+            },
+        );
+        match confirm {
+            Some(how) => {
+                let mut names = confirm_prompts.clone();
+                names.extend(match how {
+                    ConfirmAs::Digits => say::digits(&value),
+                    ConfirmAs::Phone => say_phone(
+                        self.vars
+                            .get(&format!("{var}_e164"))
+                            .map(String::as_str)
+                            .unwrap_or(&value),
+                    ),
+                    ConfirmAs::Amount => value
+                        .parse::<u64>()
+                        .map(|n| say::number(&self.language, n, false))
+                        .unwrap_or_default(),
+                });
+                names.push(CONFIRM_PROMPT.into());
+                self.play(now, names, true, After::ConfirmWait(value));
+            }
+            None => self.collect_done(now, value),
+        }
+    }
+
+    fn collect_done(&mut self, now: Instant, value: String) {
+        let plan = self.plan.clone();
+        if let Some(Node::Collect {
+            append_to, next, ..
+        }) = plan.nodes.get(&self.node)
+        {
+            if let Some(h) = append_to {
+                self.vars.entry(h.clone()).or_default().push_str(&value);
+            }
             self.goto(now, next.clone());
-            return;
         }
+    }
+
+    fn confirm_failed(&mut self, now: Instant, value: String) {
         self.tries += 1;
+        let plan = self.plan.clone();
+        let Some(Node::Collect {
+            max_tries,
+            on_failure,
+            confirm_prompts,
+            var,
+            ..
+        }) = plan.nodes.get(&self.node)
+        else {
+            return;
+        };
         if self.tries >= *max_tries {
-            self.goto(now, on_failure.clone());
-        } else if !self.play(retry_prompts.clone(), true, After::Recollect) {
-            self.begin_collect(now);
+            self.last_failure = Some(format!("{var}-not-confirmed"));
+            return self.goto(now, on_failure.clone());
         }
+        let mut names = confirm_prompts.clone();
+        names.extend(say::digits(&value));
+        names.push(CONFIRM_PROMPT.into());
+        self.play(now, names, true, After::ConfirmWait(value));
+    }
+
+    /// A failed attempt in a menu, collect or choose node: try again or give up.
+    fn fail(&mut self, now: Instant, kind: &str) {
+        self.tries += 1;
+        let plan = self.plan.clone();
+        let Some(node) = plan.nodes.get(&self.node) else {
+            return;
+        };
+        let (max, on_failure, invalid, no_input, again, then) = match node {
+            Node::Menu {
+                max_tries,
+                on_failure,
+                invalid_prompts,
+                no_input_prompts,
+                prompts,
+                short_prompts,
+                ..
+            } => (
+                *max_tries,
+                on_failure,
+                invalid_prompts,
+                no_input_prompts,
+                if short_prompts.is_empty() {
+                    prompts.clone()
+                } else {
+                    short_prompts.clone()
+                },
+                After::MenuWait,
+            ),
+            Node::Collect {
+                max_tries,
+                on_failure,
+                invalid_prompts,
+                no_input_prompts,
+                prompts,
+                ..
+            } => (
+                *max_tries,
+                on_failure,
+                invalid_prompts,
+                no_input_prompts,
+                prompts.clone(),
+                After::Recollect,
+            ),
+            Node::Choose {
+                max_tries,
+                on_failure,
+                invalid_prompts,
+                no_input_prompts,
+                ..
+            } => {
+                // Replaying a choose node re-announces the list.
+                if self.tries >= *max_tries {
+                    self.last_failure = Some(format!("{}-{kind}", self.node));
+                    return self.goto(now, on_failure.clone());
+                }
+                let sorry = if kind == "no-input" && !no_input_prompts.is_empty() {
+                    no_input_prompts
+                } else {
+                    invalid_prompts
+                };
+                let count = match self.phase {
+                    Phase::ChooseWait { count, .. } => count,
+                    _ => 0,
+                };
+                let mut names = sorry.clone();
+                if let Node::Choose {
+                    list,
+                    item,
+                    prompts,
+                    ..
+                } = node
+                {
+                    names.extend(prompts.clone());
+                    for i in 1..=count {
+                        names.extend(self.say_items(item, Some(&format!("{list}.{i}"))));
+                        names.push(PRESS_PROMPT.to_string());
+                        names.push(format!("digit-{i}"));
+                    }
+                }
+                self.play(now, names, true, After::ChooseWait(count));
+                return;
+            }
+            _ => return,
+        };
+        if self.tries >= max {
+            self.last_failure = Some(format!("{}-{kind}", self.node));
+            return self.goto(now, on_failure.clone());
+        }
+        let sorry = if kind == "no-input" && !no_input.is_empty() {
+            no_input
+        } else {
+            invalid
+        };
+        let mut names = sorry.clone();
+        names.extend(again);
+        self.play(now, names, true, then);
     }
 }
 
-struct CollectSpec {
-    max: usize,
-    terminator: Option<char>,
-    first: std::time::Duration,
-    inter: std::time::Duration,
+/// Reads an E.164 number in groups, the country code first.
+fn say_phone(e164: &str) -> Vec<String> {
+    let cc_len = crate::topup::numbers::parse_number(e164)
+        .map(|n| n.country_code.to_string().len())
+        .unwrap_or(1);
+    say::phone(e164, cc_len)
+}
+
+/// Checks a collected value; returns extra variables (`<var>_<suffix>`) or why it is invalid.
+pub fn validate(
+    value: &str,
+    validator: Option<Validator>,
+    regex: Option<&str>,
+    amount_min: Option<u64>,
+    amount_max: Option<u64>,
+) -> Result<Vec<(String, String)>, String> {
+    match validator {
+        None => Ok(vec![]),
+        Some(Validator::Pin) => {
+            if value.bytes().all(|b| b.is_ascii_digit()) {
+                Ok(vec![])
+            } else {
+                Err("not digits".into())
+            }
+        }
+        Some(Validator::E164) => crate::topup::numbers::parse_number(value)
+            .map(|n| vec![("e164".into(), n.e164), ("country".into(), n.country)])
+            .map_err(|e| e.to_string()),
+        Some(Validator::Amount) => {
+            let n: u64 = value
+                .parse()
+                .map_err(|_| "not a whole amount".to_string())?;
+            match (amount_min, amount_max) {
+                (Some(lo), Some(hi)) if n < lo || n > hi => Err(format!("outside {lo} to {hi}")),
+                _ => Ok(vec![]),
+            }
+        }
+        Some(Validator::Regex) => {
+            let re = regex_lite::Regex::new(&format!("^(?:{})$", regex.unwrap_or("")))
+                .map_err(|e| e.to_string())?;
+            if re.is_match(value) {
+                Ok(vec![])
+            } else {
+                Err("does not match".into())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dialplan::model::Dialplan;
-    use std::path::Path;
-    use std::time::Duration;
-
-    fn echo() -> Interpreter {
-        let plan = Dialplan::parse(
-            Path::new("echo.toml"),
-            include_str!("../../dialplans/echo.toml"),
-            &|_, _| true,
-        )
-        .unwrap();
-        Interpreter::new(Arc::new(plan))
-    }
-
-    fn d(c: char) -> CallEvent {
-        CallEvent::Digit(Digit::from_char(c).unwrap())
-    }
-
-    fn actions(i: &mut Interpreter) -> Vec<CallAction> {
-        std::iter::from_fn(|| i.poll_action()).collect()
-    }
-
-    fn names(a: &CallAction) -> Vec<&str> {
-        match a {
-            CallAction::Play(p) => p.iter().map(|p| p.name.as_str()).collect(),
-            _ => vec![],
-        }
-    }
-
-    #[test]
-    fn echo_greets_reads_back_and_hangs_up_on_star_star() {
-        let t0 = Instant::now();
-        let mut i = echo();
-        i.start(t0);
-        let a = actions(&mut i);
-        assert_eq!(names(&a[0]), ["echo-welcome"]);
-        i.handle_event(t0, CallEvent::PromptDone);
-        assert!(actions(&mut i).is_empty());
-        assert_eq!(i.poll_timeout(), Some(t0 + Duration::from_secs(15)));
-        i.handle_event(t0, d('4'));
-        assert_eq!(names(&actions(&mut i)[0]), ["digit-4"]);
-        i.handle_event(t0, CallEvent::PromptDone);
-        i.handle_event(t0, d('*'));
-        assert_eq!(names(&actions(&mut i)[0]), ["star"]);
-        i.handle_event(t0, CallEvent::PromptDone);
-        i.handle_event(t0, d('*'));
-        assert_eq!(names(&actions(&mut i)[0]), ["star"]);
-        i.handle_event(t0, CallEvent::PromptDone);
-        assert_eq!(names(&actions(&mut i)[0]), ["goodbye"]);
-        i.handle_event(t0, CallEvent::PromptDone);
-        assert!(matches!(
-            actions(&mut i).as_slice(),
-            [CallAction::Hangup { .. }]
-        ));
-        assert!(i.is_finished());
-        assert_eq!(i.digits(), "4**");
-    }
-
-    #[test]
-    fn key_during_the_greeting_stops_it_and_is_not_lost() {
-        let t0 = Instant::now();
-        let mut i = echo();
-        i.start(t0);
-        actions(&mut i);
-        i.handle_event(t0, d('7'));
-        let a = actions(&mut i);
-        assert_eq!(a[0], CallAction::StopPlayback);
-        assert_eq!(names(&a[1]), ["digit-7"]);
-    }
-
-    #[test]
-    fn keys_typed_during_readback_wait_their_turn() {
-        let t0 = Instant::now();
-        let mut i = echo();
-        i.start(t0);
-        actions(&mut i);
-        i.handle_event(t0, CallEvent::PromptDone);
-        for c in ['1', '2', '3'] {
-            i.handle_event(t0, d(c));
-        }
-        let mut heard = vec![];
-        for _ in 0..3 {
-            for a in actions(&mut i) {
-                assert_ne!(a, CallAction::StopPlayback, "read-back is not interrupted");
-                heard.extend(names(&a).iter().map(|s| s.to_string()));
-            }
-            i.handle_event(t0, CallEvent::PromptDone);
-        }
-        assert_eq!(heard, ["digit-1", "digit-2", "digit-3"]);
-    }
-
-    #[test]
-    fn silence_reprompts_then_says_goodbye_after_max_tries() {
-        let t0 = Instant::now();
-        let mut i = echo();
-        i.start(t0);
-        i.handle_event(t0, CallEvent::PromptDone);
-        actions(&mut i);
-        let mut now = t0;
-        let mut played = vec![];
-        for _ in 0..3 {
-            now = i.poll_timeout().expect("waiting for a key");
-            i.handle_timeout(now);
-            for a in actions(&mut i) {
-                played.extend(names(&a).iter().map(|s| s.to_string()));
-            }
-            i.handle_event(now, CallEvent::PromptDone);
-        }
-        assert_eq!(played, ["echo-reprompt", "echo-reprompt", "goodbye"]);
-        assert!(matches!(
-            actions(&mut i).as_slice(),
-            [CallAction::Hangup { .. }]
-        ));
-        let _ = now;
-    }
-
-    fn pin_plan(extra: &str) -> Interpreter {
-        let text = format!(
-            r##"service = "t"
-numbers = ["t"]
-language = "en"
-start = "pin"
-[nodes.pin]
-kind = "collect"
-var = "pin"
-min_digits = 4
-max_digits = 6
-terminator = "#"
-first_digit_timeout = "5s"
-inter_digit_timeout = "2s"
-max_tries = 2
-next = "ok"
-on_failure = "fail"
-{extra}
-[nodes.ok]
-kind = "hangup"
-[nodes.fail]
-kind = "hangup"
-"##
-        );
-        let plan = Dialplan::parse(Path::new("t.toml"), &text, &|_, _| true).unwrap();
-        let mut i = Interpreter::new(Arc::new(plan));
-        i.start(Instant::now());
-        i
-    }
-
-    #[test]
-    fn terminator_ends_entry_and_is_not_stored() {
-        let t0 = Instant::now();
-        let mut i = pin_plan("");
-        for c in "1234#".chars() {
-            i.handle_event(t0, d(c));
-        }
-        assert_eq!(i.var("pin"), Some("1234"));
-        assert_eq!(i.node(), "ok");
-    }
-
-    #[test]
-    fn inter_digit_timeout_ends_entry_and_max_digits_completes_it() {
-        let t0 = Instant::now();
-        let mut i = pin_plan("");
-        for c in "12345".chars() {
-            i.handle_event(t0, d(c));
-        }
-        assert_eq!(i.poll_timeout(), Some(t0 + Duration::from_secs(2)));
-        i.handle_timeout(t0 + Duration::from_secs(2));
-        assert_eq!(i.var("pin"), Some("12345"));
-        let mut i = pin_plan("");
-        for c in "1234567".chars() {
-            i.handle_event(t0, d(c));
-        }
-        assert_eq!(i.var("pin"), Some("123456"), "stops at max_digits");
-    }
-
-    #[test]
-    fn too_few_digits_count_as_a_failed_try() {
-        let t0 = Instant::now();
-        let mut i = pin_plan("");
-        i.handle_event(t0, d('1'));
-        i.handle_event(t0, d('#'));
-        assert_eq!(i.node(), "pin", "second try");
-        i.handle_timeout(t0 + Duration::from_secs(5));
-        assert_eq!(i.node(), "fail");
-        assert_eq!(i.var("pin"), None);
-    }
-
-    #[test]
-    fn a_branch_cycle_without_input_is_cut() {
-        let text = r#"service = "t"
-numbers = ["t"]
-language = "en"
-start = "a"
-[nodes.a]
-kind = "branch"
-var = "x"
-equals = "y"
-then = "a"
-else = "a"
-"#;
-        let plan = Dialplan::parse(Path::new("t.toml"), text, &|_, _| true).unwrap();
-        let mut i = Interpreter::new(Arc::new(plan));
-        i.start(Instant::now());
-        assert_eq!(
-            actions(&mut i),
-            [CallAction::Hangup {
-                reason: "dialplan-loop".into()
-            }]
-        );
-    }
-}
+#[path = "interpreter_tests.rs"]
+mod tests;

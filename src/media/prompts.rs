@@ -53,7 +53,28 @@ fn file_err(path: &Path, reason: impl ToString) -> PromptError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
-    prompts: BTreeMap<String, String>,
+    prompts: BTreeMap<String, Phrase>,
+}
+
+/// A phrase's text, or its text and the synthesis voice when it differs from the directory's
+/// language (a language menu offers each language in its own voice).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Phrase {
+    Text(String),
+    Voiced {
+        text: String,
+        #[allow(dead_code)] // read by scripts/gen-prompts.py
+        voice: String,
+    },
+}
+
+impl Phrase {
+    fn text(&self) -> &str {
+        match self {
+            Phrase::Text(t) | Phrase::Voiced { text: t, .. } => t,
+        }
+    }
 }
 
 /// One phrase in one language, ready to send.
@@ -202,7 +223,7 @@ fn load_language(
             })?;
         let (samples, rate) = decode_file(&path)?;
         let pcm8k = to_i16(&resample(&samples, rate, 8000).map_err(|e| file_err(&path, e))?);
-        let mut prompt = Prompt::from_pcm8k(name, lang, phrase, pcm8k);
+        let mut prompt = Prompt::from_pcm8k(name, lang, phrase.text(), pcm8k);
         if opts.wideband {
             let mut wide =
                 to_i16(&resample(&samples, rate, 16000).map_err(|e| file_err(&path, e))?);

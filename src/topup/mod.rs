@@ -10,6 +10,7 @@ pub mod cards;
 pub mod carriers;
 pub mod demo;
 pub mod error;
+pub mod escalations;
 pub mod ledger;
 pub mod money;
 pub mod numbers;

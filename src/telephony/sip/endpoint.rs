@@ -29,7 +29,7 @@ use super::transaction::{
 use crate::media::dtmf::{Digit, info};
 
 /// Methods we answer; sent in `Allow`.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY";
 
 /// A call (one INVITE dialog) known to the endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -108,6 +108,11 @@ pub enum SipEvent {
     Reoffer {
         call: CallHandle,
         offer: Vec<u8>,
+    },
+    /// The answer to our REFER (2xx: the caller's side is calling the target).
+    ReferResult {
+        call: CallHandle,
+        code: u16,
     },
     /// The call is over from the SIP side; the handle is no longer valid.
     Ended {
@@ -261,6 +266,8 @@ pub struct Endpoint {
     server_invite: HashMap<TsxKey, (ServerInviteTsx, Option<CallHandle>)>,
     server_other: HashMap<TsxKey, ServerNonInviteTsx>,
     client: HashMap<String, ClientNonInviteTsx>,
+    /// REFER transactions in flight (branch → call), to report their outcome.
+    refers: HashMap<String, CallHandle>,
     calls: HashMap<CallHandle, Dialog>,
     /// (Call-ID, our tag) → call, for in-dialog requests.
     by_local_tag: HashMap<(String, String), CallHandle>,
@@ -281,6 +288,7 @@ impl Endpoint {
             server_invite: HashMap::new(),
             server_other: HashMap::new(),
             client: HashMap::new(),
+            refers: HashMap::new(),
             calls: HashMap::new(),
             by_local_tag: HashMap::new(),
             by_invite: HashMap::new(),
@@ -490,6 +498,11 @@ impl Endpoint {
             Method::Cancel => self.on_cancel(now, from, key.clone(), &req),
             Method::Bye => self.on_bye(now, from, key.clone(), &req),
             Method::Info => self.on_info(now, from, key.clone(), &req),
+            // Progress of a transfer we asked for (RFC 3515 §2.4.4): acknowledged, not needed.
+            Method::Notify => self.dialog_for(&req).map(|_| {
+                let ok = self.build_response(from, &req, 200, None);
+                self.respond_non_invite(now, from, key.clone(), ok);
+            }),
             Method::Options => {
                 let mut resp = self.build_response(from, &req, 200, None);
                 resp.headers.push("Allow", ALLOW);
@@ -772,8 +785,13 @@ impl Endpoint {
         };
         if let Some(tsx) = self.client.get_mut(&branch) {
             tsx.on_response(now, &self.cfg.tsx, resp.code);
-            if resp.code >= 200 {
-                tracing::debug!(code = resp.code, "BYE answered");
+            if resp.code >= 200
+                && let Some(call) = self.refers.remove(&branch)
+            {
+                self.events.push_back(SipEvent::ReferResult {
+                    call,
+                    code: resp.code,
+                });
             }
             self.schedule(TimerOwner::Client(branch));
         }
@@ -839,7 +857,11 @@ impl Endpoint {
             }
             if out.terminated {
                 if out.timed_out {
-                    tracing::debug!("BYE not answered (Timer F)");
+                    tracing::debug!("in-dialog request not answered (Timer F)");
+                    if let Some(call) = self.refers.remove(&branch) {
+                        self.events
+                            .push_back(SipEvent::ReferResult { call, code: 408 });
+                    }
                 }
                 self.client.remove(&branch);
             }
@@ -1066,11 +1088,21 @@ impl Endpoint {
     }
 
     fn send_bye(&mut self, now: Instant, call: CallHandle) {
+        self.send_in_dialog(now, call, Method::Bye, vec![]);
+    }
+
+    /// Sends a request inside the call's dialog in its own client transaction; returns the
+    /// transaction's branch.
+    fn send_in_dialog(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        method: Method,
+        extra: Vec<(String, String)>,
+    ) -> Option<String> {
         let branch = format!("z9hG4bK{}", self.random_token());
         let local = self.cfg.local_addr;
-        let Some(d) = self.calls.get_mut(&call) else {
-            return;
-        };
+        let d = self.calls.get_mut(&call)?;
         d.local_cseq += 1;
         let mut headers = Headers::new();
         headers.push("Via", format!("SIP/2.0/UDP {local};branch={branch};rport"));
@@ -1078,13 +1110,16 @@ impl Endpoint {
         headers.push("From", format!("{};tag={}", d.local_uri, d.local_tag));
         headers.push("To", d.remote_uri.clone());
         headers.push("Call-ID", d.call_id.clone());
-        headers.push("CSeq", format!("{} BYE", d.local_cseq));
+        headers.push("CSeq", format!("{} {method}", d.local_cseq));
         for r in &d.route_set {
             headers.push("Route", r.clone());
         }
+        for (n, v) in extra {
+            headers.push(&n, v);
+        }
         headers.push("User-Agent", self.cfg.user_agent.clone());
         let req = Request {
-            method: Method::Bye,
+            method,
             uri: d.remote_target.clone(),
             headers,
             body: Vec::new(),
@@ -1107,7 +1142,39 @@ impl Endpoint {
         let tsx = ClientNonInviteTsx::new(now, &self.cfg.tsx, to, bytes.clone());
         self.client.insert(branch.clone(), tsx);
         self.transmits.push_back(Transmit { to, payload: bytes });
-        self.schedule(TimerOwner::Client(branch));
+        self.schedule(TimerOwner::Client(branch.clone()));
+        Some(branch)
+    }
+
+    /// Blind transfer (RFC 3515): asks the caller's side to call `refer_to`. The outcome
+    /// arrives as [`SipEvent::ReferResult`]; the call stays up until the driver hangs up.
+    pub fn refer(
+        &mut self,
+        now: Instant,
+        call: CallHandle,
+        refer_to: &str,
+        extra: Vec<(String, String)>,
+    ) {
+        if self
+            .calls
+            .get(&call)
+            .is_none_or(|d| d.state != DialogState::Confirmed)
+        {
+            self.events
+                .push_back(SipEvent::ReferResult { call, code: 481 });
+            return;
+        }
+        let mut headers = vec![
+            ("Refer-To".to_string(), format!("<{refer_to}>")),
+            (
+                "Referred-By".to_string(),
+                format!("<sip:ivr@{}>", self.cfg.local_addr),
+            ),
+        ];
+        headers.extend(extra);
+        if let Some(branch) = self.send_in_dialog(now, call, Method::Refer, headers) {
+            self.refers.insert(branch, call);
+        }
     }
 
     fn remove_call(&mut self, call: CallHandle) {

@@ -23,6 +23,8 @@ pub enum SipCommand {
     Reject(CallHandle, u16, Option<u32>),
     AnswerReoffer(CallHandle, Result<Vec<u8>, u16>),
     Hangup(CallHandle),
+    /// Blind transfer to a SIP URI, with extra headers.
+    Refer(CallHandle, String, Vec<(String, String)>),
 }
 
 /// Events queued per call before the call task reads them.
@@ -84,6 +86,7 @@ impl Transport {
                 self.routes.remove(&c);
             }
             SipCommand::AnswerReoffer(c, a) => self.endpoint.answer_reoffer(now, c, a),
+            SipCommand::Refer(c, to, headers) => self.endpoint.refer(now, c, &to, headers),
             SipCommand::Hangup(c) => {
                 self.endpoint.hangup(now, c);
                 self.routes.remove(&c);
@@ -108,7 +111,8 @@ impl Transport {
                 }
                 SipEvent::Confirmed { call }
                 | SipEvent::Dtmf { call, .. }
-                | SipEvent::Reoffer { call, .. } => {
+                | SipEvent::Reoffer { call, .. }
+                | SipEvent::ReferResult { call, .. } => {
                     if let Some(tx) = self.routes.get(&call)
                         && tx.try_send(ev).is_err()
                     {
@@ -130,7 +134,7 @@ impl Transport {
             info!(call = %inc.call, "refused: shutting down");
             return;
         }
-        let Some(plan) = self.shared.dialplans.route(&inc.dialled) else {
+        let Some(plan) = self.shared.dialplans.route(&inc.dialled, &inc.caller) else {
             self.endpoint.reject(now, inc.call, 404, None);
             info!(call = %inc.call, "refused: no service for the dialled number");
             let cdr = refused_cdr(&inc, None, "not-found");

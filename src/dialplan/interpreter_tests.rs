@@ -1,0 +1,490 @@
+//! Interpreter scenarios on a simulated clock.
+
+use super::*;
+use crate::dialplan::model::Dialplan;
+use std::path::Path;
+
+fn plan(text: &str) -> Arc<Dialplan> {
+    Arc::new(
+        Dialplan::parse(Path::new("t.toml"), text, &|_, _| true)
+            .unwrap_or_else(|e| panic!("{e:?}")),
+    )
+}
+
+fn echo() -> Interpreter {
+    Interpreter::new(plan(include_str!("../../dialplans/echo.toml")))
+}
+
+fn d(c: char) -> CallEvent {
+    CallEvent::Digit(Digit::from_char(c).unwrap())
+}
+
+fn keys(i: &mut Interpreter, now: Instant, s: &str) {
+    for c in s.chars() {
+        i.handle_event(now, d(c));
+    }
+}
+
+fn actions(i: &mut Interpreter) -> Vec<CallAction> {
+    std::iter::from_fn(|| i.poll_action()).collect()
+}
+
+/// Prompt names of the Play actions pending (drained).
+fn played(i: &mut Interpreter) -> Vec<String> {
+    actions(i)
+        .into_iter()
+        .flat_map(|a| match a {
+            CallAction::Play(p) => p.into_iter().map(|p| p.name).collect(),
+            _ => vec![],
+        })
+        .collect()
+}
+
+fn done(i: &mut Interpreter, now: Instant) {
+    i.handle_event(now, CallEvent::PromptDone);
+}
+
+#[test]
+fn echo_greets_reads_back_and_hangs_up_on_star_star() {
+    let t0 = Instant::now();
+    let mut i = echo();
+    i.start(t0);
+    assert_eq!(played(&mut i), ["echo-welcome"]);
+    done(&mut i, t0);
+    assert_eq!(i.poll_timeout(), Some(t0 + Duration::from_secs(15)));
+    keys(&mut i, t0, "4");
+    assert_eq!(played(&mut i), ["digit-4"]);
+    done(&mut i, t0);
+    keys(&mut i, t0, "*");
+    assert_eq!(played(&mut i), ["star"]);
+    done(&mut i, t0);
+    keys(&mut i, t0, "*");
+    assert_eq!(played(&mut i), ["star"]);
+    done(&mut i, t0);
+    assert_eq!(played(&mut i), ["goodbye"]);
+    done(&mut i, t0);
+    assert!(matches!(
+        actions(&mut i).as_slice(),
+        [CallAction::Hangup { .. }]
+    ));
+    assert!(i.is_finished());
+    assert_eq!(i.digits(), "4**");
+}
+
+#[test]
+fn key_during_the_greeting_stops_it_and_is_not_lost() {
+    let t0 = Instant::now();
+    let mut i = echo();
+    i.start(t0);
+    actions(&mut i);
+    keys(&mut i, t0, "7");
+    let a = actions(&mut i);
+    assert_eq!(a[0], CallAction::StopPlayback);
+    assert!(matches!(&a[1], CallAction::Play(p) if p[0].name == "digit-7"));
+}
+
+#[test]
+fn keys_typed_during_readback_wait_their_turn() {
+    let t0 = Instant::now();
+    let mut i = echo();
+    i.start(t0);
+    actions(&mut i);
+    done(&mut i, t0);
+    keys(&mut i, t0, "123");
+    let mut heard = vec![];
+    for _ in 0..3 {
+        for a in actions(&mut i) {
+            assert_ne!(a, CallAction::StopPlayback, "read-back is not interrupted");
+            if let CallAction::Play(p) = a {
+                heard.extend(p.into_iter().map(|p| p.name));
+            }
+        }
+        done(&mut i, t0);
+    }
+    assert_eq!(heard, ["digit-1", "digit-2", "digit-3"]);
+}
+
+#[test]
+fn silence_reprompts_then_says_goodbye_after_max_tries() {
+    let t0 = Instant::now();
+    let mut i = echo();
+    i.start(t0);
+    done(&mut i, t0);
+    actions(&mut i);
+    let mut heard = vec![];
+    for _ in 0..3 {
+        let now = i.poll_timeout().expect("waiting for a key");
+        i.handle_timeout(now);
+        heard.extend(played(&mut i));
+        done(&mut i, now);
+    }
+    assert_eq!(heard, ["echo-reprompt", "echo-reprompt", "goodbye"]);
+    assert!(matches!(
+        actions(&mut i).as_slice(),
+        [CallAction::Hangup { .. }]
+    ));
+}
+
+const SHOP: &str = r##"
+service = "shop"
+numbers = ["shop"]
+language = "en"
+languages = ["en", "es"]
+start = "lang"
+
+[nodes.lang]
+kind = "menu"
+prompts = ["choose-language"]
+options = { "1" = "main", "2" = "spanish" }
+timeout = "5s"
+max_tries = 2
+invalid_prompts = ["invalid-option"]
+no_input_prompts = ["no-input"]
+on_failure = "main"
+
+[nodes.spanish]
+kind = "set_language"
+language = "es"
+next = "main"
+
+[nodes.main]
+kind = "menu"
+prompts = ["main-menu"]
+short_prompts = ["main-short"]
+options = { "1" = "pin", "2" = "number", "0" = "agent" }
+timeout = "5s"
+invalid_prompts = ["invalid-option"]
+on_failure = "agent"
+
+[nodes.pin]
+kind = "collect"
+var = "pin"
+prompts = ["enter-pin"]
+min_digits = 4
+max_digits = 14
+terminator = "#"
+first_digit_timeout = "8s"
+inter_digit_timeout = "3s"
+validator = "pin"
+secret = true
+invalid_prompts = ["invalid-pin"]
+back = "main"
+next = "redeem"
+on_failure = "agent"
+
+[nodes.redeem]
+kind = "invoke"
+op = "redeem_card"
+args = { pin = "pin" }
+results = { ok = "balance", invalid_pin = "pin", default = "agent" }
+wait_prompts = ["please-wait"]
+
+[nodes.balance]
+kind = "say"
+items = [{ prompt = "your-balance-is" }, { money = "balance" }]
+next = "number"
+
+[nodes.number]
+kind = "collect"
+var = "to"
+prompts = ["enter-number"]
+min_digits = 8
+max_digits = 15
+terminator = "#"
+first_digit_timeout = "8s"
+inter_digit_timeout = "3s"
+validator = "e164"
+invalid_prompts = ["invalid-number"]
+confirm = "phone"
+confirm_prompts = ["you-entered"]
+agent = "agent"
+next = "products"
+on_failure = "agent"
+
+[nodes.products]
+kind = "invoke"
+op = "list_products"
+args = { number = "to_e164" }
+results = { ok = "amount", default = "agent" }
+
+[nodes.amount]
+kind = "choose"
+list = "products"
+var = "product"
+prompts = ["choose-amount"]
+item = [{ prompt = "for" }, { money = ".receive" }]
+timeout = "6s"
+invalid_prompts = ["invalid-option"]
+next = "bye"
+on_empty = "agent"
+on_failure = "agent"
+
+[nodes.agent]
+kind = "transfer"
+reason = "caller asked"
+prompts = ["transferring"]
+
+[nodes.bye]
+kind = "hangup"
+"##;
+
+fn shop() -> Interpreter {
+    let mut i = Interpreter::with_vars(plan(SHOP), [("caller".into(), "+12015550100".into())]);
+    i.start(Instant::now());
+    i
+}
+
+#[test]
+fn menus_route_retry_with_short_prompts_and_give_up() {
+    let t0 = Instant::now();
+    let mut i = shop();
+    assert_eq!(played(&mut i), ["choose-language"]);
+    done(&mut i, t0);
+    keys(&mut i, t0, "9");
+    assert_eq!(played(&mut i), ["invalid-option", "choose-language"]);
+    keys(&mut i, t0, "2"); // during the retry prompt: barge-in
+    assert_eq!(i.language(), "es");
+    let a = actions(&mut i);
+    assert!(a.contains(&CallAction::StopPlayback));
+    assert!(
+        matches!(a.last(), Some(CallAction::Play(p)) if p[0].name == "main-menu" && p[0].language == "es")
+    );
+    done(&mut i, t0);
+    let t = i.poll_timeout().unwrap();
+    i.handle_timeout(t);
+    assert_eq!(
+        played(&mut i),
+        ["invalid-option", "main-short"],
+        "no no_input_prompts: invalid ones"
+    );
+    done(&mut i, t);
+    for _ in 0..2 {
+        let t = i.poll_timeout().unwrap();
+        i.handle_timeout(t);
+        actions(&mut i);
+        done(&mut i, t);
+    }
+    assert_eq!(i.node(), "agent");
+}
+
+#[test]
+fn star_goes_back_and_secrets_are_masked_in_the_context() {
+    let t0 = Instant::now();
+    let mut i = shop();
+    keys(&mut i, t0, "11"); // type-ahead through two menus
+    actions(&mut i);
+    assert_eq!(i.node(), "pin");
+    keys(&mut i, t0, "*");
+    assert_eq!(i.node(), "main");
+    keys(&mut i, t0, "1");
+    keys(&mut i, t0, "12345678#");
+    let a = actions(&mut i);
+    assert!(a.iter().any(|x| matches!(x, CallAction::Invoke { op, args } if op == "redeem_card" && args[0] == ("pin".into(), "12345678".into()))));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, CallAction::Play(p) if p[0].name == "please-wait"))
+    );
+    let ctx = i.context();
+    assert_eq!(ctx.inputs["pin"], "****");
+    assert_eq!(ctx.path, ["lang", "main", "pin", "main", "pin", "redeem"]);
+}
+
+#[test]
+fn invoke_results_pick_the_branch_and_set_variables() {
+    let t0 = Instant::now();
+    let mut i = shop();
+    keys(&mut i, t0, "11");
+    keys(&mut i, t0, "12345678#");
+    actions(&mut i);
+    i.handle_event(
+        t0,
+        CallEvent::Result {
+            code: "invalid_pin".into(),
+            vars: vec![],
+        },
+    );
+    assert_eq!(i.node(), "pin", "invalid_pin goes back to the PIN");
+    assert!(
+        actions(&mut i).contains(&CallAction::StopPlayback),
+        "wait music stops"
+    );
+    keys(&mut i, t0, "12345678#");
+    i.handle_event(
+        t0,
+        CallEvent::Result {
+            code: "ok".into(),
+            vars: vec![("balance".into(), "12.50 USD".into())],
+        },
+    );
+    assert_eq!(
+        played(&mut i),
+        [
+            "please-wait",
+            "your-balance-is",
+            "num-12",
+            "cur-usd-many",
+            "and",
+            "num-50",
+            "cur-usd-minor-many"
+        ]
+    );
+    i.handle_event(
+        t0,
+        CallEvent::Result {
+            code: "card_used".into(),
+            vars: vec![],
+        },
+    );
+    assert_eq!(i.node(), "balance", "a result when not invoking is ignored");
+    done(&mut i, t0);
+    i.handle_event(
+        t0,
+        CallEvent::Result {
+            code: "weird".into(),
+            vars: vec![],
+        },
+    );
+    assert_eq!(i.node(), "number");
+}
+
+#[test]
+fn numbers_are_validated_read_back_and_confirmed() {
+    let t0 = Instant::now();
+    let mut i = shop();
+    keys(&mut i, t0, "11");
+    actions(&mut i);
+    keys(&mut i, t0, "12345678#");
+    i.handle_event(
+        t0,
+        CallEvent::Result {
+            code: "ok".into(),
+            vars: vec![("balance".into(), "1 USD".into())],
+        },
+    );
+    done(&mut i, t0);
+    assert_eq!(i.node(), "number");
+    actions(&mut i);
+    keys(&mut i, t0, "52551#");
+    assert_eq!(
+        played(&mut i),
+        ["invalid-number", "enter-number"],
+        "too short for min_digits"
+    );
+    keys(&mut i, t0, "99912345678#");
+    assert_eq!(i.var("to_error"), Some("unknown country code"));
+    actions(&mut i);
+    keys(&mut i, t0, "525512345678#");
+    let heard = played(&mut i);
+    assert_eq!(heard[0], "you-entered");
+    assert_eq!(heard[1], "plus");
+    assert_eq!(heard.last().unwrap(), CONFIRM_PROMPT);
+    keys(&mut i, t0, "2");
+    assert_eq!(i.node(), "number", "2 re-enters");
+    assert_eq!(played(&mut i).last().unwrap(), "enter-number");
+    keys(&mut i, t0, "525512345678#1");
+    assert_eq!(i.var("to_e164"), Some("+525512345678"));
+    let a = actions(&mut i);
+    assert!(a.iter().any(|x| matches!(x, CallAction::Invoke { op, args } if op == "list_products" && args[0].1 == "+525512345678")));
+}
+
+#[test]
+fn choose_announces_the_list_and_copies_the_chosen_entry() {
+    let t0 = Instant::now();
+    let mut i = shop();
+    keys(&mut i, t0, "11");
+    keys(&mut i, t0, "12345678#");
+    i.handle_event(
+        t0,
+        CallEvent::Result {
+            code: "ok".into(),
+            vars: vec![("balance".into(), "1 USD".into())],
+        },
+    );
+    done(&mut i, t0);
+    keys(&mut i, t0, "525512345678#1");
+    actions(&mut i);
+    let list = vec![
+        ("products.count".into(), "2".into()),
+        ("products.1.id".into(), "p50".into()),
+        ("products.1.receive".into(), "50 MXN".into()),
+        ("products.2.id".into(), "p100".into()),
+        ("products.2.receive".into(), "100 MXN".into()),
+    ];
+    i.handle_event(
+        t0,
+        CallEvent::Result {
+            code: "ok".into(),
+            vars: list,
+        },
+    );
+    let heard = played(&mut i);
+    assert_eq!(heard.iter().filter(|p| *p == "press").count(), 2);
+    assert!(heard.ends_with(&["press".into(), "digit-2".into()]));
+    keys(&mut i, t0, "3");
+    assert_eq!(played(&mut i)[0], "invalid-option");
+    keys(&mut i, t0, "2");
+    assert_eq!(i.var("product.id"), Some("p100"));
+    assert_eq!(i.var("product.receive"), Some("100 MXN"));
+    assert!(matches!(
+        actions(&mut i).last(),
+        Some(CallAction::StopPlayback) | Some(CallAction::Hangup { .. })
+    ));
+}
+
+#[test]
+fn zero_for_an_agent_transfers_with_the_context() {
+    let t0 = Instant::now();
+    let mut i = shop();
+    keys(&mut i, t0, "10");
+    assert_eq!(played(&mut i).last().unwrap(), "transferring");
+    done(&mut i, t0);
+    match actions(&mut i).as_slice() {
+        [
+            CallAction::Transfer {
+                target,
+                reason,
+                context,
+            },
+        ] => {
+            assert_eq!(
+                (target.as_str(), reason.as_str()),
+                ("agents", "caller asked")
+            );
+            assert_eq!(context.service, "shop");
+            assert_eq!(context.path.last().unwrap(), "agent");
+        }
+        a => panic!("{a:?}"),
+    }
+    assert!(i.is_finished());
+}
+
+#[test]
+fn an_instant_cycle_is_cut_at_runtime() {
+    // Loaded without checks (the checker refuses it), the runtime guard still holds.
+    let text = "service = \"t\"\nnumbers = [\"t\"]\nlanguage = \"en\"\nstart = \"a\"\n[nodes.a]\nkind = \"goto\"\ntarget = \"a\"\n";
+    let mut p: Dialplan = toml::from_str(text).unwrap();
+    p.languages = vec!["en".into()];
+    let mut i = Interpreter::new(Arc::new(p));
+    i.start(Instant::now());
+    assert_eq!(
+        actions(&mut i),
+        [CallAction::Hangup {
+            reason: "dialplan-loop".into()
+        }]
+    );
+}
+
+#[test]
+fn validators() {
+    assert!(validate("1234", Some(Validator::Pin), None, None, None).is_ok());
+    assert!(validate("12*4", Some(Validator::Pin), None, None, None).is_err());
+    assert_eq!(
+        validate("25", Some(Validator::Amount), None, Some(1), Some(50)),
+        Ok(vec![])
+    );
+    assert!(validate("51", Some(Validator::Amount), None, Some(1), Some(50)).is_err());
+    assert!(validate("abc", Some(Validator::Regex), Some("[0-9]+"), None, None).is_err());
+    assert!(validate("123", Some(Validator::Regex), Some("[0-9]+"), None, None).is_ok());
+    let e = validate("84912345678", Some(Validator::E164), None, None, None).unwrap();
+    assert_eq!(e[0], ("e164".into(), "+84912345678".into()));
+}

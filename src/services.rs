@@ -1,0 +1,322 @@
+//! The operations dialplans invoke: each turns a top-up core call into a result code (`ok` or
+//! the core's error code) and variables for the plan. The caller's number (ANI) is the
+//! identity for wallets and the payer of top-ups; PINs go straight to the core and are never
+//! returned or logged.
+
+use crate::topup::adapters::Adapters;
+use crate::topup::books::now_ms;
+use crate::topup::numbers::Hlr;
+use crate::topup::secrets::Pin;
+use crate::topup::topups::{Funding, TopupRequest};
+use crate::topup::{Core, TopupError};
+
+/// What an operation needs besides its arguments.
+pub struct OpContext<'a> {
+    pub core: &'a Core,
+    pub adapters: &'a Adapters,
+    pub hlr: Option<&'a Hlr>,
+    /// The caller's number (ANI), normalised to E.164 when possible.
+    pub caller: &'a str,
+    /// Unique per call and operation: makes a top-up idempotent if the call retries it.
+    pub request_id: String,
+    pub channel: &'a str,
+}
+
+/// Result of an operation: code and variables.
+pub type OpResult = (String, Vec<(String, String)>);
+
+fn arg<'a>(args: &'a [(String, String)], name: &str) -> &'a str {
+    args.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
+}
+
+fn ok(vars: Vec<(&str, String)>) -> OpResult {
+    (
+        "ok".into(),
+        vars.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    )
+}
+
+fn failed(e: TopupError) -> OpResult {
+    if matches!(
+        e,
+        TopupError::Db(_) | TopupError::Store(_) | TopupError::Corrupt(_)
+    ) {
+        tracing::warn!(error = %e, "operation failed");
+    }
+    (e.code().to_string(), vec![])
+}
+
+/// The caller's number as the core keys accounts: E.164 when it parses, else as given.
+pub fn caller_e164(ani: &str) -> String {
+    crate::topup::numbers::parse_number(ani)
+        .map(|n| n.e164)
+        .unwrap_or_else(|_| ani.to_string())
+}
+
+/// Runs operation `op`.
+pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> OpResult {
+    let now = now_ms();
+    let core = ctx.core;
+    let result: Result<OpResult, TopupError> = async {
+        match op {
+            "redeem_card" => {
+                let r = core
+                    .redeem_card(&Pin::new(arg(args, "pin")), None, ctx.caller, now)
+                    .await?;
+                Ok(ok(vec![
+                    ("card_value", r.value.to_string()),
+                    ("balance", r.wallet_balance.to_string()),
+                ]))
+            }
+            "lookup_number" => {
+                let n = core.lookup_number(arg(args, "number"), ctx.hlr).await?;
+                let carrier = n.carrier_id.ok_or(TopupError::NoCarrier)?;
+                Ok(ok(vec![
+                    ("to_e164", n.e164),
+                    ("carrier_prompt", format!("carrier-{carrier}")),
+                    ("carrier_id", carrier),
+                    (
+                        "country_prompt",
+                        format!("country-{}", n.country.to_ascii_lowercase()),
+                    ),
+                    ("country", n.country),
+                ]))
+            }
+            "list_products" => {
+                let n = core.lookup_number(arg(args, "number"), ctx.hlr).await?;
+                let carrier = n.carrier_id.ok_or(TopupError::NoCarrier)?;
+                // The keypad offers denominations; open amounts are for the API and SMS.
+                let mut vars = vec![];
+                let mut count = 0;
+                for p in core.products(&carrier).await? {
+                    if let Ok((price, receive)) = p.quote(None) {
+                        count += 1;
+                        vars.push((format!("products.{count}.id"), p.id.clone()));
+                        vars.push((format!("products.{count}.label"), p.label.clone()));
+                        vars.push((format!("products.{count}.price"), price.to_string()));
+                        vars.push((format!("products.{count}.receive"), receive.to_string()));
+                    }
+                }
+                if count == 0 {
+                    return Err(TopupError::NoProductForNumber);
+                }
+                vars.push(("products.count".into(), count.to_string()));
+                Ok(("ok".into(), vars))
+            }
+            "topup" => {
+                let req = TopupRequest {
+                    id: ctx.request_id.clone(),
+                    channel: ctx.channel.to_string(),
+                    funding: Funding::Wallet(ctx.caller.to_string()),
+                    payer: ctx.caller.to_string(),
+                    recipient: arg(args, "number").to_string(),
+                    product_id: arg(args, "product").to_string(),
+                    amount: None,
+                };
+                let r = core.topup(ctx.adapters, ctx.hlr, &req, now).await?;
+                let balance = core.wallet_balance(ctx.caller).await?;
+                let vars = vec![
+                    ("topup_id", r.id.clone()),
+                    ("received", r.received.clone()),
+                    ("price", r.sent.clone()),
+                    ("balance", balance.to_string()),
+                    ("carrier_ref", r.carrier_ref.clone().unwrap_or_default()),
+                ];
+                let code = match r.state.as_str() {
+                    "succeeded" => "ok",
+                    "pending" => "pending",
+                    _ => "carrier_failed",
+                };
+                Ok((code.into(), ok(vars).1))
+            }
+            "wallet_auth" => {
+                core.authenticate_wallet(ctx.caller, &Pin::new(arg(args, "pin")), now)
+                    .await?;
+                let w = core.wallet(ctx.caller).await?.ok_or(TopupError::NoWallet)?;
+                let balance = core.wallet_balance(ctx.caller).await?;
+                Ok(ok(vec![
+                    ("balance", balance.to_string()),
+                    ("account_language", w.language),
+                ]))
+            }
+            "wallet_balance" => Ok(ok(vec![(
+                "balance",
+                core.wallet_balance(ctx.caller).await?.to_string(),
+            )])),
+            "recent_recipient" => {
+                let recent = core.recent_recipients(ctx.caller, 3).await?;
+                if recent.is_empty() {
+                    return Ok(("none".into(), vec![]));
+                }
+                let mut vars: Vec<(String, String)> = recent
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (format!("recent.{}", i + 1), n.clone()))
+                    .collect();
+                vars.push(("recent.count".into(), recent.len().to_string()));
+                Ok(("ok".into(), vars))
+            }
+            "minutes_left" => match core.minutes_left(ctx.caller, arg(args, "number")).await? {
+                None => Ok(("no_rate".into(), vec![])),
+                Some(0) => Ok(("zero".into(), vec![("minutes".into(), "0".into())])),
+                Some(m) => Ok(ok(vec![("minutes", m.to_string())])),
+            },
+            "set_account_language" => {
+                core.set_wallet_language(ctx.caller, arg(args, "language"))
+                    .await?;
+                Ok(ok(vec![]))
+            }
+            other => {
+                tracing::error!(op = other, "unknown operation");
+                Ok(("unknown_op".into(), vec![]))
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topup::demo;
+    use crate::topup::testing::cores;
+
+    fn a(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn get<'a>(r: &'a OpResult, k: &str) -> &'a str {
+        r.1.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn the_card_top_up_operations_in_order() {
+        for (core, _g) in cores().await {
+            core.seed_demo(1).await.unwrap();
+            let adapters = Adapters::new();
+            let caller = "+12015550177";
+            let ctx = OpContext {
+                core: &core,
+                adapters: &adapters,
+                hlr: None,
+                caller,
+                request_id: "voice:c1:1".into(),
+                channel: "voice",
+            };
+            let r = run(&ctx, "redeem_card", &a(&[("pin", "99999999999999")])).await;
+            assert_eq!(r.0, "invalid_pin");
+            let r = run(&ctx, "redeem_card", &a(&[("pin", "22223333444455")])).await;
+            assert_eq!(
+                (r.0.as_str(), get(&r, "card_value"), get(&r, "balance")),
+                ("ok", "10.00 USD", "10.00 USD")
+            );
+            let r = run(&ctx, "redeem_card", &a(&[("pin", "22223333444455")])).await;
+            assert_eq!(r.0, "card_used");
+            let r = run(&ctx, "lookup_number", &a(&[("number", "+525512345678")])).await;
+            assert_eq!(
+                (get(&r, "carrier_prompt"), get(&r, "country_prompt")),
+                ("carrier-telcel-mx", "country-mx")
+            );
+            let r = run(&ctx, "lookup_number", &a(&[("number", "+447911123456")])).await;
+            assert_eq!(r.0, "no_carrier");
+            let r = run(&ctx, "list_products", &a(&[("number", "+525512345678")])).await;
+            assert_eq!(get(&r, "products.count"), "3", "fixed denominations only");
+            assert_eq!(get(&r, "products.1.receive"), "100.00 MXN");
+            let r = run(
+                &ctx,
+                "topup",
+                &a(&[("number", "+525512345678"), ("product", "telcel-mx-100")]),
+            )
+            .await;
+            assert_eq!((r.0.as_str(), get(&r, "balance")), ("ok", "4.01 USD"));
+            let r = run(
+                &ctx,
+                "topup",
+                &a(&[("number", "+525512345678"), ("product", "telcel-mx-100")]),
+            )
+            .await;
+            assert_eq!(
+                (r.0.as_str(), get(&r, "balance")),
+                ("ok", "4.01 USD"),
+                "same request id: once"
+            );
+            let ctx2 = OpContext {
+                request_id: "voice:c1:2".into(),
+                ..ctx
+            };
+            let r = run(
+                &ctx2,
+                "topup",
+                &a(&[("number", "+525512345678"), ("product", "telcel-mx-100")]),
+            )
+            .await;
+            assert_eq!(r.0, "insufficient_funds");
+            let r = run(&ctx2, "recent_recipient", &[]).await;
+            assert_eq!(get(&r, "recent.1"), "+525512345678");
+        }
+    }
+
+    #[tokio::test]
+    async fn wallet_operations() {
+        for (core, _g) in cores().await {
+            core.seed_demo(1).await.unwrap();
+            let adapters = Adapters::new();
+            let ctx = OpContext {
+                core: &core,
+                adapters: &adapters,
+                hlr: None,
+                caller: demo::WALLET,
+                request_id: "voice:c2:1".into(),
+                channel: "voice",
+            };
+            assert_eq!(
+                run(&ctx, "wallet_auth", &a(&[("pin", "0000")])).await.0,
+                "invalid_pin"
+            );
+            let r = run(&ctx, "wallet_auth", &a(&[("pin", demo::WALLET_PIN)])).await;
+            assert_eq!(
+                (
+                    r.0.as_str(),
+                    get(&r, "balance"),
+                    get(&r, "account_language")
+                ),
+                ("ok", "25.00 USD", "en")
+            );
+            assert_eq!(run(&ctx, "recent_recipient", &[]).await.0, "none");
+            let r = run(&ctx, "minutes_left", &a(&[("number", "+525512345678")])).await;
+            assert_eq!(get(&r, "minutes"), "500");
+            assert_eq!(
+                run(&ctx, "minutes_left", &a(&[("number", "+447911123456")]))
+                    .await
+                    .0,
+                "no_rate"
+            );
+            assert_eq!(
+                run(&ctx, "set_account_language", &a(&[("language", "es")]))
+                    .await
+                    .0,
+                "ok"
+            );
+            let r = run(&ctx, "wallet_auth", &a(&[("pin", demo::WALLET_PIN)])).await;
+            assert_eq!(get(&r, "account_language"), "es");
+            let nobody = OpContext {
+                caller: "+12015550188",
+                ..ctx
+            };
+            assert_eq!(
+                run(&nobody, "wallet_auth", &a(&[("pin", "1234")])).await.0,
+                "no_wallet"
+            );
+        }
+    }
+}

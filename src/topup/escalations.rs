@@ -1,0 +1,108 @@
+//! Escalations: a call handed to the agents with its context, so the agent who answers sees
+//! who called, what they tried and why it failed.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Core, TopupError};
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Escalation {
+    pub id: String,
+    pub call_id: String,
+    pub caller: String,
+    pub service: String,
+    pub language: String,
+    pub node: String,
+    pub path: Vec<String>,
+    pub inputs: std::collections::BTreeMap<String, String>,
+    pub reason: String,
+    pub topup_ids: Vec<String>,
+    pub state: String,
+    pub created_at: i64,
+}
+
+impl Core {
+    pub async fn record_escalation(&self, e: &Escalation, now: i64) -> Result<(), TopupError> {
+        sqlx::query(
+            "INSERT INTO escalations (id, call_id, caller, service, language, node, path, inputs, reason, topup_ids,
+                state, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
+        )
+        .bind(&e.id)
+        .bind(&e.call_id)
+        .bind(&e.caller)
+        .bind(&e.service)
+        .bind(&e.language)
+        .bind(&e.node)
+        .bind(serde_json::to_string(&e.path).unwrap_or_default())
+        .bind(serde_json::to_string(&e.inputs).unwrap_or_default())
+        .bind(&e.reason)
+        .bind(serde_json::to_string(&e.topup_ids).unwrap_or_default())
+        .bind(&e.state)
+        .bind(now)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_escalation_state(
+        &self,
+        id: &str,
+        state: &str,
+        now: i64,
+    ) -> Result<(), TopupError> {
+        sqlx::query("UPDATE escalations SET state = $1, updated_at = $2 WHERE id = $3")
+            .bind(state)
+            .bind(now)
+            .bind(id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn escalations(&self, limit: i64) -> Result<Vec<Escalation>, TopupError> {
+        let rows = sqlx::query(
+            "SELECT id, call_id, caller, service, language, node, path, inputs, reason, topup_ids, state, created_at
+             FROM escalations ORDER BY created_at DESC, id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let json =
+                    |c: &str| -> Result<String, TopupError> { Ok(r.try_get::<String, _>(c)?) };
+                Ok(Escalation {
+                    id: r.try_get("id")?,
+                    call_id: r.try_get("call_id")?,
+                    caller: r.try_get("caller")?,
+                    service: r.try_get("service")?,
+                    language: r.try_get("language")?,
+                    node: r.try_get("node")?,
+                    path: serde_json::from_str(&json("path")?).unwrap_or_default(),
+                    inputs: serde_json::from_str(&json("inputs")?).unwrap_or_default(),
+                    reason: r.try_get("reason")?,
+                    topup_ids: serde_json::from_str(&json("topup_ids")?).unwrap_or_default(),
+                    state: r.try_get("state")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Remembers a wallet owner's language for later calls.
+    pub async fn set_wallet_language(
+        &self,
+        number: &str,
+        language: &str,
+    ) -> Result<bool, TopupError> {
+        let n = sqlx::query("UPDATE wallets SET language = $1 WHERE number = $2")
+            .bind(language)
+            .bind(number)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+}
