@@ -173,6 +173,9 @@ async fn reconcile_loop(shared: Arc<Shared>, every: Duration) {
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
     let (prompts, dialplans) = load_content(&cfg)?;
+    // The number plan is loaded lazily on first use (about half a second): load it now, not
+    // in the first caller's silence.
+    let _ = crate::topup::numbers::parse_number("+12015550100");
     let core = open_core(&cfg).await?;
     if cfg.demo && core.seed_demo(now_ms()).await? {
         info!("seeded the demo carriers, accounts and cards (see README)");

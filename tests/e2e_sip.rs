@@ -398,7 +398,11 @@ fn hold_stops_our_rtp_and_resume_restarts_it_with_the_new_codec() {
             })
         })
         .collect();
-    assert!(rtp.len() > 80, "{} packets", rtp.len());
+    let times: Vec<String> = rtp
+        .iter()
+        .map(|p| format!("{:.2}", p.0 - rtp[0].0))
+        .collect();
+    assert!(rtp.len() > 80, "{} packets: {}", rtp.len(), times.join(" "));
     // The longest silence is the hold (2 s in the scenario); packets flow before and after.
     let (gap_at, gap) = rtp
         .windows(2)
