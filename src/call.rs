@@ -445,7 +445,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
     let caller = crate::services::caller_e164(&incoming.caller);
     let mut session = CallSession::with_vars(
         plan,
-        shared.prompts.clone(),
+        shared.prompts(),
         media,
         rand::random(),
         rand::random(),

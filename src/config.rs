@@ -123,6 +123,7 @@ struct RawPaths {
     data_dir: Option<String>,
     prompts: Option<String>,
     dialplans: Option<String>,
+    reload_every: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -179,6 +180,8 @@ pub struct Config {
     pub reconcile_every: Duration,
     /// Seed the demo carriers, accounts and cards into an empty database.
     pub demo: bool,
+    /// How often prompts and dialplans are checked for changes (zero: only on SIGHUP).
+    pub reload_every: Duration,
     /// Where escalated calls are transferred (REFER), e.g. `sip:agents@pbx.example.com`.
     pub agent_uri: Option<String>,
 }
@@ -495,6 +498,7 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
             origin,
         )?,
         demo: raw.topups.demo.unwrap_or(true),
+        reload_every: dur("paths.reload_every", &raw.paths.reload_every, "2s")?,
         agent_uri: match raw
             .escalation
             .agent_uri

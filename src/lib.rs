@@ -8,6 +8,7 @@ pub mod media;
 pub mod redact;
 pub mod server;
 pub mod services;
+pub mod simulate;
 pub mod store;
 pub mod telephony;
 pub mod topup;

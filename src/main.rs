@@ -211,8 +211,35 @@ enum DtmfCommand {
 
 #[derive(Subcommand)]
 enum DialplanCommand {
-    /// Check every dialplan (references, prompts, reachability).
-    Check(ConfigArgs),
+    /// Check dialplans (all in the dialplans directory, or the files given): references,
+    /// prompts in every language, timeouts and invalid handling, reachability, loops.
+    Check {
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Draw a dialplan as SVG (self-contained) or Graphviz DOT, on standard output.
+    Graph {
+        file: PathBuf,
+        #[arg(long, default_value = "svg", value_parser = ["svg", "dot"])]
+        format: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Run a call through a dialplan in the terminal, against the real core with the demo
+    /// data in a scratch database.
+    Simulate {
+        file: PathBuf,
+        /// The caller's number (caller ID).
+        #[arg(long, default_value = "+12015550100")]
+        caller: String,
+        /// Keys the caller presses, one each time the plan waits for a key; `,` lets a
+        /// timeout pass.
+        #[arg(long, default_value = "")]
+        digits: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +277,110 @@ fn init_logging(cfg: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+fn dialplan(command: DialplanCommand) -> Result<()> {
+    use std::sync::Arc;
+    use topup_ivr::dialplan::{Dialplan, Dialplans, graph};
+    use topup_ivr::media::prompts::PromptStore;
+    let load_prompts = |cfg: &Config| -> Result<PromptStore> {
+        Ok(PromptStore::load(&cfg.prompts_dir, Default::default())?)
+    };
+    let load_plan = |file: &PathBuf, prompts: &PromptStore| -> Result<Dialplan> {
+        Dialplan::load(file, &|l, n| prompts.get(l, n).is_some()).map_err(|errs| {
+            anyhow::anyhow!(
+                "{}",
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })
+    };
+    match command {
+        DialplanCommand::Check { files, config } => {
+            let cfg = config.load()?;
+            let prompts = load_prompts(&cfg)?;
+            let has = |l: &str, n: &str| prompts.get(l, n).is_some();
+            let plans = if files.is_empty() {
+                Dialplans::load_dir(&cfg.dialplans_dir, &has)
+            } else {
+                Dialplans::load_files(&files, &has)
+            };
+            let plans = plans.map_err(|errs| {
+                anyhow::anyhow!(
+                    "{}",
+                    errs.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })?;
+            for p in plans.plans() {
+                println!(
+                    "ok {} ({}): numbers {}, {} nodes, languages {}",
+                    p.source.display(),
+                    p.service,
+                    p.numbers.join(", "),
+                    p.nodes.len(),
+                    p.languages.join(", ")
+                );
+            }
+        }
+        DialplanCommand::Graph {
+            file,
+            format,
+            config,
+        } => {
+            let cfg = config.load()?;
+            let prompts = load_prompts(&cfg)?;
+            let plan = load_plan(&file, &prompts)?;
+            print!(
+                "{}",
+                if format == "dot" {
+                    graph::to_dot(&plan)
+                } else {
+                    graph::to_svg(&plan)
+                }
+            );
+        }
+        DialplanCommand::Simulate {
+            file,
+            caller,
+            digits,
+            config,
+        } => {
+            let cfg = config.load()?;
+            let prompts = load_prompts(&cfg)?;
+            let plan = Arc::new(load_plan(&file, &prompts)?);
+            runtime()?.block_on(async {
+                let scratch = tempfile::tempdir()?;
+                let core = topup_ivr::topup::Core::new(
+                    topup_ivr::store::Db::open(scratch.path()).await?,
+                    topup_ivr::topup::secrets::Pepper::new(
+                        hex::encode(rand::random::<[u8; 16]>()).as_bytes(),
+                    )?,
+                    cfg.auth,
+                );
+                core.seed_demo(topup_ivr::topup::books::now_ms()).await?;
+                let adapters = topup_ivr::topup::adapters::Adapters::new();
+                let sim = topup_ivr::simulate::Simulation {
+                    plan,
+                    prompts: &prompts,
+                    core: &core,
+                    adapters: &adapters,
+                    hlr: None,
+                    caller,
+                };
+                for line in sim.run(&digits).await {
+                    println!("{line}");
+                }
+                core.db.close().await;
+                anyhow::Ok(())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -322,20 +453,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Dialplan {
-            command: DialplanCommand::Check(args),
-        } => {
-            let cfg = args.load()?;
-            let (_, plans) = topup_ivr::server::load_content(&cfg)?;
-            for p in plans.plans() {
-                println!(
-                    "ok {} ({}): numbers {}",
-                    p.source.display(),
-                    p.service,
-                    p.numbers.join(", ")
-                );
-            }
-        }
+        Command::Dialplan { command } => dialplan(command)?,
         Command::Cards { config, command } => {
             runtime()?.block_on(topup_cli::cards(&config.load()?, command))?
         }

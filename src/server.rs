@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::{Mutex, Semaphore, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::dialplan::{DialplanError, Dialplans};
@@ -56,12 +56,13 @@ pub enum ServeError {
 /// State shared by the transports and call tasks (read-only but for counters and ports).
 pub struct Shared {
     pub cfg: Config,
+    /// Prompts and dialplans; replaced whole on reload (calls keep the version they started
+    /// with, through their own `Arc`s).
+    content: std::sync::RwLock<(Arc<PromptStore>, Arc<Dialplans>)>,
     /// The top-up core (its database also holds the call records).
     pub core: Core,
     pub adapters: Adapters,
     pub hlr: Option<Hlr>,
-    pub prompts: Arc<PromptStore>,
-    pub dialplans: Dialplans,
     pub store: Store,
     pub ports: PortPool,
     /// One permit per call in progress (admission).
@@ -71,6 +72,28 @@ pub struct Shared {
 }
 
 impl Shared {
+    pub fn prompts(&self) -> Arc<PromptStore> {
+        self.content
+            .read()
+            .map(|c| c.0.clone())
+            .unwrap_or_else(|p| p.into_inner().0.clone())
+    }
+
+    pub fn dialplans(&self) -> Arc<Dialplans> {
+        self.content
+            .read()
+            .map(|c| c.1.clone())
+            .unwrap_or_else(|p| p.into_inner().1.clone())
+    }
+
+    /// Loads prompts and dialplans again; on any error keeps the current ones.
+    pub fn reload(&self) -> Result<(), ServeError> {
+        let (prompts, dialplans) = load_content(&self.cfg)?;
+        let mut c = self.content.write().unwrap_or_else(|p| p.into_inner());
+        *c = (Arc::new(prompts), Arc::new(dialplans));
+        Ok(())
+    }
+
     pub fn active_calls(&self) -> usize {
         self.cfg.max_calls - self.calls.available_permits()
     }
@@ -144,6 +167,57 @@ pub fn hlr(cfg: &Config) -> Option<Hlr> {
     })
 }
 
+/// A fingerprint of the prompt and dialplan files (names, sizes, modification times).
+fn content_signature(
+    cfg: &Config,
+) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut out = vec![];
+    let mut dirs = vec![cfg.dialplans_dir.clone()];
+    if let Ok(langs) = std::fs::read_dir(&cfg.prompts_dir) {
+        dirs.extend(langs.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for d in dirs {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if let Ok(m) = e.metadata() {
+                out.push((e.path(), m.len(), m.modified().ok()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reloads prompts and dialplans on SIGHUP or when their files change. A broken file is
+/// reported and the running version kept; calls in progress keep the version they started.
+async fn reload_loop(shared: Arc<Shared>) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let every = shared.cfg.reload_every;
+    let mut last = content_signature(&shared.cfg);
+    loop {
+        let forced = tokio::select! {
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+            _ = tokio::time::sleep(if every.is_zero() { Duration::from_secs(3600) } else { every }) => false,
+        };
+        let now = content_signature(&shared.cfg);
+        if !forced && (every.is_zero() || now == last) {
+            continue;
+        }
+        last = now;
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || s.reload()).await {
+            Ok(Ok(())) => info!(
+                services = %shared.dialplans().plans().iter().map(|p| p.service.clone()).collect::<Vec<_>>().join(","),
+                prompts = shared.prompts().len(),
+                "reloaded prompts and dialplans"
+            ),
+            Ok(Err(e)) => {
+                error!(error = %e, "reload refused; keeping the running prompts and dialplans")
+            }
+            Err(e) => error!(error = %e, "reload failed"),
+        }
+    }
+}
+
 /// Resolves pending top-ups every `every` until shutdown.
 async fn reconcile_loop(shared: Arc<Shared>, every: Duration) {
     let mut shutdown = shared.shutdown.clone();
@@ -210,8 +284,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         ports: PortPool::new(cfg.rtp_ports),
         calls: Arc::new(Semaphore::new(cfg.max_calls)),
         calls_total: AtomicU64::new(0),
-        prompts: Arc::new(prompts),
-        dialplans,
+        content: std::sync::RwLock::new((Arc::new(prompts), Arc::new(dialplans))),
         store: store.clone(),
         shutdown: shutdown_rx,
         hlr: hlr(&cfg),
@@ -220,7 +293,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         cfg,
     });
     let services: Vec<String> = shared
-        .dialplans
+        .dialplans()
         .plans()
         .iter()
         .map(|p| p.service.clone())
@@ -228,7 +301,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     info!(
         sip = %sip_local,
         http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        prompts = shared.prompts.len(),
+        prompts = shared.prompts().len(),
         services = %services.join(","),
         startup_ms = started.elapsed().as_millis() as u64,
         "topup-ivr ready"
@@ -237,6 +310,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let transport = tokio::spawn(Transport::new(sip_socket, endpoint, shared.clone()).run());
     let http_task = tokio::spawn(crate::http::serve(http, shared.clone()));
     let reconciler = tokio::spawn(reconcile_loop(shared.clone(), shared.cfg.reconcile_every));
+    let reloader = tokio::spawn(reload_loop(shared.clone()));
 
     wait_for_signal().await;
     info!(
@@ -259,6 +333,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let _ = transport.await;
     http_task.abort();
     reconciler.abort();
+    reloader.abort();
     store.close().await;
     info!("stopped");
     Ok(())

@@ -165,3 +165,119 @@ fn without_an_agent_uri_the_caller_is_told_and_the_escalation_recorded() {
     let e = &cli(&server, &["escalations", "list"])[0];
     assert_eq!(e["state"], "failed");
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+fn wait_for(server: &Server, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen:\n{}",
+            server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn dialplans_hot_reload_and_a_broken_file_keeps_the_running_version() {
+    require("sipp");
+    let plans = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("dialplans"), plans.path());
+    let server = Server::start(&format!(
+        "[paths]\ndialplans = \"{}\"\nreload_every = \"300ms\"\n",
+        plans.path().display()
+    ));
+    let echo = std::fs::read_to_string(plans.path().join("echo.toml")).unwrap();
+    std::fs::write(
+        plans.path().join("echo2.toml"),
+        echo.replace("service = \"echo\"", "service = \"echo2\"")
+            .replace("numbers = [\"echo\"]", "numbers = [\"echo2\"]"),
+    )
+    .unwrap();
+    wait_for(&server, "reload with echo2", || {
+        server.health()["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "echo2")
+    });
+    keys("keys.xml", "echo2", "+12015550100", "**").run(&server);
+    server.wait_idle();
+    assert_eq!(server.calls()[0]["service"], "echo2");
+
+    std::fs::write(plans.path().join("broken.toml"), "service = \"x\"\nnumbers = [\"x\"]\nlanguage = \"en\"\nstart = \"nowhere\"\n[nodes.a]\nkind = \"hangup\"\n").unwrap();
+    wait_for(&server, "the broken file reported", || {
+        server.log().contains("reload refused")
+    });
+    assert!(
+        server.log().contains("broken.toml"),
+        "the error names the file"
+    );
+    assert!(
+        server.health()["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "echo2"),
+        "the running plans stay"
+    );
+    keys("keys.xml", "echo2", "+12015550100", "**").run(&server);
+
+    // SIGHUP reloads at once too.
+    std::fs::remove_file(plans.path().join("broken.toml")).unwrap();
+    std::fs::remove_file(plans.path().join("echo2.toml")).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    wait_for(&server, "echo2 removed", || {
+        !server.health()["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "echo2")
+    });
+}
+
+#[test]
+fn every_shipped_plan_passes_the_check() {
+    let out = Command::new(BIN)
+        .args(["dialplan", "check"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for plan in ["echo", "recharge", "wallet"] {
+        assert!(text.contains(&format!("({plan})")), "{text}");
+    }
+    let svg = Command::new(BIN)
+        .args(["dialplan", "graph", "dialplans/wallet.toml"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(svg.status.success() && String::from_utf8_lossy(&svg.stdout).starts_with("<svg"));
+    let dot = Command::new(BIN)
+        .args([
+            "dialplan",
+            "graph",
+            "dialplans/echo.toml",
+            "--format",
+            "dot",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&dot.stdout).starts_with("digraph \"echo\""));
+}

@@ -1,5 +1,6 @@
 //! Call flows: the dialplan file model and its sans-IO interpreter.
 
+pub mod graph;
 pub mod interpreter;
 pub mod model;
 pub mod say;

@@ -323,10 +323,14 @@ pub const OPS: &[&str] = &[
 impl Node {
     /// Nodes this one can go to.
     pub fn targets(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = vec![];
+        self.edges().into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Where this node can go, each with why (a key, a result code, next, failure...).
+    pub fn edges(&self) -> Vec<(String, &str)> {
         match self {
             Node::Play { next, .. } | Node::Say { next, .. } | Node::SetLanguage { next, .. } => {
-                v.push(next)
+                vec![(String::new(), next.as_str())]
             }
             Node::Menu {
                 options,
@@ -334,9 +338,15 @@ impl Node {
                 back,
                 ..
             } => {
-                v.extend(options.values().map(String::as_str));
-                v.push(on_failure);
-                v.extend(back.as_deref());
+                let mut v: Vec<(String, &str)> = options
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.as_str()))
+                    .collect();
+                v.push(("failure".into(), on_failure));
+                if let Some(b) = back {
+                    v.push(("*".into(), b));
+                }
+                v
             }
             Node::Collect {
                 next,
@@ -345,9 +355,17 @@ impl Node {
                 agent,
                 ..
             } => {
-                v.extend([next.as_str(), on_failure.as_str()]);
-                v.extend(back.as_deref());
-                v.extend(agent.as_deref());
+                let mut v = vec![
+                    (String::new(), next.as_str()),
+                    ("failure".to_string(), on_failure.as_str()),
+                ];
+                if let Some(b) = back {
+                    v.push(("*".into(), b));
+                }
+                if let Some(a) = agent {
+                    v.push(("0".into(), a));
+                }
+                v
             }
             Node::Choose {
                 next,
@@ -357,19 +375,58 @@ impl Node {
                 agent,
                 ..
             } => {
-                v.extend([next.as_str(), on_empty.as_str(), on_failure.as_str()]);
-                v.extend(back.as_deref());
-                v.extend(agent.as_deref());
+                let mut v = vec![
+                    (String::new(), next.as_str()),
+                    ("empty".to_string(), on_empty.as_str()),
+                    ("failure".to_string(), on_failure.as_str()),
+                ];
+                if let Some(b) = back {
+                    v.push(("*".into(), b));
+                }
+                if let Some(a) = agent {
+                    v.push(("0".into(), a));
+                }
+                v
             }
-            Node::Invoke { results, .. } => v.extend(results.values().map(String::as_str)),
+            Node::Invoke { results, .. } => results
+                .iter()
+                .map(|(k, t)| (k.clone(), t.as_str()))
+                .collect(),
             Node::Branch {
                 then, otherwise, ..
-            } => v.extend([then.as_str(), otherwise.as_str()]),
-            Node::Goto { target } => v.push(target),
-            Node::Count { next, on_limit, .. } => v.extend([next.as_str(), on_limit.as_str()]),
-            Node::Transfer { .. } | Node::Hangup {} => {}
+            } => {
+                vec![
+                    ("yes".into(), then.as_str()),
+                    ("no".into(), otherwise.as_str()),
+                ]
+            }
+            Node::Goto { target } => vec![(String::new(), target.as_str())],
+            Node::Count { next, on_limit, .. } => {
+                vec![
+                    (String::new(), next.as_str()),
+                    ("limit".into(), on_limit.as_str()),
+                ]
+            }
+            Node::Transfer { .. } | Node::Hangup {} => vec![],
         }
-        v
+    }
+
+    /// The node's kind as written in files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Node::Play { .. } => "play",
+            Node::Say { .. } => "say",
+            Node::Menu { .. } => "menu",
+            Node::Collect { .. } => "collect",
+            Node::Choose { .. } => "choose",
+            Node::Invoke { .. } => "invoke",
+            Node::Transfer { .. } => "transfer",
+            Node::Branch { .. } => "branch",
+            Node::Goto { .. } => "goto",
+            Node::Count { .. } => "count",
+            Node::SetLanguage { .. } => "set_language",
+            Node::Hangup {} => "hangup",
+        }
     }
 
     /// Prompts this node plays by name.

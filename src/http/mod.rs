@@ -37,7 +37,7 @@ async fn health(State(s): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::V
             "active_calls": s.active_calls(),
             "max_calls": s.cfg.max_calls,
             "calls_total": s.calls_total.load(Ordering::Relaxed),
-            "services": s.dialplans.plans().iter().map(|p| p.service.clone()).collect::<Vec<_>>(),
+            "services": s.dialplans().plans().iter().map(|p| p.service.clone()).collect::<Vec<_>>(),
         })),
     )
 }

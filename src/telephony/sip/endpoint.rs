@@ -1835,4 +1835,59 @@ From: <sip:mon@127.0.0.1>;tag=m\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: o1\r\nCSe
                 .any(|e| matches!(e, SipEvent::Incoming(_)))
         );
     }
+
+    #[test]
+    fn refer_transfers_in_the_dialog_and_reports_the_answer() {
+        let mut ep = ep();
+        let t0 = Instant::now();
+        let (call, tag) = established(&mut ep, t0);
+        ep.refer(
+            t0,
+            call,
+            "sip:agents@10.0.0.9?X-Escalation-Id=e1",
+            vec![("X-Escalation-Id".into(), "e1".into())],
+        );
+        let msgs = sent(&mut ep);
+        let [Message::Request(refer)] = msgs.as_slice() else {
+            panic!("{msgs:?}")
+        };
+        assert_eq!(refer.method, Method::Refer);
+        assert_eq!(
+            refer.headers.get("Refer-To"),
+            Some("<sip:agents@10.0.0.9?X-Escalation-Id=e1>")
+        );
+        assert_eq!(refer.headers.get("X-Escalation-Id"), Some("e1"));
+        assert_eq!(refer.from().unwrap().tag(), Some(tag.as_str()));
+        let accepted = Response::to_request(refer, 202, "Accepted", None);
+        ep.handle_datagram(t0, caller(), &accepted.to_bytes());
+        assert!(matches!(
+            events(&mut ep).as_slice(),
+            [SipEvent::ReferResult { code: 202, .. }]
+        ));
+        // The transfer's progress NOTIFY is acknowledged.
+        let notify = in_dialog(
+            "NOTIFY",
+            2,
+            &tag,
+            "cid1",
+            "Event: refer\r\nContent-Type: message/sipfrag\r\n",
+            "SIP/2.0 200 OK",
+        );
+        ep.handle_datagram(t0, caller(), notify.as_bytes());
+        assert_eq!(codes(&responses(&mut ep)), [200]);
+    }
+
+    #[test]
+    fn an_unanswered_refer_reports_a_timeout() {
+        let mut ep = ep();
+        let t0 = Instant::now();
+        let (call, _) = established(&mut ep, t0);
+        ep.refer(t0, call, "sip:agents@10.0.0.9", vec![]);
+        sent(&mut ep);
+        drain(&mut ep, t0);
+        assert!(matches!(
+            events(&mut ep).as_slice(),
+            [SipEvent::ReferResult { code: 408, .. }]
+        ));
+    }
 }

@@ -134,7 +134,7 @@ impl Transport {
             info!(call = %inc.call, "refused: shutting down");
             return;
         }
-        let Some(plan) = self.shared.dialplans.route(&inc.dialled, &inc.caller) else {
+        let Some(plan) = self.shared.dialplans().route(&inc.dialled, &inc.caller) else {
             self.endpoint.reject(now, inc.call, 404, None);
             info!(call = %inc.call, "refused: no service for the dialled number");
             let cdr = refused_cdr(&inc, None, "not-found");

@@ -1,0 +1,230 @@
+//! `dialplan simulate`: a call in the terminal. The plan's interpreter runs on a simulated clock
+//! against the real top-up core; prompts take their real length; the caller presses the given
+//! keys one by one whenever the plan waits for a key (`,` lets a timeout pass instead).
+//! The transcript says what the caller hears (the prompts' texts) and what the service does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::dialplan::{CallAction, CallEvent, Dialplan, Interpreter};
+use crate::media::dtmf::Digit;
+use crate::media::prompts::PromptStore;
+use crate::services::{OpContext, caller_e164, run};
+use crate::topup::Core;
+use crate::topup::adapters::Adapters;
+use crate::topup::numbers::Hlr;
+
+/// Steps before the simulation stops (a plan waiting forever on a silent caller).
+const MAX_STEPS: usize = 2_000;
+
+pub struct Simulation<'a> {
+    pub plan: Arc<Dialplan>,
+    pub prompts: &'a PromptStore,
+    pub core: &'a Core,
+    pub adapters: &'a Adapters,
+    pub hlr: Option<&'a Hlr>,
+    pub caller: String,
+}
+
+impl Simulation<'_> {
+    /// Runs the call; returns the transcript, one line per event.
+    pub async fn run(&self, keys: &str) -> Vec<String> {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let caller = caller_e164(&self.caller);
+        let mut interp = Interpreter::with_vars(
+            self.plan.clone(),
+            [
+                ("caller".to_string(), caller.clone()),
+                ("dialled".to_string(), self.plan.numbers[0].clone()),
+            ],
+        );
+        let mut keys = keys.chars().filter(|c| !c.is_whitespace()).peekable();
+        let mut out = vec![];
+        let stamp = |now: Instant| format!("[{:7.2}]", (now - t0).as_secs_f64());
+        // When the prompts being played end (None: nothing playing).
+        let mut playing_until: Option<Instant> = None;
+        let mut op_seq = 0;
+        interp.start(now);
+        for _ in 0..MAX_STEPS {
+            while let Some(action) = interp.poll_action() {
+                match action {
+                    CallAction::Play(refs) => {
+                        let mut ms = 0;
+                        let mut words = vec![];
+                        for r in &refs {
+                            match self.prompts.get(&r.language, &r.name) {
+                                Some(p) => {
+                                    ms += p.duration_ms();
+                                    if r.name != "pause" {
+                                        words.push(p.text.clone());
+                                    }
+                                }
+                                None => words.push(format!("<missing {}/{}>", r.language, r.name)),
+                            }
+                        }
+                        let start = playing_until.unwrap_or(now).max(now);
+                        playing_until = Some(start + Duration::from_millis(ms));
+                        let lang = refs.first().map(|r| r.language.as_str()).unwrap_or("");
+                        out.push(format!("{} says ({lang}): {}", stamp(now), words.join(" ")));
+                    }
+                    CallAction::StopPlayback => {
+                        if playing_until.is_some() {
+                            out.push(format!("{} (prompt interrupted)", stamp(now)));
+                        }
+                        playing_until = None;
+                    }
+                    CallAction::Invoke { op, args } => {
+                        op_seq += 1;
+                        let ctx = OpContext {
+                            core: self.core,
+                            adapters: self.adapters,
+                            hlr: self.hlr,
+                            caller: &caller,
+                            request_id: format!("simulate:{}:{op_seq}", t0.elapsed().as_nanos()),
+                            channel: "simulate",
+                        };
+                        let shown: Vec<String> = args
+                            .iter()
+                            .map(|(k, v)| {
+                                if k.contains("pin") {
+                                    format!("{k}=****")
+                                } else {
+                                    format!("{k}={v}")
+                                }
+                            })
+                            .collect();
+                        let (code, vars) = run(&ctx, &op, &args).await;
+                        let set: Vec<String> = vars
+                            .iter()
+                            .take(6)
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        out.push(format!(
+                            "{} {op}({}) -> {code} {}",
+                            stamp(now),
+                            shown.join(", "),
+                            set.join(" ")
+                        ));
+                        interp.handle_event(now, CallEvent::Result { code, vars });
+                    }
+                    CallAction::Transfer {
+                        target,
+                        reason,
+                        context,
+                    } => {
+                        out.push(format!(
+                            "{} transfer to {target}: {reason} (at {}, inputs {:?})",
+                            stamp(now),
+                            context.node,
+                            context.inputs
+                        ));
+                        return out;
+                    }
+                    CallAction::Hangup { reason } => {
+                        out.push(format!("{} hangup: {reason}", stamp(now)));
+                        return out;
+                    }
+                }
+            }
+            if interp.is_finished() {
+                return out;
+            }
+            // The caller presses a key while the plan waits for one (or during a prompt that
+            // allows barge-in — the plan decides; here keys come when it waits).
+            if interp.poll_timeout().is_some() && playing_until.is_none() {
+                match keys.next() {
+                    Some(',') => {
+                        if let Some(at) = interp.poll_timeout() {
+                            now = at;
+                            out.push(format!("{} (caller is silent)", stamp(now)));
+                            interp.handle_timeout(now);
+                        }
+                    }
+                    Some(c) => match Digit::from_char(c) {
+                        Some(d) => {
+                            out.push(format!("{} key {c}", stamp(now)));
+                            now += Duration::from_millis(300);
+                            interp.handle_event(now, CallEvent::Digit(d));
+                        }
+                        None => out.push(format!("{} (ignored `{c}`: not a key)", stamp(now))),
+                    },
+                    None => {
+                        let Some(at) = interp.poll_timeout() else {
+                            continue;
+                        };
+                        now = at;
+                        out.push(format!("{} (caller is silent)", stamp(now)));
+                        interp.handle_timeout(now);
+                    }
+                }
+                continue;
+            }
+            if let Some(end) = playing_until.take() {
+                now = now.max(end);
+                interp.handle_event(now, CallEvent::PromptDone);
+                continue;
+            }
+            if let Some(at) = interp.poll_timeout() {
+                now = at;
+                interp.handle_timeout(now);
+                continue;
+            }
+            // Waiting for nothing we can provide.
+            break;
+        }
+        out.push(format!("{} (simulation stopped)", stamp(now)));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::prompts::LoadOptions;
+    use crate::topup::testing::cores;
+    use std::path::Path;
+
+    #[tokio::test]
+    async fn a_card_top_up_simulated_against_the_real_core() {
+        let prompts = PromptStore::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
+            LoadOptions::default(),
+        )
+        .unwrap();
+        let plan = Dialplan::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("dialplans/recharge.toml"),
+            &|l, n| prompts.get(l, n).is_some(),
+        )
+        .unwrap();
+        let (core, _g) = cores().await.into_iter().next().unwrap();
+        core.seed_demo(1).await.unwrap();
+        let adapters = Adapters::new();
+        let sim = Simulation {
+            plan: Arc::new(plan),
+            prompts: &prompts,
+            core: &core,
+            adapters: &adapters,
+            hlr: None,
+            caller: "+12015550123".into(),
+        };
+        let t = sim.run("2 33334444555566# 525512345678# 1 1 1 ,").await;
+        let text = t.join("\n");
+        assert!(
+            text.contains("says (es): Ingrese el PIN de su tarjeta"),
+            "{text}"
+        );
+        assert!(text.contains("redeem_card(pin=****) -> ok"), "{text}");
+        assert!(!text.contains("33334444555566"), "the PIN is never shown");
+        assert!(
+            text.contains("says (es): Es un número de Telcel en México"),
+            "{text}"
+        );
+        assert!(
+            text.contains("topup(number=+525512345678, product=telcel-mx-100) -> ok"),
+            "{text}"
+        );
+        assert!(text.contains("fue exitosa"), "{text}");
+        assert!(t.last().unwrap().contains("hangup"), "{text}");
+    }
+}
