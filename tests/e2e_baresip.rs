@@ -221,3 +221,26 @@ fn baresip_hears_the_greeting_its_keys_read_back_and_goodbye() {
         at = found + p.len();
     }
 }
+
+#[test]
+fn baresip_tops_up_a_number_with_a_card_by_keypad_alone() {
+    require("baresip");
+    let server = Server::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let mut bs = Baresip::start(dir.path());
+    bs.command("dial", &format!("sip:recharge@{}", server.sip));
+    bs.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1500));
+    // English, a demo card, a demo prepaid number, confirm, 5 dollars, confirm.
+    bs.command("sndcode", "111112222333344#12015550150#121");
+    bs.wait_event("CALL_CLOSED", Duration::from_secs(90));
+    server.wait_idle();
+    let out = std::process::Command::new(BIN)
+        .args(["accounts", "show", "+12015550150", "--json", "--config"])
+        .arg(&server.config)
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["prepaid"]["balance"], "6.20", "{shown}");
+    assert_eq!(server.calls()[0]["end_reason"], "service-hangup");
+}
