@@ -24,7 +24,8 @@ use super::message::{
     reason_phrase,
 };
 use super::transaction::{
-    ClientNonInviteTsx, InviteState, ServerInviteTsx, ServerNonInviteTsx, TsxConfig,
+    ClientInviteTsx, ClientNonInviteTsx, InviteState, ServerInviteTsx, ServerNonInviteTsx,
+    TsxConfig,
 };
 use crate::media::dtmf::{Digit, info};
 
@@ -108,6 +109,13 @@ pub enum SipEvent {
     Reoffer {
         call: CallHandle,
         offer: Vec<u8>,
+    },
+    /// A call we placed: provisional (1xx, no SDP), answered (2xx with the SDP answer) or
+    /// failed (≥ 300, or 408 when nobody answered the INVITE).
+    Outbound {
+        call: CallHandle,
+        code: u16,
+        sdp: Option<Vec<u8>>,
     },
     /// The answer to our REFER (2xx: the caller's side is calling the target).
     ReferResult {
@@ -213,6 +221,7 @@ impl TsxKey {
 enum TimerOwner {
     Server(TsxKey),
     Client(String),
+    ClientInvite(String),
     Dialog(CallHandle),
 }
 
@@ -257,6 +266,17 @@ struct Dialog {
     ok_retransmit: Option<OkRetransmit>,
     /// A hangup asked for before the ACK arrived (§15: BYE waits for the ACK).
     bye_after_ack: bool,
+    /// Set on calls we placed (UAC side).
+    outbound: Option<Outbound>,
+}
+
+/// The UAC side of a call we placed.
+#[derive(Debug)]
+struct Outbound {
+    /// Branch of the INVITE client transaction (and of a CANCEL).
+    branch: String,
+    /// The ACK for the 2xx, re-sent if the 2xx is retransmitted.
+    ack: Option<Vec<u8>>,
 }
 
 pub struct Endpoint {
@@ -266,6 +286,8 @@ pub struct Endpoint {
     server_invite: HashMap<TsxKey, (ServerInviteTsx, Option<CallHandle>)>,
     server_other: HashMap<TsxKey, ServerNonInviteTsx>,
     client: HashMap<String, ClientNonInviteTsx>,
+    /// INVITE client transactions of calls we placed, by branch.
+    client_invite: HashMap<String, (ClientInviteTsx, CallHandle)>,
     /// REFER transactions in flight (branch → call), to report their outcome.
     refers: HashMap<String, CallHandle>,
     calls: HashMap<CallHandle, Dialog>,
@@ -288,6 +310,7 @@ impl Endpoint {
             server_invite: HashMap::new(),
             server_other: HashMap::new(),
             client: HashMap::new(),
+            client_invite: HashMap::new(),
             refers: HashMap::new(),
             calls: HashMap::new(),
             by_local_tag: HashMap::new(),
@@ -309,7 +332,10 @@ impl Endpoint {
 
     /// Transactions alive (for tests and metrics: returns to zero when idle).
     pub fn transactions(&self) -> usize {
-        self.server_invite.len() + self.server_other.len() + self.client.len()
+        self.server_invite.len()
+            + self.server_other.len()
+            + self.client.len()
+            + self.client_invite.len()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -364,6 +390,7 @@ impl Endpoint {
             match owner {
                 TimerOwner::Server(key) => self.on_server_timeout(now, key),
                 TimerOwner::Client(branch) => self.on_client_timeout(now, branch),
+                TimerOwner::ClientInvite(branch) => self.on_client_invite_timeout(now, branch),
                 TimerOwner::Dialog(call) => self.on_dialog_timeout(now, call),
             }
         }
@@ -441,6 +468,11 @@ impl Endpoint {
             return;
         };
         match d.state {
+            DialogState::Early if d.outbound.is_some() => {
+                self.cancel_outbound(now, call);
+                // The 487 that follows ends it; the call is forgotten now.
+                self.remove_call(call);
+            }
             DialogState::Early => self.reject(now, call, 480, None),
             DialogState::WaitAck => d.bye_after_ack = true,
             DialogState::Confirmed => {
@@ -593,6 +625,7 @@ impl Endpoint {
             reinvite_pending: false,
             ok_retransmit: None,
             bye_after_ack: false,
+            outbound: None,
         };
         self.by_local_tag
             .insert((dialog.call_id.clone(), local_tag), call);
@@ -697,7 +730,7 @@ impl Endpoint {
         if self
             .calls
             .get(&call)
-            .is_some_and(|d| d.state == DialogState::Early)
+            .is_some_and(|d| d.state == DialogState::Early && d.outbound.is_none())
         {
             let resp = self.response_for(call, 487);
             self.send_invite_response(now, call, resp);
@@ -783,18 +816,292 @@ impl Endpoint {
         let Some(branch) = resp.top_via().and_then(|v| v.branch().map(String::from)) else {
             return;
         };
-        if let Some(tsx) = self.client.get_mut(&branch) {
+        let Some((_, method)) = resp.cseq() else {
+            return;
+        };
+        if method == Method::Invite {
+            self.on_invite_response(now, &branch, resp);
+            return;
+        }
+        let key = format!("{branch}|{method}");
+        if let Some(tsx) = self.client.get_mut(&key) {
             tsx.on_response(now, &self.cfg.tsx, resp.code);
             if resp.code >= 200
-                && let Some(call) = self.refers.remove(&branch)
+                && let Some(call) = self.refers.remove(&key)
             {
                 self.events.push_back(SipEvent::ReferResult {
                     call,
                     code: resp.code,
                 });
             }
-            self.schedule(TimerOwner::Client(branch));
+            self.schedule(TimerOwner::Client(key));
         }
+    }
+
+    /// A response to an INVITE we sent (the calling service).
+    fn on_invite_response(&mut self, now: Instant, branch: &str, resp: Response) {
+        let Some((tsx, call)) = self.client_invite.get_mut(branch) else {
+            // A retransmitted 2xx after the transaction ended: acknowledge it again.
+            if (200..300).contains(&resp.code)
+                && let Some(call) = self.outbound_for(&resp)
+                && let Some(ack) = self
+                    .calls
+                    .get(&call)
+                    .and_then(|d| d.outbound.as_ref())
+                    .and_then(|o| o.ack.clone())
+            {
+                let to = self.calls[&call].peer;
+                self.transmits.push_back(Transmit { to, payload: ack });
+            }
+            return;
+        };
+        let call = *call;
+        let peer = tsx.peer;
+        let invite = match self.calls.get(&call) {
+            Some(d) => d.invite.clone(),
+            None => return,
+        };
+        let code = resp.code;
+        let ack_for_failure = || {
+            // §17.1.1.3: same branch, the response's To (with its tag).
+            let mut headers = Headers::new();
+            for (n, v) in invite.headers.iter() {
+                if matches!(n, "Via" | "From" | "Call-ID" | "Route" | "Max-Forwards") {
+                    headers.push(n, v);
+                }
+            }
+            headers.push("To", resp.headers.get("To").unwrap_or(""));
+            headers.push(
+                "CSeq",
+                format!("{} ACK", invite.cseq().map(|c| c.0).unwrap_or(1)),
+            );
+            Request {
+                method: Method::Ack,
+                uri: invite.uri.clone(),
+                headers,
+                body: vec![],
+            }
+            .to_bytes()
+        };
+        if let Some(bytes) = tsx.on_response(now, code, ack_for_failure) {
+            self.transmits.push_back(Transmit {
+                to: peer,
+                payload: bytes,
+            });
+        }
+        if tsx.state == InviteState::Terminated {
+            self.client_invite.remove(branch);
+        }
+        self.schedule(TimerOwner::ClientInvite(branch.to_string()));
+        match code {
+            100 => {}
+            101..=199 => self.events.push_back(SipEvent::Outbound {
+                call,
+                code,
+                sdp: None,
+            }),
+            200..=299 => {
+                let Some(d) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                if d.state == DialogState::Confirmed {
+                    return;
+                }
+                // The dialog is established: the callee's tag, target and route set (§12.1.2).
+                let to = resp.headers.get("To").unwrap_or("").to_string();
+                d.remote_tag = NameAddr::parse(&to)
+                    .and_then(|n| n.tag().map(String::from))
+                    .unwrap_or_default();
+                d.remote_uri = to;
+                if let Some(c) = resp
+                    .headers
+                    .list("Contact")
+                    .first()
+                    .and_then(|c| NameAddr::parse(c))
+                {
+                    d.remote_target = c.uri;
+                }
+                d.route_set = resp
+                    .headers
+                    .list("Record-Route")
+                    .into_iter()
+                    .rev()
+                    .map(String::from)
+                    .collect();
+                d.state = DialogState::Confirmed;
+                let ack = self.build_ack_for_2xx(call);
+                if let Some(d) = self.calls.get_mut(&call)
+                    && let Some(o) = d.outbound.as_mut()
+                {
+                    o.ack = ack.clone();
+                }
+                if let Some(ack) = ack {
+                    self.transmits.push_back(Transmit {
+                        to: peer,
+                        payload: ack,
+                    });
+                }
+                self.events.push_back(SipEvent::Outbound {
+                    call,
+                    code,
+                    sdp: Some(resp.body.clone()),
+                });
+            }
+            _ => {
+                self.remove_call(call);
+                self.events.push_back(SipEvent::Outbound {
+                    call,
+                    code,
+                    sdp: None,
+                });
+            }
+        }
+    }
+
+    /// The ACK for a 2xx: a new transaction-less request in the dialog (§13.2.2.4).
+    fn build_ack_for_2xx(&mut self, call: CallHandle) -> Option<Vec<u8>> {
+        let branch = format!("z9hG4bK{}", self.random_token());
+        let local = self.cfg.local_addr;
+        let d = self.calls.get(&call)?;
+        let cseq = d.invite.cseq().map(|c| c.0).unwrap_or(1);
+        let mut headers = Headers::new();
+        headers.push("Via", format!("SIP/2.0/UDP {local};branch={branch};rport"));
+        headers.push("Max-Forwards", "70");
+        headers.push("From", format!("{};tag={}", d.local_uri, d.local_tag));
+        headers.push("To", d.remote_uri.clone());
+        headers.push("Call-ID", d.call_id.clone());
+        headers.push("CSeq", format!("{cseq} ACK"));
+        for r in &d.route_set {
+            headers.push("Route", r.clone());
+        }
+        Some(
+            Request {
+                method: Method::Ack,
+                uri: d.remote_target.clone(),
+                headers,
+                body: vec![],
+            }
+            .to_bytes(),
+        )
+    }
+
+    /// Our outbound call a response belongs to (by Call-ID and our From tag).
+    fn outbound_for(&self, resp: &Response) -> Option<CallHandle> {
+        let call_id = resp.headers.get("Call-ID")?;
+        let tag = NameAddr::parse(resp.headers.get("From")?)?
+            .tag()?
+            .to_string();
+        self.by_local_tag.get(&(call_id.to_string(), tag)).copied()
+    }
+
+    /// Places a call: INVITE `uri` (sent to `peer`) with our SDP offer, from `from_user`.
+    /// Progress and the answer arrive as [`SipEvent::Outbound`].
+    pub fn invite(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        uri: &str,
+        from_user: &str,
+        sdp: Vec<u8>,
+    ) -> CallHandle {
+        let call = CallHandle(self.next_handle);
+        self.next_handle += 1;
+        let local = self.cfg.local_addr;
+        let call_id = format!("{}@{}", self.random_token(), local.ip());
+        let local_tag = self.random_token();
+        let branch = format!("z9hG4bK{}", self.random_token());
+        let local_uri = format!("<sip:{from_user}@{}>", local.ip());
+        let mut headers = Headers::new();
+        headers.push("Via", format!("SIP/2.0/UDP {local};branch={branch};rport"));
+        headers.push("Max-Forwards", "70");
+        headers.push("From", format!("{local_uri};tag={local_tag}"));
+        headers.push("To", format!("<{uri}>"));
+        headers.push("Call-ID", call_id.clone());
+        headers.push("CSeq", "1 INVITE");
+        headers.push("Contact", format!("<sip:ivr@{local}>"));
+        headers.push("Allow", ALLOW);
+        headers.push("User-Agent", self.cfg.user_agent.clone());
+        headers.push("Content-Type", "application/sdp");
+        let req = Request {
+            method: Method::Invite,
+            uri: uri.to_string(),
+            headers,
+            body: sdp,
+        };
+        let bytes = req.to_bytes();
+        let dialog = Dialog {
+            call_id: call_id.clone(),
+            local_tag: local_tag.clone(),
+            remote_tag: String::new(),
+            local_uri,
+            remote_uri: format!("<{uri}>"),
+            remote_target: uri.to_string(),
+            route_set: vec![],
+            local_cseq: 1,
+            remote_cseq: 0,
+            peer,
+            state: DialogState::Early,
+            invite: req,
+            invite_key: TsxKey {
+                branch: branch.clone(),
+                sent_by: String::new(),
+                invite: true,
+                cancel: false,
+            },
+            reinvite_pending: false,
+            ok_retransmit: None,
+            bye_after_ack: false,
+            outbound: Some(Outbound {
+                branch: branch.clone(),
+                ack: None,
+            }),
+        };
+        self.by_local_tag.insert((call_id, local_tag), call);
+        self.calls.insert(call, dialog);
+        let tsx = ClientInviteTsx::new(now, &self.cfg.tsx, peer, bytes.clone());
+        self.client_invite.insert(branch.clone(), (tsx, call));
+        self.transmits.push_back(Transmit {
+            to: peer,
+            payload: bytes,
+        });
+        self.schedule(TimerOwner::ClientInvite(branch));
+        call
+    }
+
+    /// Gives up on a call we placed that is not answered yet (§9.1).
+    fn cancel_outbound(&mut self, now: Instant, call: CallHandle) {
+        let Some(d) = self.calls.get(&call) else {
+            return;
+        };
+        let Some(o) = &d.outbound else { return };
+        let mut headers = Headers::new();
+        for (n, v) in d.invite.headers.iter() {
+            if matches!(
+                n,
+                "Via" | "From" | "To" | "Call-ID" | "Route" | "Max-Forwards"
+            ) {
+                headers.push(n, v);
+            }
+        }
+        headers.push(
+            "CSeq",
+            format!("{} CANCEL", d.invite.cseq().map(|c| c.0).unwrap_or(1)),
+        );
+        let req = Request {
+            method: Method::Cancel,
+            uri: d.invite.uri.clone(),
+            headers,
+            body: vec![],
+        };
+        let key = format!("{}|CANCEL", o.branch);
+        let bytes = req.to_bytes();
+        let tsx = ClientNonInviteTsx::new(now, &self.cfg.tsx, d.peer, bytes.clone());
+        self.transmits.push_back(Transmit {
+            to: d.peer,
+            payload: bytes,
+        });
+        self.client.insert(key.clone(), tsx);
+        self.schedule(TimerOwner::Client(key));
     }
 
     // ---- timers ----
@@ -806,6 +1113,9 @@ impl Endpoint {
                 None => self.server_other.get(k).and_then(|t| t.next_deadline()),
             },
             TimerOwner::Client(b) => self.client.get(b).and_then(|t| t.next_deadline()),
+            TimerOwner::ClientInvite(b) => {
+                self.client_invite.get(b).and_then(|t| t.0.next_deadline())
+            }
             TimerOwner::Dialog(c) => self
                 .calls
                 .get(c)
@@ -867,6 +1177,32 @@ impl Endpoint {
             }
         }
         self.schedule(TimerOwner::Client(branch));
+    }
+
+    fn on_client_invite_timeout(&mut self, now: Instant, branch: String) {
+        if let Some((tsx, call)) = self.client_invite.get_mut(&branch) {
+            let (call, peer) = (*call, tsx.peer);
+            let out = tsx.on_timeout(now);
+            if let Some(bytes) = out.send {
+                self.transmits.push_back(Transmit {
+                    to: peer,
+                    payload: bytes,
+                });
+            }
+            if out.terminated {
+                self.client_invite.remove(&branch);
+                if out.timed_out {
+                    // Timer B: nobody answered the INVITE at all.
+                    self.remove_call(call);
+                    self.events.push_back(SipEvent::Outbound {
+                        call,
+                        code: 408,
+                        sdp: None,
+                    });
+                }
+            }
+        }
+        self.schedule(TimerOwner::ClientInvite(branch));
     }
 
     fn on_dialog_timeout(&mut self, now: Instant, call: CallHandle) {
@@ -1092,7 +1428,7 @@ impl Endpoint {
     }
 
     /// Sends a request inside the call's dialog in its own client transaction; returns the
-    /// transaction's branch.
+    /// transaction's key (`branch|METHOD`).
     fn send_in_dialog(
         &mut self,
         now: Instant,
@@ -1138,12 +1474,13 @@ impl Endpoint {
                 Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
             })
             .unwrap_or(d.peer);
+        let key = format!("{branch}|{}", req.method);
         let bytes = req.to_bytes();
         let tsx = ClientNonInviteTsx::new(now, &self.cfg.tsx, to, bytes.clone());
-        self.client.insert(branch.clone(), tsx);
+        self.client.insert(key.clone(), tsx);
         self.transmits.push_back(Transmit { to, payload: bytes });
-        self.schedule(TimerOwner::Client(branch.clone()));
-        Some(branch)
+        self.schedule(TimerOwner::Client(key.clone()));
+        Some(key)
     }
 
     /// Blind transfer (RFC 3515): asks the caller's side to call `refer_to`. The outcome
@@ -1889,5 +2226,155 @@ From: <sip:mon@127.0.0.1>;tag=m\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: o1\r\nCSe
             events(&mut ep).as_slice(),
             [SipEvent::ReferResult { code: 408, .. }]
         ));
+    }
+
+    fn gateway() -> SocketAddr {
+        "127.0.0.1:5090".parse().unwrap()
+    }
+
+    /// The gateway's response to the INVITE we sent.
+    fn answer_invite(invite: &Request, code: u16, tag: &str, body: &str) -> Vec<u8> {
+        let mut r = Response::to_request(invite, code, reason_phrase(code), Some(tag));
+        if code == 200 {
+            r.headers.push("Contact", "<sip:gw@127.0.0.1:5090>");
+            r.headers.push("Content-Type", "application/sdp");
+            r.body = body.as_bytes().to_vec();
+        }
+        r.to_bytes()
+    }
+
+    fn placed(ep: &mut Endpoint, t0: Instant) -> (CallHandle, Request) {
+        let call = ep.invite(
+            t0,
+            gateway(),
+            "sip:+447911123456@127.0.0.1:5090",
+            "+12015550100",
+            b"v=0\r\n".to_vec(),
+        );
+        let Some(Message::Request(inv)) = ep
+            .poll_transmit()
+            .map(|t| Message::parse(&t.payload).unwrap())
+        else {
+            panic!()
+        };
+        (call, inv)
+    }
+
+    #[test]
+    fn a_placed_call_rings_answers_and_is_acknowledged() {
+        let mut ep = ep();
+        let t0 = Instant::now();
+        let (call, inv) = placed(&mut ep, t0);
+        assert_eq!(inv.method, Method::Invite);
+        assert_eq!(inv.uri, "sip:+447911123456@127.0.0.1:5090");
+        assert!(inv.from().unwrap().tag().is_some());
+        ep.handle_datagram(t0, gateway(), &answer_invite(&inv, 180, "gw1", ""));
+        assert!(matches!(
+            events(&mut ep).as_slice(),
+            [SipEvent::Outbound {
+                code: 180,
+                sdp: None,
+                ..
+            }]
+        ));
+        assert_eq!(
+            ep.poll_timeout(),
+            None,
+            "no INVITE retransmission while ringing"
+        );
+        let ok = answer_invite(&inv, 200, "gw1", "v=0\r\n");
+        ep.handle_datagram(t0, gateway(), &ok);
+        match events(&mut ep).as_slice() {
+            [
+                SipEvent::Outbound {
+                    code: 200,
+                    sdp: Some(sdp),
+                    call: c,
+                },
+            ] => {
+                assert_eq!(*c, call);
+                assert_eq!(sdp, b"v=0\r\n");
+            }
+            e => panic!("{e:?}"),
+        }
+        let msgs = sent(&mut ep);
+        let [Message::Request(ack)] = msgs.as_slice() else {
+            panic!("{msgs:?}")
+        };
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(
+            ack.uri, "sip:gw@127.0.0.1:5090",
+            "to the Contact of the 2xx"
+        );
+        assert_eq!(ack.to().unwrap().tag(), Some("gw1"));
+        assert_eq!(ack.cseq(), Some((1, Method::Ack)));
+        ep.handle_datagram(t0, gateway(), &ok);
+        assert!(
+            matches!(sent(&mut ep).as_slice(), [Message::Request(r)] if r.method == Method::Ack),
+            "2xx retransmission re-ACKed"
+        );
+        assert!(events(&mut ep).is_empty());
+        // Hanging up sends BYE in the dialog.
+        ep.hangup(t0, call);
+        let msgs = sent(&mut ep);
+        assert!(
+            matches!(msgs.as_slice(), [Message::Request(r)] if r.method == Method::Bye && r.to().unwrap().tag() == Some("gw1"))
+        );
+    }
+
+    #[test]
+    fn a_busy_callee_is_acknowledged_on_the_same_branch() {
+        let mut ep = ep();
+        let t0 = Instant::now();
+        let (_, inv) = placed(&mut ep, t0);
+        ep.handle_datagram(t0, gateway(), &answer_invite(&inv, 486, "gw2", ""));
+        assert!(matches!(
+            events(&mut ep).as_slice(),
+            [SipEvent::Outbound { code: 486, .. }]
+        ));
+        let msgs = sent(&mut ep);
+        let [Message::Request(ack)] = msgs.as_slice() else {
+            panic!("{msgs:?}")
+        };
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(
+            ack.top_via().unwrap().branch(),
+            inv.top_via().unwrap().branch()
+        );
+        assert_eq!(ep.active_calls(), 0);
+        drain(&mut ep, t0);
+        assert_eq!(ep.transactions(), 0);
+    }
+
+    #[test]
+    fn an_unanswered_call_is_cancelled_or_times_out() {
+        let mut ep = ep();
+        let t0 = Instant::now();
+        let (call, inv) = placed(&mut ep, t0);
+        ep.handle_datagram(t0, gateway(), &answer_invite(&inv, 180, "gw3", ""));
+        events(&mut ep);
+        ep.hangup(t0, call);
+        let msgs = sent(&mut ep);
+        let [Message::Request(cancel)] = msgs.as_slice() else {
+            panic!("{msgs:?}")
+        };
+        assert_eq!(cancel.method, Method::Cancel);
+        assert_eq!(
+            cancel.top_via().unwrap().branch(),
+            inv.top_via().unwrap().branch()
+        );
+        // Nobody answers a second call at all: Timer B reports 408.
+        let (_, _) = placed(&mut ep, t0);
+        let mut out = vec![];
+        while let Some(at) = ep.poll_timeout() {
+            ep.handle_timeout(at);
+            out.extend(events(&mut ep));
+            sent(&mut ep);
+        }
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, SipEvent::Outbound { code: 408, .. })),
+            "{out:?}"
+        );
     }
 }

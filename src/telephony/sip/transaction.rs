@@ -350,6 +350,110 @@ impl ClientNonInviteTsx {
     }
 }
 
+/// INVITE client transaction (§17.1.1), for the calls we place (the calling service).
+#[derive(Debug)]
+pub struct ClientInviteTsx {
+    pub state: InviteState,
+    pub peer: SocketAddr,
+    request: Vec<u8>,
+    /// Timer A: INVITE retransmission.
+    a: Option<(Instant, Duration)>,
+    /// Timer B: no answer at all.
+    b: Option<Instant>,
+    /// Timer D: absorb retransmitted final responses after a non-2xx.
+    d: Option<Instant>,
+    /// The ACK for a non-2xx final response, re-sent when it is retransmitted.
+    ack: Option<Vec<u8>>,
+}
+
+impl ClientInviteTsx {
+    /// Starts the transaction; the caller sends `request` once now.
+    pub fn new(now: Instant, cfg: &TsxConfig, peer: SocketAddr, request: Vec<u8>) -> Self {
+        ClientInviteTsx {
+            state: InviteState::Proceeding,
+            peer,
+            request,
+            a: Some((now + cfg.t1, cfg.t1)),
+            b: Some(now + cfg.timeout()),
+            d: None,
+            ack: None,
+        }
+    }
+
+    /// A response arrived. For a non-2xx final, `ack` is the ACK to send (and re-send).
+    /// Returns bytes to send now.
+    pub fn on_response(
+        &mut self,
+        now: Instant,
+        code: u16,
+        ack: impl FnOnce() -> Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        match (self.state, code) {
+            (InviteState::Proceeding, 100..=199) => {
+                // A provisional answer: the far end has it; stop retransmitting.
+                self.a = None;
+                self.b = None;
+                None
+            }
+            (InviteState::Proceeding, 200..=299) => {
+                // The TU acknowledges 2xx responses itself (§13.2.2.4).
+                self.state = InviteState::Terminated;
+                self.a = None;
+                self.b = None;
+                None
+            }
+            (InviteState::Proceeding, _) => {
+                self.state = InviteState::Completed;
+                self.a = None;
+                self.b = None;
+                // Timer D: at least 32 s over UDP.
+                self.d = Some(now + Duration::from_secs(32));
+                let bytes = ack();
+                self.ack = Some(bytes.clone());
+                Some(bytes)
+            }
+            (InviteState::Completed, 300..=699) => self.ack.clone(),
+            _ => None,
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.a.map(|a| a.0), self.b, self.d]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn on_timeout(&mut self, now: Instant) -> TsxOutput {
+        let mut out = TsxOutput::default();
+        if self.b.is_some_and(|b| now >= b) {
+            self.state = InviteState::Terminated;
+            self.a = None;
+            self.b = None;
+            return TsxOutput {
+                send: None,
+                terminated: true,
+                timed_out: true,
+            };
+        }
+        if self.d.is_some_and(|d| now >= d) {
+            self.state = InviteState::Terminated;
+            self.d = None;
+            out.terminated = true;
+            return out;
+        }
+        if let Some((at, interval)) = self.a
+            && now >= at
+        {
+            // Timer A doubles without a cap (§17.1.1.2); Timer B ends it.
+            let next = interval * 2;
+            self.a = Some((now + next, next));
+            out.send = Some(self.request.clone());
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,5 +597,47 @@ mod tests {
         );
         let out = tsx.on_timeout(t0 + Duration::from_millis(5) + cfg.t4, &cfg);
         assert!(out.terminated && !out.timed_out && out.send.is_none());
+    }
+
+    #[test]
+    fn timer_a_retransmits_the_invite_until_timer_b() {
+        let cfg = TsxConfig::default();
+        let t0 = Instant::now();
+        let tsx =
+            std::cell::RefCell::new(ClientInviteTsx::new(t0, &cfg, peer(), b"INVITE".to_vec()));
+        let (sends, end) = fire_until(
+            t0,
+            t0 + Duration::from_secs(60),
+            || tsx.borrow().next_deadline(),
+            |at| tsx.borrow_mut().on_timeout(at),
+        );
+        let ms: Vec<u128> = sends.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [500, 1500, 3500, 7500, 15500, 31500]);
+        assert!(end.unwrap().timed_out, "Timer B");
+    }
+
+    #[test]
+    fn provisional_stops_retransmission_and_a_failure_is_acknowledged() {
+        let cfg = TsxConfig::default();
+        let t0 = Instant::now();
+        let mut tsx = ClientInviteTsx::new(t0, &cfg, peer(), b"INVITE".to_vec());
+        assert_eq!(tsx.on_response(t0, 180, || unreachable!()), None);
+        assert_eq!(tsx.next_deadline(), None, "no Timer A or B while ringing");
+        assert_eq!(
+            tsx.on_response(t0, 486, || b"ACK".to_vec()),
+            Some(b"ACK".to_vec())
+        );
+        assert_eq!(
+            tsx.on_response(t0, 486, || unreachable!()),
+            Some(b"ACK".to_vec()),
+            "re-ACK"
+        );
+        assert!(
+            tsx.on_timeout(t0 + Duration::from_secs(32)).terminated,
+            "Timer D"
+        );
+        let mut ok = ClientInviteTsx::new(t0, &cfg, peer(), b"INVITE".to_vec());
+        assert_eq!(ok.on_response(t0, 200, || unreachable!()), None);
+        assert_eq!(ok.state, InviteState::Terminated);
     }
 }

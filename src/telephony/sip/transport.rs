@@ -25,6 +25,15 @@ pub enum SipCommand {
     Hangup(CallHandle),
     /// Blind transfer to a SIP URI, with extra headers.
     Refer(CallHandle, String, Vec<(String, String)>),
+    /// Place a call (the calling service): its events go to `events`, its handle to `reply`.
+    Invite {
+        peer: SocketAddr,
+        uri: String,
+        from: String,
+        sdp: Vec<u8>,
+        events: mpsc::Sender<SipEvent>,
+        reply: tokio::sync::oneshot::Sender<CallHandle>,
+    },
 }
 
 /// Events queued per call before the call task reads them.
@@ -87,6 +96,18 @@ impl Transport {
             }
             SipCommand::AnswerReoffer(c, a) => self.endpoint.answer_reoffer(now, c, a),
             SipCommand::Refer(c, to, headers) => self.endpoint.refer(now, c, &to, headers),
+            SipCommand::Invite {
+                peer,
+                uri,
+                from,
+                sdp,
+                events,
+                reply,
+            } => {
+                let call = self.endpoint.invite(now, peer, &uri, &from, sdp);
+                self.routes.insert(call, events);
+                let _ = reply.send(call);
+            }
             SipCommand::Hangup(c) => {
                 self.endpoint.hangup(now, c);
                 self.routes.remove(&c);
@@ -112,11 +133,16 @@ impl Transport {
                 SipEvent::Confirmed { call }
                 | SipEvent::Dtmf { call, .. }
                 | SipEvent::Reoffer { call, .. }
-                | SipEvent::ReferResult { call, .. } => {
+                | SipEvent::ReferResult { call, .. }
+                | SipEvent::Outbound { call, .. } => {
+                    let finished = matches!(ev, SipEvent::Outbound { code: 300.., .. });
                     if let Some(tx) = self.routes.get(&call)
                         && tx.try_send(ev).is_err()
                     {
                         warn!(%call, "call task not keeping up; SIP event dropped");
+                    }
+                    if finished {
+                        self.routes.remove(&call);
                     }
                 }
             }
