@@ -56,6 +56,8 @@ pub struct CallSession {
     transfer: Option<(String, String, CallContext)>,
     /// Hang up when the player runs dry (after a driver announcement).
     hangup_after_play: Option<String>,
+    /// Media is relayed to another leg: the player only speaks for announcements.
+    bridged: bool,
 }
 
 /// Silence sent after the last prompt before hanging up: the caller's jitter buffer still
@@ -101,6 +103,7 @@ impl CallSession {
             ops: VecDeque::new(),
             transfer: None,
             hangup_after_play: None,
+            bridged: false,
         }
     }
 
@@ -218,6 +221,38 @@ impl CallSession {
         }
     }
 
+    /// Starts or ends relaying media to another leg (calling service): while bridged the player
+    /// is silent except for [`CallSession::announce`].
+    pub fn set_bridged(&mut self, on: bool) {
+        self.bridged = on;
+        self.player.stop();
+        self.player.set_muted(on || !self.media.send);
+    }
+
+    /// Speaks prompts to the caller during a bridge (the other leg's audio is held meanwhile).
+    pub fn announce(&mut self, names: &[&str]) {
+        let lang = self.interp.language().to_string();
+        let items: Vec<PlayItem> = names
+            .iter()
+            .filter_map(|n| self.prompts.get(&lang, n))
+            .map(PlayItem::Prompt)
+            .collect();
+        if !items.is_empty() {
+            self.player.set_muted(!self.media.send);
+            self.player.enqueue(items);
+        }
+    }
+
+    /// An announcement is being spoken during a bridge.
+    pub fn is_announcing(&self) -> bool {
+        self.bridged && self.player.is_playing()
+    }
+
+    /// Whether received audio should be relayed rather than interpreted.
+    pub fn is_bridged(&self) -> bool {
+        self.bridged
+    }
+
     /// An escalation the plan asked for (once).
     pub fn take_transfer(&mut self) -> Option<(String, String, CallContext)> {
         self.transfer.take()
@@ -283,6 +318,9 @@ impl CallSession {
                 if let Some(reason) = self.hangup_after_play.take() {
                     self.hangup.get_or_insert((reason, now + HANGUP_LINGER));
                 }
+                if self.bridged {
+                    self.player.set_muted(true);
+                }
                 self.interp.handle_event(now, CallEvent::PromptDone);
             }
             if !progressed {
@@ -307,6 +345,8 @@ pub struct SipCallSetup {
     pub incoming: IncomingCall,
     pub plan: Arc<Dialplan>,
     pub events: mpsc::Receiver<SipEvent>,
+    /// The sender side of `events`, for the legs this call places (calling service).
+    pub events_tx: mpsc::Sender<SipEvent>,
     pub commands: mpsc::Sender<SipCommand>,
     pub started_at: String,
 }
@@ -369,6 +409,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
         incoming,
         plan,
         mut events,
+        events_tx,
         commands,
         ..
     } = setup;
@@ -478,6 +519,43 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
         }
         if let Some((op, args)) = session.poll_invoke() {
             op_seq += 1;
+            if op == "call" {
+                // The calling service takes over the media until the call ends.
+                let number = args
+                    .iter()
+                    .find(|(k, _)| k == "number")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                let leg = crate::bridge::CallerLeg {
+                    session: &mut session,
+                    socket: &socket,
+                    remote: &mut remote,
+                    latch: &mut latch,
+                    last_rtp: &mut last_rtp,
+                    events: &mut events,
+                    events_tx: events_tx.clone(),
+                    commands: commands.clone(),
+                    call,
+                    caller: &caller,
+                    id: format!("{}:{op_seq}", incoming.call_id),
+                };
+                match crate::bridge::call(&shared, leg, &number).await {
+                    crate::bridge::BridgeEnd::Result((code, mut vars)) => {
+                        if let Ok(b) = shared.core.wallet_balance(&caller).await {
+                            vars.push(("balance".into(), b.to_string()));
+                        }
+                        session.handle_result(Instant::now(), code, vars);
+                    }
+                    crate::bridge::BridgeEnd::CallerGone(reason) => {
+                        return Outcome {
+                            reason: reason.as_str().into(),
+                            digits: session.interpreter().digits().into(),
+                        }
+                        .with_methods(cdr, &session);
+                    }
+                }
+                continue;
+            }
             let shared = shared.clone();
             let caller = caller.clone();
             let request_id = format!("voice:{}:{op_seq}", incoming.call_id);
@@ -663,7 +741,7 @@ fn media_params(n: &Negotiated, inband: crate::config::InbandDtmf) -> MediaParam
 /// The first source is latched; another source takes over only after the latched one has been
 /// quiet for a while, so a stray or spoofed stream cannot hijack a live call.
 #[derive(Default)]
-struct Latch {
+pub struct Latch {
     addr: Option<SocketAddr>,
     last: Option<Instant>,
 }
@@ -671,7 +749,7 @@ struct Latch {
 const RELATCH_AFTER: Duration = Duration::from_millis(500);
 
 impl Latch {
-    fn accept(&mut self, now: Instant, from: SocketAddr) -> bool {
+    pub fn accept(&mut self, now: Instant, from: SocketAddr) -> bool {
         match (self.addr, self.last) {
             (Some(a), _) if a == from => {}
             (Some(_), Some(last)) if now.duration_since(last) < RELATCH_AFTER => return false,

@@ -45,6 +45,15 @@ struct RawConfig {
     lookup: RawLookup,
     topups: RawTopups,
     escalation: RawEscalation,
+    calling: RawCalling,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawCalling {
+    gateway: Option<String>,
+    ring_timeout: Option<String>,
+    warning_before: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -182,6 +191,12 @@ pub struct Config {
     pub demo: bool,
     /// How often prompts and dialplans are checked for changes (zero: only on SIGHUP).
     pub reload_every: Duration,
+    /// The outbound SIP gateway for the calling service (IP:port); `None` disables calling.
+    pub calling_gateway: Option<SocketAddr>,
+    /// How long an outbound call may ring.
+    pub calling_ring_timeout: Duration,
+    /// How long before the money runs out the caller is warned.
+    pub calling_warning_before: Duration,
     /// Where escalated calls are transferred (REFER), e.g. `sip:agents@pbx.example.com`.
     pub agent_uri: Option<String>,
 }
@@ -499,6 +514,28 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
         )?,
         demo: raw.topups.demo.unwrap_or(true),
         reload_every: dur("paths.reload_every", &raw.paths.reload_every, "2s")?,
+        calling_gateway: match raw
+            .calling
+            .gateway
+            .as_deref()
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+        {
+            None => None,
+            Some(g) => Some(g.parse().map_err(|_| {
+                err(
+                    false,
+                    "calling.gateway",
+                    format!("`{g}` is not an address like 192.0.2.1:5060"),
+                )
+            })?),
+        },
+        calling_ring_timeout: nonzero(
+            dur("calling.ring_timeout", &raw.calling.ring_timeout, "45s")?,
+            "calling.ring_timeout",
+            origin,
+        )?,
+        calling_warning_before: dur("calling.warning_before", &raw.calling.warning_before, "60s")?,
         agent_uri: match raw
             .escalation
             .agent_uri

@@ -159,11 +159,24 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
                 vars.push(("recent.count".into(), recent.len().to_string()));
                 Ok(("ok".into(), vars))
             }
-            "minutes_left" => match core.minutes_left(ctx.caller, arg(args, "number")).await? {
-                None => Ok(("no_rate".into(), vec![])),
-                Some(0) => Ok(("zero".into(), vec![("minutes".into(), "0".into())])),
-                Some(m) => Ok(ok(vec![("minutes", m.to_string())])),
-            },
+            "minutes_left" => {
+                let e164 = crate::topup::numbers::parse_number(arg(args, "number"))?.e164;
+                let balance = core.wallet_balance(ctx.caller).await?;
+                let Some((per_minute, increment)) = core.rate_for(&e164, balance.currency).await?
+                else {
+                    return Ok(("no_rate".into(), vec![]));
+                };
+                let secs = crate::topup::calling::affordable_secs(balance, per_minute);
+                let minutes = crate::topup::carriers::minutes_left(balance, per_minute);
+                let vars = vec![("minutes", minutes.to_string())];
+                Ok(match secs {
+                    s if s < increment.max(1) => ("zero".into(), ok(vars).1),
+                    s if s < 60 => ("under_a_minute".into(), ok(vars).1),
+                    _ => ok(vars),
+                })
+            }
+            // Placing a call needs the call's media: the call driver runs it (crate::bridge).
+            "call" => Ok(("unavailable".into(), vec![])),
             "set_account_language" => {
                 core.set_wallet_language(ctx.caller, arg(args, "language"))
                     .await?;

@@ -281,3 +281,126 @@ fn every_shipped_plan_passes_the_check() {
         .unwrap();
     assert!(String::from_utf8_lossy(&dot.stdout).starts_with("digraph \"echo\""));
 }
+
+#[test]
+fn a_wallet_call_through_the_gateway_is_warned_cut_at_zero_and_billed_by_the_increment() {
+    require("sipp");
+    let gateway_port = free_udp_port();
+    let server = Server::start(&format!(
+        "[calling]\ngateway = \"127.0.0.1:{gateway_port}\"\nwarning_before = \"3s\"\n"
+    ));
+    // A wallet with 0.10 USD, and a rate of 0.60 USD/min in 6 s increments to +44:
+    // 10 s affordable, 6 s in whole increments.
+    let rates = server.dir.path().join("rates.toml");
+    std::fs::write(
+        &rates,
+        "[[rate]]\nprefix = \"44\"\ncurrency = \"USD\"\nper_minute = \"0.60\"\nincrement = 6\n",
+    )
+    .unwrap();
+    cli_ok(&server, &["carriers", "import", rates.to_str().unwrap()]);
+    let mut pin = Command::new(BIN)
+        .args(["accounts", "create-wallet", "+12015550166", "--config"])
+        .arg(&server.config)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    pin.stdin.take().unwrap().write_all(b"4321\n").unwrap();
+    assert!(pin.wait().unwrap().success());
+    cli_ok(
+        &server,
+        &[
+            "accounts",
+            "credit",
+            "+12015550166",
+            "0.10USD",
+            "--id",
+            "fund",
+        ],
+    );
+
+    // The gateway: a sipp UAS that answers and waits for the service's BYE.
+    let gw_logs = tempfile::tempdir().unwrap();
+    let mut gateway = Command::new("sipp")
+        .arg("-sf")
+        .arg(repo().join("tests/sipp/uas_gateway.xml"))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-mi",
+            "127.0.0.1",
+            "-p",
+            &gateway_port.to_string(),
+        ])
+        .args([
+            "-mp",
+            &free_udp_pair().to_string(),
+            "-m",
+            "1",
+            "-timeout",
+            "60s",
+            "-timeout_error",
+            "-nostdin",
+        ])
+        .args(["-trace_err", "-trace_msg"])
+        .current_dir(gw_logs.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // PIN, 3: minutes to a number, the number, 1: connect. The caller stays on for 25 s.
+    keys(
+        "keys_then_bye.xml",
+        "wallet",
+        "+12015550166",
+        "4321#3447911123456#1",
+    )
+    .arg("-d")
+    .arg("25000")
+    .run(&server);
+    assert!(
+        gateway.wait().unwrap().success(),
+        "gateway:\n{}\n{}",
+        read_logs(gw_logs.path()),
+        server.log()
+    );
+    server.wait_idle();
+    let w = cli(&server, &["accounts", "show", "+12015550166"]);
+    assert_eq!(
+        w["wallet"]["balance"], "0.04",
+        "6 s at 0.60/min = 0.06 charged: {w}"
+    );
+    let log = server.log();
+    let warned = log
+        .find("warning the caller")
+        .expect("the caller is warned");
+    let cut = log
+        .find("balance used up: cutting the call")
+        .expect("the call is cut");
+    assert!(warned < cut, "warned before the cut");
+    let check = Command::new(BIN)
+        .args(["ledger", "check", "--config"])
+        .arg(&server.config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+fn cli_ok(server: &Server, args: &[&str]) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(&server.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

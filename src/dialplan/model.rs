@@ -318,6 +318,7 @@ pub const OPS: &[&str] = &[
     "recent_recipient",
     "minutes_left",
     "set_account_language",
+    "call",
 ];
 
 impl Node {

@@ -48,6 +48,10 @@ pub enum TopupError {
     CarrierFailed(String),
     #[error("no carrier for this number")]
     NoCarrier,
+    #[error("calls to this number are not available")]
+    NoRate,
+    #[error("the balance does not pay for a call")]
+    NoFunds,
     // --- ours ---
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
@@ -79,6 +83,8 @@ impl TopupError {
             TopupError::Ledger(_) => "ledger_error",
             TopupError::CarrierFailed(_) => "carrier_failed",
             TopupError::NoCarrier => "no_carrier",
+            TopupError::NoRate => "no_rate",
+            TopupError::NoFunds => "no_funds",
             TopupError::Corrupt(_) | TopupError::Db(_) | TopupError::Store(_) => "unavailable",
         }
     }

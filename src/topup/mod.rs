@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod adapters;
 pub mod auth;
 pub mod books;
+pub mod calling;
 pub mod cards;
 pub mod carriers;
 pub mod demo;

@@ -177,7 +177,7 @@ impl Transport {
             return;
         };
         let (tx, rx) = mpsc::channel(CALL_EVENT_QUEUE);
-        self.routes.insert(inc.call, tx);
+        self.routes.insert(inc.call, tx.clone());
         info!(call = %inc.call, service = %plan.service, from = %crate::redact::Phone(&inc.caller), "incoming call");
         self.shared
             .calls_total
@@ -187,6 +187,7 @@ impl Transport {
             incoming: inc,
             plan,
             events: rx,
+            events_tx: tx,
             commands: self.commands_tx.clone(),
             started_at: timestamp(),
         };
