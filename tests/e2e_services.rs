@@ -350,15 +350,21 @@ fn a_wallet_call_through_the_gateway_is_warned_cut_at_zero_and_billed_by_the_inc
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     // PIN, 3: minutes to a number, the number, 1: connect. The caller stays on for 25 s.
-    keys(
+    let caller = keys(
         "keys_then_bye.xml",
         "wallet",
         "+12015550166",
         "4321#3447911123456#1",
     )
     .arg("-d")
-    .arg("25000")
-    .run(&server);
+    .arg("25000");
+    let cap_dir = tempfile::tempdir().unwrap();
+    let capture = Capture::start(
+        cap_dir.path(),
+        &format!("udp and dst port {}", caller.media_port),
+    );
+    caller.run(&server);
+    let heard = capture.stop();
     assert!(
         gateway.wait().unwrap().success(),
         "gateway:\n{}\n{}",
@@ -379,6 +385,19 @@ fn a_wallet_call_through_the_gateway_is_warned_cut_at_zero_and_billed_by_the_inc
         .find("balance used up: cutting the call")
         .expect("the call is cut");
     assert!(warned < cut, "warned before the cut");
+    // The callee's audio reached the caller: packets with the gateway stream's SSRC.
+    let callee_ssrc = read_pcap_udp(&std::fs::read("/usr/share/sip-tester/g711a.pcap").unwrap())
+        .iter()
+        .find_map(|(_, p)| rtp_rs::RtpReader::new(p).ok().map(|r| r.ssrc()))
+        .unwrap();
+    let relayed = heard
+        .iter()
+        .filter(|(_, p)| rtp_rs::RtpReader::new(p).is_ok_and(|r| r.ssrc() == callee_ssrc))
+        .count();
+    assert!(
+        relayed > 50,
+        "only {relayed} relayed packets reached the caller"
+    );
     let check = Command::new(BIN)
         .args(["ledger", "check", "--config"])
         .arg(&server.config)
