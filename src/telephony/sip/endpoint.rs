@@ -961,28 +961,9 @@ impl Endpoint {
     /// The ACK for a 2xx: a new transaction-less request in the dialog (§13.2.2.4).
     fn build_ack_for_2xx(&mut self, call: CallHandle) -> Option<Vec<u8>> {
         let branch = format!("z9hG4bK{}", self.random_token());
-        let local = self.cfg.local_addr;
         let d = self.calls.get(&call)?;
         let cseq = d.invite.cseq().map(|c| c.0).unwrap_or(1);
-        let mut headers = Headers::new();
-        headers.push("Via", format!("SIP/2.0/UDP {local};branch={branch};rport"));
-        headers.push("Max-Forwards", "70");
-        headers.push("From", format!("{};tag={}", d.local_uri, d.local_tag));
-        headers.push("To", d.remote_uri.clone());
-        headers.push("Call-ID", d.call_id.clone());
-        headers.push("CSeq", format!("{cseq} ACK"));
-        for r in &d.route_set {
-            headers.push("Route", r.clone());
-        }
-        Some(
-            Request {
-                method: Method::Ack,
-                uri: d.remote_target.clone(),
-                headers,
-                body: vec![],
-            }
-            .to_bytes(),
-        )
+        Some(dialog_request(d, self.cfg.local_addr, &branch, Method::Ack, cseq).to_bytes())
     }
 
     /// Our outbound call a response belongs to (by Call-ID and our From tag).
@@ -1440,26 +1421,11 @@ impl Endpoint {
         let local = self.cfg.local_addr;
         let d = self.calls.get_mut(&call)?;
         d.local_cseq += 1;
-        let mut headers = Headers::new();
-        headers.push("Via", format!("SIP/2.0/UDP {local};branch={branch};rport"));
-        headers.push("Max-Forwards", "70");
-        headers.push("From", format!("{};tag={}", d.local_uri, d.local_tag));
-        headers.push("To", d.remote_uri.clone());
-        headers.push("Call-ID", d.call_id.clone());
-        headers.push("CSeq", format!("{} {method}", d.local_cseq));
-        for r in &d.route_set {
-            headers.push("Route", r.clone());
-        }
+        let mut req = dialog_request(d, local, &branch, method, d.local_cseq);
         for (n, v) in extra {
-            headers.push(&n, v);
+            req.headers.push(&n, v);
         }
-        headers.push("User-Agent", self.cfg.user_agent.clone());
-        let req = Request {
-            method,
-            uri: d.remote_target.clone(),
-            headers,
-            body: Vec::new(),
-        };
+        req.headers.push("User-Agent", self.cfg.user_agent.clone());
         // Next hop: the first route (loose routing) or the remote target; only IP literals can
         // be used without DNS, otherwise the address the INVITE came from.
         let hop = d
@@ -1524,6 +1490,33 @@ impl Endpoint {
                 d.invite.cseq().map(|c| c.0).unwrap_or(0),
             ));
         }
+    }
+}
+
+/// A request in a dialog (§12.2.1.1): our From and tag, their To, the dialog's route set,
+/// sent to the remote target.
+fn dialog_request(
+    d: &Dialog,
+    local: SocketAddr,
+    branch: &str,
+    method: Method,
+    cseq: u32,
+) -> Request {
+    let mut headers = Headers::new();
+    headers.push("Via", format!("SIP/2.0/UDP {local};branch={branch};rport"));
+    headers.push("Max-Forwards", "70");
+    headers.push("From", format!("{};tag={}", d.local_uri, d.local_tag));
+    headers.push("To", d.remote_uri.clone());
+    headers.push("Call-ID", d.call_id.clone());
+    headers.push("CSeq", format!("{cseq} {method}"));
+    for r in &d.route_set {
+        headers.push("Route", r.clone());
+    }
+    Request {
+        method,
+        uri: d.remote_target.clone(),
+        headers,
+        body: Vec::new(),
     }
 }
 
