@@ -10,6 +10,7 @@ pub mod redact;
 pub mod server;
 pub mod services;
 pub mod simulate;
+pub mod sms;
 pub mod store;
 pub mod telephony;
 pub mod topup;

@@ -1,0 +1,1291 @@
+//! An SMPP 3.4 ESME session over one connection (sans-IO).
+//!
+//! The session binds as a transceiver, submits short messages within a window of outstanding
+//! requests, answers the SMSC's `enquire_link`, `unbind` and `deliver_sm` (MO messages and
+//! delivery receipts, which the owner answers with [`Session::respond`]), sends `enquire_link`
+//! when the line is idle, and pauses submissions with a growing backoff when the SMSC says
+//! it is throttling (`ESME_RTHROTTLED`, `ESME_RMSGQFUL`). Garbage gets a `generic_nack`; a
+//! length that makes the byte stream unreadable, a request the SMSC never answers and the
+//! SMSC's `unbind` close the session, and every message not yet accepted comes back as
+//! [`Event::Unsent`] so that nothing is lost.
+//!
+//! No clock, no socket: the owner feeds bytes with [`Session::handle_input`] and time with
+//! [`Session::handle_timeout`], and drains [`Session::poll_transmit`] and
+//! [`Session::poll_event`]. PDUs are encoded and decoded with rusmpp's types; the framing is
+//! ours so that one malformed PDU is answered and skipped instead of desynchronising the stream.
+
+use std::collections::{HashMap, VecDeque};
+use std::str::FromStr;
+
+use bytes::{Buf, BufMut, BytesMut};
+use rusmpp::decode::DecodeWithLength;
+use rusmpp::encode::{Encode, Length};
+use rusmpp::pdus::{BindTransceiver, DeliverSmResp, SubmitSm};
+use rusmpp::tlvs::TlvValue;
+use rusmpp::types::{COctetString, OctetString};
+use rusmpp::values::{
+    DataCoding, EsmClass, InterfaceVersion, Npi, RegisteredDelivery, ServiceType, Ton,
+};
+use rusmpp::{Command, CommandStatus, Pdu};
+
+/// Command status values the session acts on (SMPP 3.4 §5.1.3).
+pub mod status {
+    pub const OK: u32 = 0x0000_0000;
+    pub const INVALID_MSG_LENGTH: u32 = 0x0000_0001;
+    pub const INVALID_CMD_LENGTH: u32 = 0x0000_0002;
+    pub const INVALID_CMD_ID: u32 = 0x0000_0003;
+    pub const SYSTEM_ERROR: u32 = 0x0000_0008;
+    pub const INVALID_SOURCE: u32 = 0x0000_000A;
+    pub const INVALID_DESTINATION: u32 = 0x0000_000B;
+    pub const BIND_FAILED: u32 = 0x0000_000D;
+    pub const INVALID_PASSWORD: u32 = 0x0000_000E;
+    pub const INVALID_SYSTEM_ID: u32 = 0x0000_000F;
+    pub const QUEUE_FULL: u32 = 0x0000_0014;
+    pub const THROTTLED: u32 = 0x0000_0058;
+    pub const SUBMIT_FAILED: u32 = 0x0000_0045;
+    pub const DELIVERY_FAILURE: u32 = 0x0000_00FE;
+    pub const UNKNOWN_ERROR: u32 = 0x0000_00FF;
+}
+
+/// The SMPP name of a command status, for logs and `sms show`.
+pub fn status_name(s: u32) -> String {
+    let name = match s {
+        status::OK => "ESME_ROK",
+        status::INVALID_MSG_LENGTH => "ESME_RINVMSGLEN",
+        status::INVALID_CMD_LENGTH => "ESME_RINVCMDLEN",
+        status::INVALID_CMD_ID => "ESME_RINVCMDID",
+        0x04 => "ESME_RINVBNDSTS",
+        0x05 => "ESME_RALYBND",
+        status::SYSTEM_ERROR => "ESME_RSYSERR",
+        status::INVALID_SOURCE => "ESME_RINVSRCADR",
+        status::INVALID_DESTINATION => "ESME_RINVDSTADR",
+        status::BIND_FAILED => "ESME_RBINDFAIL",
+        status::INVALID_PASSWORD => "ESME_RINVPASWD",
+        status::INVALID_SYSTEM_ID => "ESME_RINVSYSID",
+        status::QUEUE_FULL => "ESME_RMSGQFUL",
+        status::SUBMIT_FAILED => "ESME_RSUBMITFAIL",
+        0x53 => "ESME_RINVSYSTYP",
+        status::THROTTLED => "ESME_RTHROTTLED",
+        status::DELIVERY_FAILURE => "ESME_RDELIVERYFAILURE",
+        status::UNKNOWN_ERROR => "ESME_RUNKNOWNERR",
+        _ => return format!("status 0x{s:08X}"),
+    };
+    format!("{name} (0x{s:08X})")
+}
+
+/// Whether a refused submission may succeed if tried again later (the SMSC's trouble, not
+/// the message's).
+pub fn is_temporary(s: u32) -> bool {
+    matches!(
+        s,
+        status::SYSTEM_ERROR
+            | status::QUEUE_FULL
+            | status::THROTTLED
+            | status::SUBMIT_FAILED
+            | status::DELIVERY_FAILURE
+            | status::UNKNOWN_ERROR
+            | 0x64 // ESME_RX_T_APPN: temporary application error
+    )
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub system_id: String,
+    pub password: String,
+    pub system_type: String,
+    /// Most submissions awaiting an answer at once.
+    pub window: usize,
+    /// Send `enquire_link` after this long without traffic (ms).
+    pub enquire_link_ms: i64,
+    /// How long a request may wait for its answer before the connection is given up (ms).
+    pub response_timeout_ms: i64,
+    /// First pause after a throttling answer, doubled up to the maximum (ms).
+    pub throttle_min_ms: i64,
+    pub throttle_max_ms: i64,
+    /// Longest PDU accepted.
+    pub max_pdu: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            system_id: String::new(),
+            password: String::new(),
+            system_type: String::new(),
+            window: 10,
+            enquire_link_ms: 30_000,
+            response_timeout_ms: 10_000,
+            throttle_min_ms: 1_000,
+            throttle_max_ms: 30_000,
+            max_pdu: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Binding,
+    Bound,
+    Unbinding,
+    Closed,
+}
+
+/// The owner's tag for a submission.
+pub type SubmitId = u64;
+
+/// A message for the SMSC, in plain terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submit {
+    /// `+` and digits (international), digits (a short code) or letters (an alphanumeric
+    /// sender name).
+    pub source: String,
+    /// E.164 with `+`.
+    pub destination: String,
+    pub esm_class: u8,
+    pub data_coding: u8,
+    pub short_message: Vec<u8>,
+    /// Ask for a final delivery receipt.
+    pub receipt: bool,
+}
+
+/// A `deliver_sm` from the SMSC: an MO message or a delivery receipt. Answer it with
+/// [`Session::respond`] and its `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    pub seq: u32,
+    pub source: String,
+    pub source_ton: u8,
+    pub destination: String,
+    pub esm_class: u8,
+    pub data_coding: u8,
+    /// `short_message`, or the `message_payload` TLV when that carries the text.
+    pub data: Vec<u8>,
+    pub receipted_message_id: Option<String>,
+    pub message_state: Option<u8>,
+    /// Other TLVs, raw (tag, value): vendor tags such as an SMSC's own message id.
+    pub other_tlvs: Vec<(u16, Vec<u8>)>,
+}
+
+impl Incoming {
+    /// SMPP 3.4 §5.2.12: esm_class bits 5-2 = 0001 (SMSC delivery receipt) or 1000
+    /// (intermediate notification).
+    pub fn is_receipt(&self) -> bool {
+        matches!(self.esm_class & 0x3C, 0x04 | 0x20)
+    }
+
+    /// The sender as E.164 when the SMSC marks it international (TON 1) or writes it with `+`.
+    pub fn source_e164(&self) -> String {
+        let s = self.source.trim();
+        if s.starts_with('+') {
+            s.to_string()
+        } else if self.source_ton == 1 {
+            format!("+{s}")
+        } else if let Some(rest) = s.strip_prefix("00") {
+            format!("+{rest}")
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Bound,
+    /// The SMSC refused the bind; the session is closed.
+    BindRefused {
+        status: u32,
+    },
+    Accepted {
+        id: SubmitId,
+        message_id: String,
+    },
+    /// The SMSC refused the message (for a reason other than throttling).
+    Refused {
+        id: SubmitId,
+        status: u32,
+    },
+    /// The SMSC asked us to slow down: submissions pause until `resume_at`.
+    Throttled {
+        status: u32,
+        resume_at: i64,
+    },
+    /// The session ended before the SMSC accepted this submission: send it again later.
+    Unsent {
+        id: SubmitId,
+    },
+    Deliver(Incoming),
+    /// Something the SMSC sent that the session answered or ignored (for the log).
+    Protocol(String),
+    /// The session is over; close the connection.
+    Closed {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Pending {
+    Bind,
+    Submit(SubmitId, Submit),
+    EnquireLink,
+    Unbind,
+}
+
+const HEADER: usize = 16;
+
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    state: State,
+    next_seq: u32,
+    rx: BytesMut,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    /// Requests awaiting an answer, by sequence number, with their deadline.
+    pending: HashMap<u32, (Pending, i64)>,
+    /// Submissions waiting for room in the window or for throttling to end.
+    queue: VecDeque<(SubmitId, Submit)>,
+    outstanding_submits: usize,
+    throttled_until: Option<i64>,
+    throttle_level: u32,
+    last_activity: i64,
+}
+
+impl Session {
+    /// Starts a session on a fresh connection: the bind goes out at once.
+    pub fn new(cfg: SessionConfig, now: i64) -> Session {
+        let mut s = Session {
+            cfg,
+            state: State::Binding,
+            next_seq: 0,
+            rx: BytesMut::new(),
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            pending: HashMap::new(),
+            queue: VecDeque::new(),
+            outstanding_submits: 0,
+            throttled_until: None,
+            throttle_level: 0,
+            last_activity: now,
+        };
+        match bind_pdu(&s.cfg) {
+            Ok(pdu) => s.request(now, pdu, Pending::Bind),
+            Err(reason) => s.close(reason),
+        }
+        s
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// How many more submissions the session takes before the window is full.
+    pub fn capacity(&self) -> usize {
+        if self.state != State::Bound {
+            return 0;
+        }
+        self.cfg
+            .window
+            .saturating_sub(self.outstanding_submits + self.queue.len())
+    }
+
+    pub fn is_throttled(&self, now: i64) -> bool {
+        self.throttled_until.is_some_and(|t| now < t)
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<i64> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let mut t = self.pending.values().map(|(_, d)| *d).min();
+        if self.state == State::Bound {
+            let ping = self.last_activity + self.cfg.enquire_link_ms;
+            t = Some(t.map_or(ping, |x| x.min(ping)));
+            if let (Some(resume), false) = (self.throttled_until, self.queue.is_empty()) {
+                t = Some(t.map_or(resume, |x| x.min(resume)));
+            }
+        }
+        t
+    }
+
+    pub fn handle_timeout(&mut self, now: i64) {
+        if self.state == State::Closed {
+            return;
+        }
+        if let Some((seq, what)) = self
+            .pending
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(seq, (p, _))| (*seq, p.clone()))
+            .next()
+        {
+            let what = match what {
+                Pending::Bind => "bind_transceiver".to_string(),
+                Pending::Submit(..) => format!("submit_sm (sequence {seq})"),
+                Pending::EnquireLink => "enquire_link".to_string(),
+                Pending::Unbind => "unbind".to_string(),
+            };
+            self.close(format!(
+                "no answer to {what} within {} ms",
+                self.cfg.response_timeout_ms
+            ));
+            return;
+        }
+        if self.state == State::Bound
+            && now - self.last_activity >= self.cfg.enquire_link_ms
+            && !self
+                .pending
+                .values()
+                .any(|(p, _)| matches!(p, Pending::EnquireLink))
+        {
+            self.request(now, Pdu::EnquireLink, Pending::EnquireLink);
+        }
+        if self.throttled_until.is_some_and(|t| now >= t) {
+            self.throttled_until = None;
+        }
+        self.pump(now);
+    }
+
+    /// Queues a message. It goes out when the window has room and the SMSC is not throttling.
+    /// A message that cannot be put into a PDU is refused at once.
+    pub fn submit(&mut self, now: i64, id: SubmitId, m: Submit) {
+        if self.state != State::Bound {
+            self.events.push_back(Event::Unsent { id });
+            return;
+        }
+        if let Err(status) = submit_pdu(&m) {
+            self.events.push_back(Event::Refused { id, status });
+            return;
+        }
+        self.queue.push_back((id, m));
+        self.pump(now);
+    }
+
+    /// Answers a `deliver_sm`.
+    pub fn respond(&mut self, now: i64, seq: u32, status: u32) {
+        if self.state == State::Closed {
+            return;
+        }
+        let cmd = Command::new(
+            CommandStatus::from(status),
+            seq,
+            DeliverSmResp::builder().build(),
+        );
+        self.send(now, &cmd);
+    }
+
+    /// Ends the session politely: `unbind`, then close on its answer.
+    pub fn unbind(&mut self, now: i64) {
+        match self.state {
+            State::Bound => {
+                self.state = State::Unbinding;
+                self.request(now, Pdu::Unbind, Pending::Unbind);
+            }
+            State::Binding => self.close("unbound before the bind completed".into()),
+            State::Unbinding | State::Closed => {}
+        }
+    }
+
+    /// The connection ended (the SMSC closed it, or a read or write failed).
+    pub fn handle_close(&mut self, reason: &str) {
+        if self.state != State::Closed {
+            self.close(reason.to_string());
+        }
+    }
+
+    pub fn handle_input(&mut self, now: i64, bytes: &[u8]) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.rx.extend_from_slice(bytes);
+        self.last_activity = now;
+        while self.state != State::Closed && self.rx.len() >= 4 {
+            let len = u32::from_be_bytes([self.rx[0], self.rx[1], self.rx[2], self.rx[3]]) as usize;
+            if !(HEADER..=self.cfg.max_pdu).contains(&len) {
+                // Nothing after this can be framed: say so and end the session.
+                let seq = if self.rx.len() >= HEADER {
+                    u32::from_be_bytes([self.rx[12], self.rx[13], self.rx[14], self.rx[15]])
+                } else {
+                    0
+                };
+                self.generic_nack(now, seq, status::INVALID_CMD_LENGTH);
+                self.close(format!("unreadable PDU: command_length {len}"));
+                return;
+            }
+            if self.rx.len() < len {
+                break;
+            }
+            let mut frame = self.rx.split_to(len);
+            frame.advance(4);
+            let id = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+            let st = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            let seq = u32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
+            match Command::decode(&mut frame, len - 4) {
+                Ok((cmd, _)) => self.on_command(now, cmd),
+                Err(e) => self.on_undecodable(now, id, st, seq, &e.to_string()),
+            }
+        }
+    }
+
+    fn on_undecodable(&mut self, now: i64, id: u32, st: u32, seq: u32, why: &str) {
+        if id & 0x8000_0000 == 0 {
+            self.events.push_back(Event::Protocol(format!(
+                "malformed request 0x{id:08X} (sequence {seq}): {why}; answered generic_nack"
+            )));
+            self.generic_nack(now, seq, status::INVALID_CMD_LENGTH);
+            return;
+        }
+        // A response whose body we cannot read: the header still says how it went.
+        self.events.push_back(Event::Protocol(format!(
+            "malformed response 0x{id:08X} (sequence {seq}): {why}"
+        )));
+        self.on_response(now, seq, st, None);
+    }
+
+    fn on_command(&mut self, now: i64, cmd: Command) {
+        let seq = cmd.sequence_number();
+        let st = u32::from(cmd.status());
+        let id = u32::from(cmd.id());
+        match cmd.pdu() {
+            Some(Pdu::BindTransceiverResp(_))
+            | Some(Pdu::SubmitSmResp(_))
+            | Some(Pdu::EnquireLinkResp)
+            | Some(Pdu::UnbindResp)
+            | Some(Pdu::GenericNack)
+            | None
+                if id & 0x8000_0000 != 0 =>
+            {
+                let message_id = match cmd.pdu() {
+                    Some(Pdu::SubmitSmResp(r)) => Some(r.message_id().as_str().to_string()),
+                    _ => None,
+                };
+                self.on_response(now, seq, st, message_id);
+            }
+            Some(Pdu::DeliverSm(d)) => {
+                let mut data = d.short_message().as_ref().to_vec();
+                let mut receipted_message_id = None;
+                let mut message_state = None;
+                let mut other_tlvs = vec![];
+                for t in d.tlvs() {
+                    match t.value() {
+                        Some(TlvValue::ReceiptedMessageId(v)) => {
+                            receipted_message_id = Some(v.as_str().to_string())
+                        }
+                        Some(TlvValue::MessageState(v)) => message_state = Some(u8::from(*v)),
+                        Some(TlvValue::MessagePayload(p)) if data.is_empty() => {
+                            data = p.value.as_ref().to_vec()
+                        }
+                        Some(TlvValue::Other { tag, value }) => {
+                            other_tlvs.push((u16::from(*tag), value.as_ref().to_vec()))
+                        }
+                        _ => {}
+                    }
+                }
+                self.events.push_back(Event::Deliver(Incoming {
+                    seq,
+                    source: d.source_addr.as_str().to_string(),
+                    source_ton: u8::from(d.source_addr_ton),
+                    destination: d.destination_addr.as_str().to_string(),
+                    esm_class: u8::from(d.esm_class),
+                    data_coding: u8::from(d.data_coding),
+                    data,
+                    receipted_message_id,
+                    message_state,
+                    other_tlvs,
+                }));
+            }
+            Some(Pdu::EnquireLink) => {
+                let resp = Command::new(CommandStatus::EsmeRok, seq, Pdu::EnquireLinkResp);
+                self.send(now, &resp);
+            }
+            Some(Pdu::Unbind) => {
+                let resp = Command::new(CommandStatus::EsmeRok, seq, Pdu::UnbindResp);
+                self.send(now, &resp);
+                self.close("the SMSC unbound".into());
+            }
+            // No answer is defined for these.
+            Some(Pdu::AlertNotification(_)) | Some(Pdu::Outbind(_)) => {}
+            _ if id & 0x8000_0000 != 0 => {
+                self.events.push_back(Event::Protocol(format!(
+                    "unexpected response 0x{id:08X} (sequence {seq}) ignored"
+                )));
+            }
+            _ => {
+                self.events.push_back(Event::Protocol(format!(
+                    "unsupported request 0x{id:08X} (sequence {seq}); answered generic_nack"
+                )));
+                self.generic_nack(now, seq, status::INVALID_CMD_ID);
+            }
+        }
+    }
+
+    fn on_response(&mut self, now: i64, seq: u32, st: u32, message_id: Option<String>) {
+        let Some((what, _)) = self.pending.remove(&seq) else {
+            self.events.push_back(Event::Protocol(format!(
+                "answer to an unknown request (sequence {seq}) ignored"
+            )));
+            return;
+        };
+        match what {
+            Pending::Bind if st == status::OK => {
+                self.state = State::Bound;
+                self.events.push_back(Event::Bound);
+                self.pump(now);
+            }
+            Pending::Bind => {
+                self.events.push_back(Event::BindRefused { status: st });
+                self.close(format!("the SMSC refused the bind: {}", status_name(st)));
+            }
+            Pending::Submit(id, m) => {
+                self.outstanding_submits -= 1;
+                match st {
+                    status::OK => {
+                        self.throttle_level = 0;
+                        self.events.push_back(Event::Accepted {
+                            id,
+                            message_id: message_id.unwrap_or_default(),
+                        });
+                    }
+                    status::THROTTLED | status::QUEUE_FULL => {
+                        let pause = (self.cfg.throttle_min_ms << self.throttle_level.min(16))
+                            .min(self.cfg.throttle_max_ms);
+                        self.throttle_level += 1;
+                        let resume_at = now + pause;
+                        self.throttled_until = Some(resume_at);
+                        // First in line again, so order is kept.
+                        self.queue.push_front((id, m));
+                        self.events.push_back(Event::Throttled {
+                            status: st,
+                            resume_at,
+                        });
+                    }
+                    _ => self.events.push_back(Event::Refused { id, status: st }),
+                }
+                self.pump(now);
+            }
+            Pending::EnquireLink => {}
+            Pending::Unbind => self.close("unbound".into()),
+        }
+    }
+
+    fn pump(&mut self, now: i64) {
+        while self.state == State::Bound
+            && !self.is_throttled(now)
+            && self.outstanding_submits < self.cfg.window
+        {
+            let Some((id, m)) = self.queue.pop_front() else {
+                break;
+            };
+            match submit_pdu(&m) {
+                Ok(pdu) => {
+                    self.outstanding_submits += 1;
+                    self.request(now, Pdu::SubmitSm(pdu), Pending::Submit(id, m));
+                }
+                Err(status) => self.events.push_back(Event::Refused { id, status }),
+            }
+        }
+    }
+
+    fn request(&mut self, now: i64, pdu: Pdu, what: Pending) {
+        self.next_seq = if self.next_seq >= 0x7FFF_FFFF {
+            1
+        } else {
+            self.next_seq + 1
+        };
+        let seq = self.next_seq;
+        let cmd = Command::new(CommandStatus::EsmeRok, seq, pdu);
+        self.pending
+            .insert(seq, (what, now + self.cfg.response_timeout_ms));
+        self.send(now, &cmd);
+    }
+
+    fn generic_nack(&mut self, now: i64, seq: u32, st: u32) {
+        let cmd = Command::new(CommandStatus::from(st), seq, Pdu::GenericNack);
+        self.send(now, &cmd);
+    }
+
+    fn send(&mut self, now: i64, cmd: &Command) {
+        self.last_activity = now;
+        self.transmit.push_back(encode(cmd));
+    }
+
+    fn close(&mut self, reason: String) {
+        self.state = State::Closed;
+        let mut unsent: Vec<(u32, SubmitId)> = self
+            .pending
+            .drain()
+            .filter_map(|(seq, (p, _))| match p {
+                Pending::Submit(id, _) => Some((seq, id)),
+                _ => None,
+            })
+            .collect();
+        unsent.sort();
+        for (_, id) in unsent {
+            self.events.push_back(Event::Unsent { id });
+        }
+        for (id, _) in self.queue.drain(..) {
+            self.events.push_back(Event::Unsent { id });
+        }
+        self.outstanding_submits = 0;
+        self.events.push_back(Event::Closed { reason });
+    }
+}
+
+/// A command with its length prefix.
+pub fn encode(cmd: &Command) -> Vec<u8> {
+    let len = 4 + cmd.length();
+    let mut buf = BytesMut::with_capacity(len);
+    buf.put_u32(len as u32);
+    let mut body = vec![0u8; cmd.length()];
+    cmd.encode(&mut body);
+    buf.extend_from_slice(&body);
+    buf.to_vec()
+}
+
+fn cstr<const MIN: usize, const MAX: usize>(
+    field: &str,
+    v: &str,
+) -> Result<COctetString<MIN, MAX>, String> {
+    COctetString::from_str(v).map_err(|_| {
+        format!(
+            "{field} `{v}` does not fit SMPP ({} characters at most)",
+            MAX - 1
+        )
+    })
+}
+
+fn bind_pdu(cfg: &SessionConfig) -> Result<Pdu, String> {
+    Ok(Pdu::BindTransceiver(
+        BindTransceiver::builder()
+            .system_id(cstr("system_id", &cfg.system_id)?)
+            .password(cstr("password", &cfg.password)?)
+            .system_type(cstr("system_type", &cfg.system_type)?)
+            .interface_version(InterfaceVersion::Smpp3_4)
+            .addr_ton(Ton::Unknown)
+            .addr_npi(Npi::Unknown)
+            .address_range(COctetString::empty())
+            .build(),
+    ))
+}
+
+/// TON/NPI and digits of an address: `+` digits are international E.164, other digits a
+/// national number or short code, anything else an alphanumeric sender name.
+fn address(a: &str) -> (Ton, Npi, String) {
+    if let Some(d) = a.strip_prefix('+') {
+        (Ton::International, Npi::Isdn, d.to_string())
+    } else if !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) {
+        (Ton::Unknown, Npi::Isdn, a.to_string())
+    } else {
+        (Ton::Alphanumeric, Npi::Unknown, a.to_string())
+    }
+}
+
+fn submit_pdu(m: &Submit) -> Result<SubmitSm, u32> {
+    let (ston, snpi, src) = address(&m.source);
+    let (dton, dnpi, dst) = address(&m.destination);
+    let src = cstr::<1, 21>("source", &src).map_err(|_| status::INVALID_SOURCE)?;
+    let dst = cstr::<1, 21>("destination", &dst).map_err(|_| status::INVALID_DESTINATION)?;
+    let sm =
+        OctetString::from_vec(m.short_message.clone()).map_err(|_| status::INVALID_MSG_LENGTH)?;
+    Ok(SubmitSm::builder()
+        .service_type(ServiceType::default())
+        .source_addr_ton(ston)
+        .source_addr_npi(snpi)
+        .source_addr(src)
+        .dest_addr_ton(dton)
+        .dest_addr_npi(dnpi)
+        .destination_addr(dst)
+        // From the raw byte: rusmpp's EsmClass::default() encodes as 0x08.
+        .esm_class(EsmClass::from(m.esm_class))
+        .registered_delivery(RegisteredDelivery::from(u8::from(m.receipt)))
+        .data_coding(DataCoding::from(m.data_coding))
+        .short_message(sm)
+        .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusmpp::CommandId;
+    use rusmpp::pdus::{BindTransceiverResp, DeliverSm, SubmitSmResp};
+    use rusmpp::tlvs::MessageDeliveryRequestTlvValue;
+    use rusmpp::values::MessageState;
+
+    fn cfg() -> SessionConfig {
+        SessionConfig {
+            system_id: "topup".into(),
+            password: "secret".into(),
+            window: 2,
+            ..SessionConfig::default()
+        }
+    }
+
+    /// What the session sent, decoded as the SMSC would.
+    fn sent(s: &mut Session) -> Vec<Command> {
+        let mut out = vec![];
+        while let Some(b) = s.poll_transmit() {
+            let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            assert_eq!(len, b.len(), "length prefix");
+            let mut body = BytesMut::from(&b[4..]);
+            out.push(Command::decode(&mut body, len - 4).unwrap().0);
+        }
+        out
+    }
+
+    fn events(s: &mut Session) -> Vec<Event> {
+        std::iter::from_fn(|| s.poll_event()).collect()
+    }
+
+    fn resp(seq: u32, st: CommandStatus, pdu: impl Into<Pdu>) -> Vec<u8> {
+        encode(&Command::new(st, seq, pdu))
+    }
+
+    fn bound(now: i64) -> Session {
+        let mut s = Session::new(cfg(), now);
+        let bind = sent(&mut s);
+        s.handle_input(
+            now,
+            &resp(
+                bind[0].sequence_number(),
+                CommandStatus::EsmeRok,
+                BindTransceiverResp::builder()
+                    .system_id(COctetString::from_str("smsc").unwrap())
+                    .build(),
+            ),
+        );
+        assert_eq!(events(&mut s), vec![Event::Bound]);
+        s
+    }
+
+    fn msg(to: &str) -> Submit {
+        Submit {
+            source: "RECHARGE".into(),
+            destination: to.into(),
+            esm_class: 0,
+            data_coding: 0,
+            short_message: b"hello".to_vec(),
+            receipt: true,
+        }
+    }
+
+    fn accept(s: &mut Session, now: i64, c: &Command, id: &str) {
+        s.handle_input(
+            now,
+            &resp(
+                c.sequence_number(),
+                CommandStatus::EsmeRok,
+                SubmitSmResp::builder()
+                    .message_id(COctetString::from_str(id).unwrap())
+                    .build(),
+            ),
+        );
+    }
+
+    #[test]
+    fn binds_as_a_transceiver_with_the_configured_credentials() {
+        let mut s = Session::new(cfg(), 0);
+        let c = sent(&mut s);
+        assert_eq!(c.len(), 1);
+        let Some(Pdu::BindTransceiver(b)) = c[0].pdu() else {
+            panic!("{c:?}")
+        };
+        assert_eq!(b.system_id.as_str(), "topup");
+        assert_eq!(b.password.as_str(), "secret");
+        assert_eq!(u8::from(b.interface_version), 0x34);
+        assert_eq!(s.state(), State::Binding);
+        assert_eq!(s.capacity(), 0, "nothing is taken before the bind");
+    }
+
+    #[test]
+    fn a_refused_bind_names_the_reason_and_closes() {
+        let mut s = Session::new(cfg(), 0);
+        let c = sent(&mut s);
+        s.handle_input(
+            5,
+            &resp(
+                c[0].sequence_number(),
+                CommandStatus::EsmeRinvpaswd,
+                BindTransceiverResp::default(),
+            ),
+        );
+        let ev = events(&mut s);
+        assert_eq!(
+            ev[0],
+            Event::BindRefused {
+                status: status::INVALID_PASSWORD
+            }
+        );
+        let Event::Closed { reason } = &ev[1] else {
+            panic!("{ev:?}")
+        };
+        assert!(reason.contains("ESME_RINVPASWD"), "{reason}");
+        assert_eq!(s.state(), State::Closed);
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_bind_that_is_never_answered_times_out() {
+        let mut s = Session::new(cfg(), 0);
+        sent(&mut s);
+        assert_eq!(s.poll_timeout(), Some(10_000));
+        s.handle_timeout(9_999);
+        assert!(events(&mut s).is_empty());
+        s.handle_timeout(10_000);
+        let ev = events(&mut s);
+        assert!(
+            matches!(&ev[..], [Event::Closed { reason }] if reason.contains("bind_transceiver")),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn submissions_respect_the_window_and_keep_their_order() {
+        let mut s = bound(0);
+        assert_eq!(s.capacity(), 2);
+        s.submit(1, 10, msg("+525512345678"));
+        s.submit(1, 11, msg("+525512345679"));
+        s.submit(1, 12, msg("+525512345670"));
+        let c = sent(&mut s);
+        assert_eq!(c.len(), 2, "window of two");
+        let Some(Pdu::SubmitSm(first)) = c[0].pdu() else {
+            panic!()
+        };
+        assert_eq!(first.destination_addr.as_str(), "525512345678");
+        assert_eq!(u8::from(first.dest_addr_ton), 1, "international");
+        assert_eq!(u8::from(first.source_addr_ton), 5, "alphanumeric sender");
+        assert_eq!(u8::from(first.esm_class), 0x00);
+        assert_eq!(u8::from(first.registered_delivery), 1);
+        assert_eq!(first.short_message().as_ref(), b"hello");
+        // Answers may come in any order.
+        accept(&mut s, 2, &c[1], "m-11");
+        let c2 = sent(&mut s);
+        assert_eq!(c2.len(), 1, "room for the third");
+        accept(&mut s, 3, &c[0], "m-10");
+        accept(&mut s, 3, &c2[0], "m-12");
+        assert_eq!(
+            events(&mut s),
+            vec![
+                Event::Accepted {
+                    id: 11,
+                    message_id: "m-11".into()
+                },
+                Event::Accepted {
+                    id: 10,
+                    message_id: "m-10".into()
+                },
+                Event::Accepted {
+                    id: 12,
+                    message_id: "m-12".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_udhi_bit_goes_out_as_given() {
+        let mut s = bound(0);
+        s.submit(
+            0,
+            1,
+            Submit {
+                esm_class: 0x40,
+                data_coding: 8,
+                ..msg("+84912345678")
+            },
+        );
+        let c = sent(&mut s);
+        let Some(Pdu::SubmitSm(m)) = c[0].pdu() else {
+            panic!()
+        };
+        assert_eq!(u8::from(m.esm_class), 0x40);
+        assert_eq!(u8::from(m.data_coding), 8);
+    }
+
+    #[test]
+    fn throttling_pauses_with_a_growing_backoff_and_resends_the_same_message() {
+        let mut s = bound(0);
+        s.submit(0, 7, msg("+525512345678"));
+        let c = sent(&mut s);
+        s.handle_input(
+            100,
+            &resp(
+                c[0].sequence_number(),
+                CommandStatus::EsmeRthrottled,
+                SubmitSmResp::default(),
+            ),
+        );
+        assert_eq!(
+            events(&mut s),
+            vec![Event::Throttled {
+                status: status::THROTTLED,
+                resume_at: 1_100
+            }]
+        );
+        assert!(sent(&mut s).is_empty(), "paused");
+        assert_eq!(s.poll_timeout(), Some(1_100));
+        s.handle_timeout(1_099);
+        assert!(sent(&mut s).is_empty());
+        s.handle_timeout(1_100);
+        let again = sent(&mut s);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].sequence_number(), c[0].sequence_number());
+        // Queue full: the pause doubles.
+        s.handle_input(
+            1_200,
+            &resp(
+                again[0].sequence_number(),
+                CommandStatus::EsmeRmsgqful,
+                SubmitSmResp::default(),
+            ),
+        );
+        assert_eq!(
+            events(&mut s),
+            vec![Event::Throttled {
+                status: status::QUEUE_FULL,
+                resume_at: 3_200
+            }]
+        );
+        s.handle_timeout(3_200);
+        let third = sent(&mut s);
+        accept(&mut s, 3_300, &third[0], "ok-7");
+        assert_eq!(
+            events(&mut s),
+            vec![Event::Accepted {
+                id: 7,
+                message_id: "ok-7".into()
+            }]
+        );
+        // After a success the next throttle starts small again.
+        s.submit(3_400, 8, msg("+525512345678"));
+        let c = sent(&mut s);
+        s.handle_input(
+            3_500,
+            &resp(
+                c[0].sequence_number(),
+                CommandStatus::EsmeRthrottled,
+                SubmitSmResp::default(),
+            ),
+        );
+        assert!(matches!(
+            events(&mut s)[..],
+            [Event::Throttled {
+                resume_at: 4_500,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn other_refusals_are_reported_per_message() {
+        let mut s = bound(0);
+        s.submit(0, 3, msg("+525512345678"));
+        let c = sent(&mut s);
+        s.handle_input(
+            5,
+            &resp(
+                c[0].sequence_number(),
+                CommandStatus::EsmeRinvdstadr,
+                SubmitSmResp::default(),
+            ),
+        );
+        assert_eq!(
+            events(&mut s),
+            vec![Event::Refused {
+                id: 3,
+                status: status::INVALID_DESTINATION
+            }]
+        );
+        assert!(!is_temporary(status::INVALID_DESTINATION));
+        assert!(is_temporary(status::SYSTEM_ERROR));
+    }
+
+    #[test]
+    fn an_idle_line_is_probed_and_a_dead_one_closed_with_its_messages_unsent() {
+        let mut s = bound(0);
+        assert_eq!(s.poll_timeout(), Some(30_000));
+        s.handle_timeout(30_000);
+        let c = sent(&mut s);
+        assert_eq!(c[0].id(), CommandId::EnquireLink);
+        s.submit(30_001, 1, msg("+525512345678"));
+        s.submit(30_001, 2, msg("+525512345678"));
+        s.submit(30_001, 3, msg("+525512345678"));
+        sent(&mut s);
+        s.handle_timeout(40_000);
+        let ev = events(&mut s);
+        assert_eq!(
+            ev[..3],
+            [
+                Event::Unsent { id: 1 },
+                Event::Unsent { id: 2 },
+                Event::Unsent { id: 3 }
+            ]
+        );
+        assert!(
+            matches!(&ev[3], Event::Closed { reason } if reason.contains("enquire_link")),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn an_answered_probe_keeps_the_session() {
+        let mut s = bound(0);
+        s.handle_timeout(30_000);
+        let c = sent(&mut s);
+        s.handle_input(
+            30_010,
+            &resp(
+                c[0].sequence_number(),
+                CommandStatus::EsmeRok,
+                Pdu::EnquireLinkResp,
+            ),
+        );
+        s.handle_timeout(50_000);
+        assert!(events(&mut s).is_empty());
+        assert_eq!(s.state(), State::Bound);
+        assert_eq!(s.poll_timeout(), Some(60_010));
+    }
+
+    #[test]
+    fn the_smscs_enquire_link_and_unbind_are_answered() {
+        let mut s = bound(0);
+        s.handle_input(
+            5,
+            &encode(&Command::new(CommandStatus::EsmeRok, 77, Pdu::EnquireLink)),
+        );
+        let c = sent(&mut s);
+        assert_eq!(
+            (c[0].id(), c[0].sequence_number()),
+            (CommandId::EnquireLinkResp, 77)
+        );
+        s.submit(6, 1, msg("+525512345678"));
+        sent(&mut s);
+        s.handle_input(
+            7,
+            &encode(&Command::new(CommandStatus::EsmeRok, 78, Pdu::Unbind)),
+        );
+        let c = sent(&mut s);
+        assert_eq!(
+            (c[0].id(), c[0].sequence_number()),
+            (CommandId::UnbindResp, 78)
+        );
+        assert_eq!(
+            events(&mut s),
+            vec![
+                Event::Unsent { id: 1 },
+                Event::Closed {
+                    reason: "the SMSC unbound".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn our_unbind_closes_on_its_answer() {
+        let mut s = bound(0);
+        s.unbind(1);
+        assert_eq!(s.state(), State::Unbinding);
+        assert_eq!(s.capacity(), 0);
+        let c = sent(&mut s);
+        assert_eq!(c[0].id(), CommandId::Unbind);
+        s.handle_input(
+            2,
+            &resp(
+                c[0].sequence_number(),
+                CommandStatus::EsmeRok,
+                Pdu::UnbindResp,
+            ),
+        );
+        assert_eq!(
+            events(&mut s),
+            vec![Event::Closed {
+                reason: "unbound".into()
+            }]
+        );
+    }
+
+    fn mo(seq: u32, text: &[u8], tlvs: Vec<MessageDeliveryRequestTlvValue>) -> Vec<u8> {
+        let mut d = DeliverSm::builder()
+            .source_addr_ton(Ton::International)
+            .source_addr(COctetString::from_str("12015550100").unwrap())
+            .destination_addr(COctetString::from_str("4242").unwrap())
+            .short_message(OctetString::from_vec(text.to_vec()).unwrap())
+            .build();
+        d.set_tlvs(tlvs);
+        encode(&Command::new(CommandStatus::EsmeRok, seq, d))
+    }
+
+    #[test]
+    fn mo_messages_and_receipts_arrive_as_events_and_are_answered_by_the_owner() {
+        let mut s = bound(0);
+        s.handle_input(
+            1,
+            &mo(
+                900,
+                b"BAL 1234",
+                vec![MessageDeliveryRequestTlvValue::ReceiptedMessageId(
+                    COctetString::from_str("smsc-17").unwrap(),
+                )],
+            ),
+        );
+        let ev = events(&mut s);
+        let [Event::Deliver(m)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(m.seq, 900);
+        assert_eq!(m.source_e164(), "+12015550100");
+        assert_eq!(m.destination, "4242");
+        assert_eq!(m.data, b"BAL 1234");
+        assert_eq!(m.receipted_message_id.as_deref(), Some("smsc-17"));
+        assert!(!m.is_receipt());
+        assert!(sent(&mut s).is_empty(), "answered by the owner, later");
+        s.respond(2, 900, status::OK);
+        let c = sent(&mut s);
+        assert_eq!(
+            (c[0].id(), c[0].sequence_number()),
+            (CommandId::DeliverSmResp, 900)
+        );
+        // A receipt: esm_class 0x04 with the state TLV.
+        let mut d = DeliverSm::builder()
+            .esm_class(EsmClass::from(0x04))
+            .source_addr(COctetString::from_str("525512345678").unwrap())
+            .destination_addr(COctetString::from_str("RECHARGE").unwrap())
+            .short_message(
+                OctetString::from_vec(b"id:m-1 sub:001 dlvrd:001 stat:DELIVRD err:000".to_vec())
+                    .unwrap(),
+            )
+            .build();
+        d.set_tlvs(vec![
+            MessageDeliveryRequestTlvValue::ReceiptedMessageId(
+                COctetString::from_str("m-1").unwrap(),
+            ),
+            MessageDeliveryRequestTlvValue::MessageState(MessageState::Delivered),
+        ]);
+        s.handle_input(3, &encode(&Command::new(CommandStatus::EsmeRok, 901, d)));
+        let ev = events(&mut s);
+        let [Event::Deliver(r)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert!(r.is_receipt());
+        assert_eq!(r.message_state, Some(2));
+    }
+
+    #[test]
+    fn pdus_split_across_reads_are_joined() {
+        let mut s = bound(0);
+        let bytes = [
+            mo(1, b"HELP", vec![]),
+            encode(&Command::new(CommandStatus::EsmeRok, 2, Pdu::EnquireLink)),
+        ]
+        .concat();
+        for b in &bytes {
+            s.handle_input(1, std::slice::from_ref(b));
+        }
+        assert!(matches!(events(&mut s)[..], [Event::Deliver(_)]));
+        assert_eq!(sent(&mut s)[0].id(), CommandId::EnquireLinkResp);
+    }
+
+    #[test]
+    fn garbage_gets_a_generic_nack_and_the_stream_goes_on() {
+        let mut s = bound(0);
+        // An unknown command id.
+        let mut unknown = vec![0, 0, 0, 16, 0, 0, 0x07, 0x77, 0, 0, 0, 0, 0, 0, 0, 41];
+        // A deliver_sm whose body stops half-way through its fields.
+        let mut broken = vec![0, 0, 0, 20, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 42];
+        broken.extend_from_slice(b"\0\x01\x01X");
+        unknown.append(&mut broken);
+        unknown.extend_from_slice(&mo(43, b"HELP", vec![]));
+        s.handle_input(1, &unknown);
+        let c = sent(&mut s);
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (c[0].id(), c[0].sequence_number(), u32::from(c[0].status())),
+            (CommandId::GenericNack, 41, status::INVALID_CMD_ID)
+        );
+        assert_eq!(
+            (c[1].id(), c[1].sequence_number()),
+            (CommandId::GenericNack, 42)
+        );
+        let ev = events(&mut s);
+        assert!(
+            matches!(ev.last(), Some(Event::Deliver(m)) if m.seq == 43),
+            "the next PDU is still read: {ev:?}"
+        );
+        assert_eq!(s.state(), State::Bound);
+    }
+
+    #[test]
+    fn an_unframeable_length_ends_the_session() {
+        let mut s = bound(0);
+        s.handle_input(1, &[0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(sent(&mut s)[0].id(), CommandId::GenericNack);
+        assert!(matches!(
+            events(&mut s)[..],
+            [Event::Closed { ref reason }] if reason.contains("command_length 3")
+        ));
+        let mut s = bound(0);
+        s.handle_input(1, &[0x7F, 0, 0, 0]);
+        assert_eq!(s.state(), State::Closed, "2 GB PDUs are not waited for");
+    }
+
+    #[test]
+    fn an_unencodable_message_is_refused_without_reaching_the_smsc() {
+        let mut s = bound(0);
+        s.submit(
+            0,
+            5,
+            Submit {
+                short_message: vec![0; 300],
+                ..msg("+525512345678")
+            },
+        );
+        s.submit(0, 6, msg("+5255123456789012345678901"));
+        assert!(sent(&mut s).is_empty());
+        assert_eq!(
+            events(&mut s),
+            vec![
+                Event::Refused {
+                    id: 5,
+                    status: status::INVALID_MSG_LENGTH
+                },
+                Event::Refused {
+                    id: 6,
+                    status: status::INVALID_DESTINATION
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_within_31_bits() {
+        let mut s = bound(0);
+        s.next_seq = 0x7FFF_FFFE;
+        s.submit(0, 1, msg("+525512345678"));
+        s.submit(0, 2, msg("+525512345678"));
+        let c = sent(&mut s);
+        assert_eq!(c[0].sequence_number(), 0x7FFF_FFFF);
+        assert_eq!(c[1].sequence_number(), 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_from_the_smsc_never_panic(chunks in proptest::collection::vec(
+            proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..8)) {
+            let mut s = bound(0);
+            s.submit(0, 1, msg("+525512345678"));
+            for (i, c) in chunks.iter().enumerate() {
+                s.handle_input(i as i64, c);
+                while s.poll_transmit().is_some() {}
+                while s.poll_event().is_some() {}
+            }
+            s.handle_timeout(1_000_000);
+        }
+    }
+}
