@@ -85,6 +85,7 @@ async fn main() {
                                 recipient: "+525512345678".into(),
                                 product_id: "telcel-mx-100".into(),
                                 amount: None,
+                                message: None,
                             },
                             now_ms(),
                         )

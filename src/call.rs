@@ -559,6 +559,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
             let shared = shared.clone();
             let caller = caller.clone();
             let request_id = format!("voice:{}:{op_seq}", incoming.call_id);
+            let language = session.interpreter().language().to_string();
             debug!(op = %op, "operation");
             op_task = Some(tokio::spawn(async move {
                 let ctx = crate::services::OpContext {
@@ -568,6 +569,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
                     caller: &caller,
                     request_id,
                     channel: "voice",
+                    language: Some(&language),
                 };
                 crate::services::run(&ctx, &op, &args).await
             }));

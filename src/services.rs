@@ -20,6 +20,8 @@ pub struct OpContext<'a> {
     /// Unique per call and operation: makes a top-up idempotent if the call retries it.
     pub request_id: String,
     pub channel: &'a str,
+    /// The call's current language, for SMS the operation writes.
+    pub language: Option<&'a str>,
 }
 
 /// Result of an operation: code and variables.
@@ -62,10 +64,13 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
     let core = ctx.core;
     let result: Result<OpResult, TopupError> = async {
         match op {
-            "redeem_card" => {
-                let r = core
-                    .redeem_card(&Pin::new(arg(args, "pin")), None, ctx.caller, now)
-                    .await?;
+            "redeem_card" | "recharge_wallet" => {
+                let pin = Pin::new(arg(args, "pin"));
+                let r = if op == "recharge_wallet" {
+                    core.recharge_wallet(&pin, ctx.caller, now).await?
+                } else {
+                    core.redeem_card(&pin, None, ctx.caller, now).await?
+                };
                 Ok(ok(vec![
                     ("card_value", r.value.to_string()),
                     ("balance", r.wallet_balance.to_string()),
@@ -115,6 +120,7 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
                     recipient: arg(args, "number").to_string(),
                     product_id: arg(args, "product").to_string(),
                     amount: None,
+                    message: None,
                 };
                 let r = core.topup(ctx.adapters, ctx.hlr, &req, now).await?;
                 let balance = core.wallet_balance(ctx.caller).await?;
@@ -177,6 +183,40 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
             }
             // Placing a call needs the call's media: the call driver runs it (crate::bridge).
             "call" => Ok(("unavailable".into(), vec![])),
+            // An SMS to the caller, with their wallet balance at hand ("call_no_funds": how to
+            // recharge). The same message goes at most once per caller in ten minutes.
+            "notify" => {
+                let name = arg(args, "message");
+                let Some(kind) = crate::sms::messages::MESSAGES
+                    .iter()
+                    .map(|(n, _, _)| *n)
+                    .find(|n| *n == name)
+                else {
+                    return Ok(("unknown_message".into(), vec![]));
+                };
+                if !core.sms_on() {
+                    return Ok(("off".into(), vec![]));
+                }
+                let balance = core.wallet_balance(ctx.caller).await.ok();
+                let mut vars = vec![];
+                if let Some(b) = balance {
+                    vars.push(("balance", b.to_string()));
+                    vars.push(("currency", b.currency.code().to_string()));
+                }
+                core.send_sms(
+                    crate::sms::outbox::Notice {
+                        id: format!("notify:{kind}:{}:{}", ctx.caller, now / 600_000),
+                        kind,
+                        to: ctx.caller.to_string(),
+                        language: ctx.language.map(str::to_string),
+                        vars,
+                        reference: Some(ctx.request_id.clone()),
+                    },
+                    now,
+                )
+                .await?;
+                Ok(ok(vec![]))
+            }
             "set_account_language" => {
                 core.set_wallet_language(ctx.caller, arg(args, "language"))
                     .await?;
@@ -225,6 +265,7 @@ mod tests {
                 caller,
                 request_id: "voice:c1:1".into(),
                 channel: "voice",
+                language: None,
             };
             let r = run(&ctx, "redeem_card", &a(&[("pin", "99999999999999")])).await;
             assert_eq!(r.0, "invalid_pin");
@@ -291,6 +332,7 @@ mod tests {
                 caller: demo::WALLET,
                 request_id: "voice:c2:1".into(),
                 channel: "voice",
+                language: None,
             };
             assert_eq!(
                 run(&ctx, "wallet_auth", &a(&[("pin", "0000")])).await.0,

@@ -83,6 +83,7 @@ impl Simulation<'_> {
                             caller: &caller,
                             request_id: format!("simulate:{}:{op_seq}", t0.elapsed().as_nanos()),
                             channel: "simulate",
+                            language: None,
                         };
                         let shown: Vec<String> = args
                             .iter()

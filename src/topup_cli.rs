@@ -536,6 +536,7 @@ pub async fn topups(cfg: &Config, cmd: TopupsCommand) -> Result<()> {
                 recipient: to,
                 product_id: product,
                 amount: amount.as_deref().map(Money::parse).transpose()?,
+                message: None,
             };
             let r = core
                 .topup(&adapters, hlr(cfg).as_ref(), &req, now_ms())

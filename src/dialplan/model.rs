@@ -310,6 +310,7 @@ fn five() -> usize {
 /// Operations the voice services can invoke (see `crate::services`).
 pub const OPS: &[&str] = &[
     "redeem_card",
+    "recharge_wallet",
     "lookup_number",
     "list_products",
     "topup",
@@ -317,6 +318,7 @@ pub const OPS: &[&str] = &[
     "wallet_balance",
     "recent_recipient",
     "minutes_left",
+    "notify",
     "set_account_language",
     "call",
 ];

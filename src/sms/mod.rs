@@ -3,5 +3,7 @@
 
 pub mod commands;
 pub mod messages;
+pub mod outbox;
+pub mod service;
 pub mod session;
 pub mod text;

@@ -219,6 +219,26 @@ impl Core {
         .execute(&mut *tx)
         .await?;
         auth::record_failure(&mut tx, ani, subject, now).await?;
+        if lock {
+            // The owner hears of it on their phone, whoever typed the PINs.
+            self.enqueue_sms(
+                &mut tx,
+                crate::sms::outbox::Notice {
+                    id: format!("locked:{subject}:{key}:{now}"),
+                    kind: if subject == "wallet" {
+                        "wallet_locked"
+                    } else {
+                        "account_locked"
+                    },
+                    to: key.to_string(),
+                    language: None,
+                    vars: vec![],
+                    reference: Some(format!("{subject}:{key}")),
+                },
+                now,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Err(if lock {
             TopupError::Locked(subject)

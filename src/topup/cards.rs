@@ -273,6 +273,29 @@ impl Core {
         ani: &str,
         now: i64,
     ) -> Result<Redeemed, TopupError> {
+        self.redeem(pin, serial, ani, now, false).await
+    }
+
+    /// Redeems a card to recharge the caller's wallet: as [`Core::redeem_card`], and the
+    /// owner is told by SMS ("10.00 USD was added to your wallet"). A card redeemed on the
+    /// way to a top-up uses `redeem_card`: the top-up's confirmation says it all.
+    pub async fn recharge_wallet(
+        &self,
+        pin: &Pin,
+        ani: &str,
+        now: i64,
+    ) -> Result<Redeemed, TopupError> {
+        self.redeem(pin, None, ani, now, true).await
+    }
+
+    async fn redeem(
+        &self,
+        pin: &Pin,
+        serial: Option<&str>,
+        ani: &str,
+        now: i64,
+        notify: bool,
+    ) -> Result<Redeemed, TopupError> {
         let hash = self.pepper.card_pin_hash(pin);
         let mut tx = self.db.begin().await?;
         auth::check_velocity(&mut tx, ani, now, &self.policy).await?;
@@ -325,6 +348,26 @@ impl Core {
                 .await?
                 .map(|a| a.balance_money())
                 .unwrap_or(value);
+            if notify {
+                self.enqueue_sms(
+                    &mut tx,
+                    crate::sms::outbox::Notice {
+                        id: format!("redeem:{serial}"),
+                        kind: "wallet_recharged",
+                        to: ani.to_string(),
+                        language: None,
+                        vars: vec![
+                            ("amount", value.to_string()),
+                            ("currency", cur.code().to_string()),
+                            ("balance", balance.to_string()),
+                            ("reference", serial.clone()),
+                        ],
+                        reference: Some(format!("card:{serial}")),
+                    },
+                    now,
+                )
+                .await?;
+            }
             tx.commit().await?;
             return Ok(Redeemed {
                 serial,

@@ -248,6 +248,33 @@ impl Product {
     }
 }
 
+/// Pure: the product that sells `amount` (what the sender pays): a fixed denomination of
+/// exactly that price, else an open-range product in that currency that takes it. Returns the
+/// product and, for a range product, the amount to ask for.
+pub fn product_for_amount(
+    products: &[Product],
+    amount: Money,
+) -> Result<(Product, Option<Money>), TopupError> {
+    if let Some(p) = products
+        .iter()
+        .find(|p| matches!(p.pricing, Pricing::Fixed { price, .. } if price == amount))
+    {
+        return Ok((p.clone(), None));
+    }
+    let mut out_of_range = None;
+    for p in products {
+        if let Pricing::Range { min, .. } = &p.pricing
+            && min.currency == amount.currency
+        {
+            match p.quote(Some(amount)) {
+                Ok(_) => return Ok((p.clone(), Some(amount))),
+                Err(e) => out_of_range = out_of_range.or(Some(e)),
+            }
+        }
+    }
+    Err(out_of_range.unwrap_or(TopupError::NoProductForNumber))
+}
+
 fn invalid(s: String) -> ImportError {
     ImportError::Invalid(s)
 }
@@ -852,6 +879,21 @@ per_minute = "0.03"
             assert!(range.quote(Some(Money::parse("0.50USD").unwrap())).is_err());
             assert!(range.quote(Some(Money::parse("10MXN").unwrap())).is_err());
             assert!(range.quote(None).is_err());
+            // By amount: an exact denomination first, else the open range.
+            let all = core.products("telcel-mx").await.unwrap();
+            let m = |s: &str| Money::parse(s).unwrap();
+            let (p, a) = product_for_amount(&all, m("5.99USD")).unwrap();
+            assert_eq!((p.id.as_str(), a), ("telcel-100", None));
+            let (p, a) = product_for_amount(&all, m("10USD")).unwrap();
+            assert_eq!((p.id.as_str(), a), ("telcel-open", Some(m("10USD"))));
+            assert_eq!(
+                product_for_amount(&all, m("1000USD")).unwrap_err().code(),
+                "amount_out_of_range"
+            );
+            assert_eq!(
+                product_for_amount(&all, m("10EUR")).unwrap_err().code(),
+                "no_product"
+            );
         }
     }
 

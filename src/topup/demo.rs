@@ -139,6 +139,7 @@ mod tests {
                         recipient: "+525512345678".into(),
                         product_id: "telcel-mx-100".into(),
                         amount: None,
+                        message: None,
                     },
                     now,
                 )

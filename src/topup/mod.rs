@@ -20,22 +20,38 @@ pub mod topups;
 
 pub use error::TopupError;
 
+use std::sync::Arc;
+
+use crate::sms::messages::Messages;
 use crate::store::Db;
 use auth::AuthPolicy;
 use secrets::Pepper;
 
-/// The top-up core as every channel uses it: the database, the PIN pepper and the
-/// brute-force policy.
+/// The top-up core as every channel uses it: the database, the PIN pepper, the brute-force
+/// policy and, when SMS are on, the texts that confirmations and alerts are written in.
 #[derive(Clone, Debug)]
 pub struct Core {
     pub db: Db,
     pub pepper: Pepper,
     pub policy: AuthPolicy,
+    /// `Some` when an SMSC is configured: changes write their SMS into the outbox.
+    pub sms: Option<Arc<Messages>>,
 }
 
 impl Core {
     pub fn new(db: Db, pepper: Pepper, policy: AuthPolicy) -> Core {
-        Core { db, pepper, policy }
+        Core {
+            db,
+            pepper,
+            policy,
+            sms: None,
+        }
+    }
+
+    /// Turns on SMS: confirmations, notices and alerts are written with `messages`.
+    pub fn with_sms(mut self, messages: Arc<Messages>) -> Core {
+        self.sms = Some(messages);
+        self
     }
 }
 

@@ -15,7 +15,7 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use super::adapters::{Adapters, Delivery, Outcome};
 use super::books::{open_account, post, transfer, void};
@@ -31,6 +31,9 @@ pub enum Funding {
     Wallet(String),
     /// A ledger account (a retailer's float, for the API and the command line).
     Account(String),
+    /// The linked funding source of prepaid account `number` (its owner already
+    /// authenticated with the account's number and PIN).
+    Linked(String),
 }
 
 impl Funding {
@@ -38,6 +41,7 @@ impl Funding {
         match self {
             Funding::Wallet(n) => accounts::wallet(n),
             Funding::Account(a) => a.clone(),
+            Funding::Linked(n) => accounts::funding(n),
         }
     }
 
@@ -45,6 +49,7 @@ impl Funding {
         match self {
             Funding::Wallet(n) => format!("wallet:{n}"),
             Funding::Account(a) => format!("account:{a}"),
+            Funding::Linked(n) => format!("funding:{n}"),
         }
     }
 }
@@ -60,7 +65,12 @@ pub struct TopupRequest {
     pub product_id: String,
     /// For range products: what the sender wants to spend.
     pub amount: Option<Money>,
+    /// The sender's words for the recipient's SMS ("Happy birthday").
+    pub message: Option<String>,
 }
+
+/// Longest sender message kept with a top-up.
+pub const MAX_MESSAGE_CHARS: usize = 100;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Receipt {
@@ -109,12 +119,17 @@ fn request_hash(
     recipient: &str,
     product: &str,
     amount: Option<Money>,
+    message: Option<&str>,
 ) -> String {
-    let canon = format!(
+    let mut canon = format!(
         "{}|{payer}|{recipient}|{product}|{}",
         funding.label(),
         amount.map(|a| a.to_string()).unwrap_or_default()
     );
+    if let Some(m) = message {
+        canon.push('|');
+        canon.push_str(m);
+    }
     hex::encode(Sha256::digest(canon.as_bytes()))
 }
 
@@ -173,7 +188,19 @@ impl Core {
             ));
         }
         let e164 = parse_number(&req.recipient)?.e164;
-        let hash = request_hash(&req.funding, &req.payer, &e164, &req.product_id, req.amount);
+        let message: Option<String> = req
+            .message
+            .as_deref()
+            .map(|m| m.trim().chars().take(MAX_MESSAGE_CHARS).collect::<String>())
+            .filter(|m| !m.is_empty());
+        let hash = request_hash(
+            &req.funding,
+            &req.payer,
+            &e164,
+            &req.product_id,
+            req.amount,
+            message.as_deref(),
+        );
         if let Some(existing) = self.existing(&req.id, &hash).await? {
             return Ok(existing);
         }
@@ -198,8 +225,8 @@ impl Core {
         let inserted = sqlx::query(
             "INSERT INTO topups (id, request_hash, channel, funding, payer, recipient, carrier_id, product_id,
                 send_minor, send_currency, receive_minor, receive_currency, state, attempts, next_check_at,
-                created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending', 0, $13, $14, $14)
+                created_at, updated_at, message)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending', 0, $13, $14, $14, $15)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&req.id)
@@ -216,6 +243,7 @@ impl Core {
         .bind(receive.currency.code())
         .bind(now + FIRST_CHECK_MS)
         .bind(now)
+        .bind(&message)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -334,6 +362,7 @@ impl Core {
                     self.remember_recipient(&mut tx, wallet, &recipient, now)
                         .await?;
                 }
+                self.notify_settled(&mut tx, id, true, now).await?;
             }
             Outcome::Failed { reason } => {
                 for t in &transfer_ids {
@@ -350,6 +379,7 @@ impl Core {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+                self.notify_settled(&mut tx, id, false, now).await?;
             }
             Outcome::Unknown { reason } => {
                 sqlx::query("UPDATE topups SET attempts = $1, next_check_at = $2, error = $3, updated_at = $4 WHERE id = $5")
@@ -424,6 +454,126 @@ impl Core {
             }
         }
         Ok(report)
+    }
+
+    /// Writes the SMS a settled top-up causes, in the settling transaction: to the payer
+    /// (confirmation or failure notice, when the payer is a wallet or a prepaid account's
+    /// linked funding) and, on success, to the recipient (with the sender's message).
+    async fn notify_settled(
+        &self,
+        conn: &mut AnyConnection,
+        id: &str,
+        succeeded: bool,
+        now: i64,
+    ) -> Result<(), TopupError> {
+        if !self.sms_on() {
+            return Ok(());
+        }
+        let r = sqlx::query(
+            "SELECT t.funding, t.payer, t.recipient, t.carrier_id, t.send_minor, t.send_currency,
+                t.receive_minor, t.receive_currency, t.message, c.name AS carrier_name
+             FROM topups t LEFT JOIN carriers c ON c.id = t.carrier_id WHERE t.id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let money = |minor: &str, cur: &str| -> Result<Money, TopupError> {
+            let c: String = r.try_get(cur)?;
+            let c = Currency::new(&c)
+                .map_err(|_| TopupError::Corrupt(format!("top-up {id}: currency")))?;
+            Ok(Money::new(r.try_get(minor)?, c))
+        };
+        let sent = money("send_minor", "send_currency")?;
+        let received = money("receive_minor", "receive_currency")?;
+        let funding: String = r.try_get("funding")?;
+        let payer: String = r.try_get("payer")?;
+        let recipient: String = r.try_get("recipient")?;
+        let carrier: String = r
+            .try_get::<Option<String>, _>("carrier_name")?
+            .unwrap_or(r.try_get("carrier_id")?);
+        let message: Option<String> = r.try_get("message")?;
+        // Who pays, as a phone we can write to, and the balance they are left with.
+        let (payer_number, balance_account) = match funding.split_once(':') {
+            Some(("wallet", n)) => (Some(n.to_string()), Some(accounts::wallet(n))),
+            Some(("funding", n)) => (Some(n.to_string()), Some(accounts::prepaid(n))),
+            _ => (None, None),
+        };
+        let balance = match &balance_account {
+            Some(a) => super::books::account(conn, a)
+                .await?
+                .map(|a| a.available_money().to_string())
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        let to_self = payer_number.as_deref() == Some(recipient.as_str());
+        let vars = |extra: Vec<(&'static str, String)>| {
+            let mut v = vec![
+                ("amount", received.to_string()),
+                ("price", sent.to_string()),
+                ("currency", received.currency.code().to_string()),
+                ("recipient", recipient.clone()),
+                ("carrier", carrier.clone()),
+                ("reference", id.to_string()),
+                ("balance", balance.clone()),
+            ];
+            v.extend(extra);
+            v
+        };
+        use crate::sms::outbox::Notice;
+        if let Some(p) = &payer_number {
+            let kind = match (succeeded, funding.starts_with("funding:") && to_self) {
+                (true, true) => "account_recharged",
+                (true, false) => "topup_sent",
+                (false, _) => "topup_failed",
+            };
+            self.enqueue_sms(
+                conn,
+                Notice {
+                    id: format!("{id}:payer"),
+                    kind,
+                    to: p.clone(),
+                    language: None,
+                    vars: vars(vec![]),
+                    reference: Some(id.to_string()),
+                },
+                now,
+            )
+            .await?;
+        }
+        if succeeded && !to_self {
+            let name: Option<String> = match funding.strip_prefix("wallet:") {
+                Some(w) => sqlx::query("SELECT name FROM wallets WHERE number = $1")
+                    .bind(w)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .map(|r| r.try_get::<Option<String>, _>("name"))
+                    .transpose()?
+                    .flatten(),
+                None => None,
+            };
+            let sender = name.filter(|n| !n.trim().is_empty()).unwrap_or(payer);
+            let (kind, extra) = match message {
+                Some(m) => (
+                    "topup_received_message",
+                    vec![("sender", sender), ("message", m)],
+                ),
+                None => ("topup_received", vec![("sender", sender)]),
+            };
+            self.enqueue_sms(
+                conn,
+                Notice {
+                    id: format!("{id}:recipient"),
+                    kind,
+                    to: recipient.clone(),
+                    language: None,
+                    vars: vars(extra),
+                    reference: Some(id.to_string()),
+                },
+                now,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     pub async fn topup_receipt(&self, id: &str) -> Result<Option<Receipt>, TopupError> {
@@ -621,6 +771,7 @@ receive = "5.00USD"
                 recipient: to.into(),
                 product_id: product.into(),
                 amount: None,
+                message: None,
             }
         }
 
