@@ -213,7 +213,10 @@ pub mod testing {
 
     /// The URL of a fresh, empty Postgres database for one test.
     pub async fn postgres_url() -> String {
-        let base = std::env::var("TOPUP_IVR_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        let base = std::env::var("TOPUP_IVR_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| {
             panic!(
                 "TOPUP_IVR_TEST_DATABASE_URL is not set: the store tests also run on Postgres. \
                  Run scripts/test (it installs and starts Postgres), or point the variable at a \
