@@ -46,6 +46,35 @@ struct RawConfig {
     topups: RawTopups,
     escalation: RawEscalation,
     calling: RawCalling,
+    sms: RawSms,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSms {
+    language: Option<String>,
+    sender: Option<String>,
+    alert_every: Option<String>,
+    max_attempts: Option<i64>,
+    mo_id_tlv: Option<u16>,
+    receipts: Option<bool>,
+    smsc: Vec<RawSmsc>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawSmsc {
+    name: Option<String>,
+    address: Option<String>,
+    system_id: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    system_type: Option<String>,
+    prefixes: Vec<String>,
+    window: Option<usize>,
+    enquire_link: Option<String>,
+    response_timeout: Option<String>,
+    sender: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -132,6 +161,7 @@ struct RawPaths {
     data_dir: Option<String>,
     prompts: Option<String>,
     dialplans: Option<String>,
+    sms: Option<String>,
     reload_every: Option<String>,
 }
 
@@ -199,6 +229,93 @@ pub struct Config {
     pub calling_warning_before: Duration,
     /// Where escalated calls are transferred (REFER), e.g. `sip:agents@pbx.example.com`.
     pub agent_uri: Option<String>,
+    /// SMS language files (`<lang>.toml`).
+    pub sms_dir: PathBuf,
+    pub sms: SmsConfig,
+}
+
+/// The text channel. SMS are written and sent only when at least one SMSC is configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmsConfig {
+    /// Language of messages to numbers whose language is not known otherwise.
+    pub language: String,
+    /// Source address of outgoing SMS: `+E164`, a short code, or a name (≤ 11 characters).
+    pub sender: String,
+    /// How often prepaid accounts are checked for a low balance.
+    pub alert_every: Duration,
+    /// Attempts before a message the SMSC keeps refusing is marked failed.
+    pub max_attempts: i64,
+    /// The TLV carrying the SMSC's own id of an incoming message (duplicates are dropped by it).
+    pub mo_id_tlv: u16,
+    /// Ask for delivery receipts.
+    pub receipts: bool,
+    pub smscs: Vec<SmscConfig>,
+}
+
+impl SmsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.smscs.is_empty()
+    }
+}
+
+/// One SMPP connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmscConfig {
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    pub system_id: String,
+    pub password: String,
+    pub system_type: String,
+    /// Destinations (E.164 prefixes with `+`) this connection carries; empty: all others.
+    pub prefixes: Vec<String>,
+    pub window: usize,
+    pub enquire_link: Duration,
+    pub response_timeout: Duration,
+    /// Overrides `sms.sender` on this connection.
+    pub sender: Option<String>,
+}
+
+impl std::fmt::Debug for SmscConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmscConfig")
+            .field("name", &self.name)
+            .field("address", &self.address)
+            .field("system_id", &self.system_id)
+            .field("password", &"<redacted>")
+            .field("system_type", &self.system_type)
+            .field("prefixes", &self.prefixes)
+            .field("window", &self.window)
+            .field("enquire_link", &self.enquire_link)
+            .field("response_timeout", &self.response_timeout)
+            .field("sender", &self.sender)
+            .finish()
+    }
+}
+
+impl SmsConfig {
+    /// The connection for `destination`: the longest matching prefix, else one without
+    /// prefixes.
+    pub fn route(&self, destination: &str) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, s) in self.smscs.iter().enumerate() {
+            let len = if s.prefixes.is_empty() {
+                Some(0)
+            } else {
+                s.prefixes
+                    .iter()
+                    .filter(|p| destination.starts_with(p.as_str()))
+                    .map(|p| p.len())
+                    .max()
+            };
+            if let Some(len) = len
+                && best.is_none_or(|(_, l)| len > l)
+            {
+                best = Some((i, len));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
 }
 
 /// An HLR lookup provider.
@@ -558,11 +675,161 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
                 ));
             }
         },
+        sms_dir: path(&None, &raw.paths.sms, "sms"),
+        sms: sms(origin, &raw.sms)?,
         prompts_dir: path(&o.prompts_dir, &raw.paths.prompts, "prompts"),
         dialplans_dir: path(&o.dialplans_dir, &raw.paths.dialplans, "dialplans"),
         log_level,
         log_format,
     })
+}
+
+fn sms(origin: &str, raw: &RawSms) -> Result<SmsConfig, ConfigError> {
+    let err = |key: String, reason: String| ConfigError {
+        origin: origin.into(),
+        key,
+        reason,
+    };
+    let dur = |key: &str, v: &Option<String>, default: &str| -> Result<Duration, ConfigError> {
+        let d = parse_duration(v.as_deref().unwrap_or(default)).map_err(|r| err(key.into(), r))?;
+        nonzero(d, key, origin)
+    };
+    let sender = raw.sender.clone().unwrap_or_else(|| "TopUp".into());
+    check_sender(&sender).map_err(|r| err("sms.sender".into(), r))?;
+    let language = raw.language.clone().unwrap_or_else(|| "en".into());
+    if language.is_empty() || !language.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Err(err(
+            "sms.language".into(),
+            format!("`{language}` is not a language code like \"en\""),
+        ));
+    }
+    let max_attempts = raw.max_attempts.unwrap_or(10);
+    if !(1..=100).contains(&max_attempts) {
+        return Err(err(
+            "sms.max_attempts".into(),
+            "must be between 1 and 100".into(),
+        ));
+    }
+    let mut smscs: Vec<SmscConfig> = vec![];
+    for (i, s) in raw.smsc.iter().enumerate() {
+        let key = |k: &str| format!("sms.smsc[{i}].{k}");
+        let name = s.name.clone().unwrap_or_else(|| format!("smsc{}", i + 1));
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(err(
+                key("name"),
+                format!("`{name}`: letters, digits, - and _ only"),
+            ));
+        }
+        if smscs.iter().any(|o| o.name == name) {
+            return Err(err(key("name"), format!("`{name}` is used twice")));
+        }
+        let address = s.address.clone().unwrap_or_default();
+        match address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => {
+                return Err(err(
+                    key("address"),
+                    format!("`{address}` is not host:port like smsc.example.com:2775"),
+                ));
+            }
+        }
+        let system_id = s.system_id.clone().unwrap_or_default();
+        if system_id.is_empty() || system_id.len() > 15 {
+            return Err(err(
+                key("system_id"),
+                "required, 15 characters at most (SMPP 3.4)".into(),
+            ));
+        }
+        let password = match (&s.password, &s.password_env) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    key("password"),
+                    "give password or password_env, not both".into(),
+                ));
+            }
+            (Some(p), None) => p.clone(),
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                err(
+                    key("password_env"),
+                    format!("the environment variable `{var}` is not set"),
+                )
+            })?,
+            (None, None) => String::new(),
+        };
+        if password.len() > 8 {
+            return Err(err(
+                key("password"),
+                "8 characters at most (SMPP 3.4)".into(),
+            ));
+        }
+        let system_type = s.system_type.clone().unwrap_or_default();
+        if system_type.len() > 12 {
+            return Err(err(
+                key("system_type"),
+                "12 characters at most (SMPP 3.4)".into(),
+            ));
+        }
+        for p in &s.prefixes {
+            if !(p.starts_with('+') && p.len() > 1 && p[1..].bytes().all(|b| b.is_ascii_digit())) {
+                return Err(err(
+                    key("prefixes"),
+                    format!("`{p}` is not an E.164 prefix like \"+52\""),
+                ));
+            }
+        }
+        let window = s.window.unwrap_or(10);
+        if !(1..=1000).contains(&window) {
+            return Err(err(key("window"), "must be between 1 and 1000".into()));
+        }
+        if let Some(sender) = &s.sender {
+            check_sender(sender).map_err(|r| err(key("sender"), r))?;
+        }
+        smscs.push(SmscConfig {
+            name,
+            address,
+            system_id,
+            password,
+            system_type,
+            prefixes: s.prefixes.clone(),
+            window,
+            enquire_link: dur(&key("enquire_link"), &s.enquire_link, "30s")?,
+            response_timeout: dur(&key("response_timeout"), &s.response_timeout, "10s")?,
+            sender: s.sender.clone(),
+        });
+    }
+    Ok(SmsConfig {
+        language,
+        sender,
+        alert_every: dur("sms.alert_every", &raw.alert_every, "1m")?,
+        max_attempts,
+        mo_id_tlv: raw.mo_id_tlv.unwrap_or(0x001E),
+        receipts: raw.receipts.unwrap_or(true),
+        smscs,
+    })
+}
+
+/// A source address SMPP can carry: `+` and up to 15 digits, up to 20 digits, or a name of
+/// up to 11 GSM characters.
+fn check_sender(s: &str) -> Result<(), String> {
+    let ok = if let Some(d) = s.strip_prefix('+') {
+        (1..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit())
+    } else if s.bytes().all(|b| b.is_ascii_digit()) {
+        (1..=20).contains(&s.len())
+    } else {
+        (1..=11).contains(&s.chars().count())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ')
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{s}`: +E164, a short code, or a name of up to 11 letters and digits"
+        ))
+    }
 }
 
 fn nonzero(d: Duration, key: &str, origin: &str) -> Result<Duration, ConfigError> {
@@ -668,6 +935,82 @@ mod tests {
             e.to_string()
                 .starts_with("command line/environment: key `rtp.ports`"),
             "{e}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod sms_tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml("t.toml", text, &Overrides::default())
+    }
+
+    #[test]
+    fn smscs_are_read_checked_and_routed_by_the_longest_prefix() {
+        let c = load(
+            "[sms]\nsender = \"+15550001\"\n\
+             [[sms.smsc]]\nname = \"main\"\naddress = \"127.0.0.1:2775\"\nsystem_id = \"topup\"\npassword = \"pw\"\n\
+             [[sms.smsc]]\nname = \"mx\"\naddress = \"smsc.mx:2775\"\nsystem_id = \"topup\"\nprefixes = [\"+52\"]\n\
+             [[sms.smsc]]\nname = \"telcel\"\naddress = \"smsc.mx:2776\"\nsystem_id = \"topup\"\nprefixes = [\"+5255\", \"+5233\"]\nwindow = 4\n",
+        )
+        .unwrap();
+        let sms = &c.sms;
+        assert!(sms.enabled());
+        assert_eq!(sms.smscs[2].window, 4);
+        assert_eq!(sms.route("+525512345678"), Some(2));
+        assert_eq!(sms.route("+528112345678"), Some(1));
+        assert_eq!(sms.route("+12015550100"), Some(0));
+        // The password never prints.
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("\"pw\""),
+            "{shown}"
+        );
+        // Without a default connection other numbers have no route.
+        let c = load("[[sms.smsc]]\naddress = \"h:1\"\nsystem_id = \"a\"\nprefixes = [\"+52\"]\n")
+            .unwrap();
+        assert_eq!(c.sms.route("+12015550100"), None);
+        assert_eq!(c.sms.smscs[0].name, "smsc1");
+        assert!(!load("").unwrap().sms.enabled());
+    }
+
+    #[test]
+    fn bad_smsc_settings_name_the_key() {
+        let smsc = |extra: &str| {
+            load(&format!(
+                "[[sms.smsc]]\naddress = \"h:2775\"\nsystem_id = \"topup\"\n{extra}\n"
+            ))
+            .unwrap_err()
+        };
+        assert_eq!(smsc("password = \"123456789\"").key, "sms.smsc[0].password");
+        assert_eq!(
+            smsc("system_type = \"abcdefghijklm\"").key,
+            "sms.smsc[0].system_type"
+        );
+        assert_eq!(smsc("prefixes = [\"52\"]").key, "sms.smsc[0].prefixes");
+        assert_eq!(smsc("window = 0").key, "sms.smsc[0].window");
+        assert_eq!(
+            smsc("sender = \"A very long sender name\"").key,
+            "sms.smsc[0].sender"
+        );
+        let e = smsc("password_env = \"TOPUP_IVR_NO_SUCH_VARIABLE\"");
+        assert!(e.to_string().contains("TOPUP_IVR_NO_SUCH_VARIABLE"), "{e}");
+        assert_eq!(smsc("pasword = \"x\"").key, "sms.smsc[0].pasword");
+        let e = load("[[sms.smsc]]\naddress = \"nowhere\"\nsystem_id = \"a\"\n").unwrap_err();
+        assert_eq!(e.key, "sms.smsc[0].address");
+        let e = load("[[sms.smsc]]\naddress = \"h:1\"\n").unwrap_err();
+        assert_eq!(e.key, "sms.smsc[0].system_id");
+        let e = load("[[sms.smsc]]\nname=\"a\"\naddress = \"h:1\"\nsystem_id=\"x\"\n[[sms.smsc]]\nname=\"a\"\naddress = \"h:1\"\nsystem_id=\"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("used twice"), "{e}");
+        assert_eq!(
+            load("[sms]\nmax_attempts = 0\n").unwrap_err().key,
+            "sms.max_attempts"
+        );
+        assert_eq!(
+            load("[sms]\nalert_every = \"0s\"\n").unwrap_err().key,
+            "sms.alert_every"
         );
     }
 }

@@ -95,6 +95,13 @@ enum Command {
         #[command(subcommand)]
         command: topup_cli::EscalationsCommand,
     },
+    /// The SMS outbox and language files.
+    Sms {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::SmsCommand,
+    },
     /// The double-entry ledger.
     Ledger {
         #[command(flatten)]
@@ -474,6 +481,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Escalations { config, command } => {
             runtime()?.block_on(topup_cli::escalations(&config.load()?, command))?
+        }
+        Command::Sms { config, command } => {
+            runtime()?.block_on(topup_cli::sms(&config.load()?, command))?
         }
         Command::Ledger { config, command } => {
             runtime()?.block_on(topup_cli::ledger(&config.load()?, command))?

@@ -41,6 +41,8 @@ pub enum ServeError {
     Dialplans(Vec<DialplanError>),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("SMS messages:\n  {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
+    Sms(Vec<crate::sms::messages::MessagesError>),
     #[error("{0}")]
     Secret(#[from] crate::topup::secrets::SecretError),
     #[error("{0}")]
@@ -69,6 +71,8 @@ pub struct Shared {
     pub calls: Arc<Semaphore>,
     pub calls_total: AtomicU64,
     pub shutdown: watch::Receiver<Shutdown>,
+    /// The SMSC connections and whether each is bound (for `/health`).
+    pub sms_links: Arc<std::sync::RwLock<Vec<crate::sms::gateway::LinkStatus>>>,
 }
 
 impl Shared {
@@ -156,7 +160,21 @@ pub async fn open_core(cfg: &Config) -> Result<Core, ServeError> {
         None => Db::open(&cfg.data_dir).await?,
     };
     let pepper = Pepper::load(&cfg.pin_pepper_file)?;
-    Ok(Core::new(db, pepper, cfg.auth))
+    let core = Core::new(db, pepper, cfg.auth);
+    Ok(match load_sms(cfg)? {
+        Some(m) => core.with_sms(Arc::new(m)),
+        None => core,
+    })
+}
+
+/// The SMS texts and keywords, checked, when an SMSC is configured (else SMS are off).
+pub fn load_sms(cfg: &Config) -> Result<Option<crate::sms::messages::Messages>, ServeError> {
+    if !cfg.sms.enabled() {
+        return Ok(None);
+    }
+    crate::sms::messages::Messages::load_dir(&cfg.sms_dir, &cfg.sms.language)
+        .map(Some)
+        .map_err(ServeError::Sms)
 }
 
 /// The HLR client, when one is configured.
@@ -284,6 +302,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         ports: PortPool::new(cfg.rtp_ports),
         calls: Arc::new(Semaphore::new(cfg.max_calls)),
         calls_total: AtomicU64::new(0),
+        sms_links: Default::default(),
         content: std::sync::RwLock::new((Arc::new(prompts), Arc::new(dialplans))),
         store: store.clone(),
         shutdown: shutdown_rx,
@@ -311,6 +330,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let http_task = tokio::spawn(crate::http::serve(http, shared.clone()));
     let reconciler = tokio::spawn(reconcile_loop(shared.clone(), shared.cfg.reconcile_every));
     let reloader = tokio::spawn(reload_loop(shared.clone()));
+    let sms = tokio::spawn(crate::sms::gateway::run(shared.clone()));
 
     wait_for_signal().await;
     info!(
@@ -331,6 +351,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = shutdown_tx.send(Shutdown::Stop);
     let _ = transport.await;
+    let _ = tokio::time::timeout(Duration::from_secs(6), sms).await;
     http_task.abort();
     reconciler.abort();
     reloader.abort();

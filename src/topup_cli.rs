@@ -200,6 +200,148 @@ pub async fn escalations(cfg: &Config, cmd: EscalationsCommand) -> Result<()> {
 }
 
 #[derive(Subcommand)]
+pub enum SmsCommand {
+    /// Recent SMS, newest first.
+    List {
+        /// queued, sending, sent, delivered or failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only those to this number (E.164).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One SMS: its text, attempts, last error, and each part's SMSC message id and receipt.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a failed SMS again, or a waiting one now.
+    Retry { id: String },
+    /// Check the SMS language files (texts, placeholders, keywords) as `serve` does.
+    Check,
+}
+
+pub async fn sms(cfg: &Config, cmd: SmsCommand) -> Result<()> {
+    if let SmsCommand::Check = cmd {
+        let m = topup_ivr::sms::messages::Messages::load_dir(&cfg.sms_dir, &cfg.sms.language)
+            .map_err(|errors| {
+                anyhow::anyhow!(
+                    "{}",
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                )
+            })?;
+        let langs: Vec<&str> = m.languages().collect();
+        println!(
+            "ok: {} messages in {} (default {}){}",
+            topup_ivr::sms::messages::MESSAGES.len(),
+            langs.join(", "),
+            m.default_language(),
+            if cfg.sms.enabled() {
+                String::new()
+            } else {
+                "; no [[sms.smsc]] configured, so SMS are off".into()
+            }
+        );
+        return Ok(());
+    }
+    let core = open_core(cfg).await?;
+    let out = match cmd {
+        SmsCommand::Check => Ok(()),
+        SmsCommand::List {
+            state,
+            to,
+            limit,
+            json,
+        } => {
+            let list = core
+                .list_sms(state.as_deref(), to.as_deref(), limit)
+                .await?;
+            print(json, &list, |l| {
+                for r in l {
+                    println!(
+                        "{:<32} {:<9} {:<15} {:<20} {:>2} {:>2} {}",
+                        r.id,
+                        r.state,
+                        r.destination,
+                        r.kind,
+                        r.parts,
+                        r.attempts,
+                        r.last_error.as_deref().unwrap_or("")
+                    );
+                }
+            })
+        }
+        SmsCommand::Show { id, json } => match core.sms(&id).await? {
+            None => Err(anyhow::anyhow!("no SMS {id}")),
+            Some((row, parts)) => {
+                #[derive(Serialize, Debug)]
+                struct Shown {
+                    #[serde(flatten)]
+                    row: topup_ivr::sms::outbox::OutboxRow,
+                    part_list: Vec<topup_ivr::sms::outbox::PartRow>,
+                }
+                let shown = Shown {
+                    row,
+                    part_list: parts,
+                };
+                print(json, &shown, |s| {
+                    let r = &s.row;
+                    println!(
+                        "{} {} to {} ({}, {})",
+                        r.id, r.state, r.destination, r.kind, r.language
+                    );
+                    println!("text: {}", r.body);
+                    println!(
+                        "smsc {} parts {} attempts {}{}",
+                        r.smsc.as_deref().unwrap_or("-"),
+                        r.parts,
+                        r.attempts,
+                        r.last_error
+                            .as_deref()
+                            .map(|e| format!(" last error: {e}"))
+                            .unwrap_or_default()
+                    );
+                    for p in &s.part_list {
+                        println!(
+                            "  part {} {} message id {} {}{}",
+                            p.part,
+                            p.smsc,
+                            p.message_id,
+                            p.state,
+                            p.status
+                                .as_deref()
+                                .map(|x| format!(" ({x})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                })
+            }
+        },
+        SmsCommand::Retry { id } => {
+            if core.retry_sms(&id, now_ms()).await? {
+                println!("{id} queued");
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "no failed or waiting SMS {id} (sent and delivered ones are not sent again)"
+                ))
+            }
+        }
+    };
+    core.db.close().await;
+    out
+}
+
+#[derive(Subcommand)]
 pub enum LedgerCommand {
     /// Prove the books: per currency all balances sum to zero, every account matches its
     /// transfers, no customer account is overdrawn. Exits 1 if not.

@@ -38,6 +38,7 @@ async fn health(State(s): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::V
             "max_calls": s.cfg.max_calls,
             "calls_total": s.calls_total.load(Ordering::Relaxed),
             "services": s.dialplans().plans().iter().map(|p| p.service.clone()).collect::<Vec<_>>(),
+            "smsc": s.sms_links.read().map(|l| l.clone()).unwrap_or_default(),
         })),
     )
 }

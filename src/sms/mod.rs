@@ -2,6 +2,7 @@
 //! outbox of confirmations and alerts, SMS commands and low-balance alerts.
 
 pub mod commands;
+pub mod gateway;
 pub mod messages;
 pub mod outbox;
 pub mod service;

@@ -492,12 +492,12 @@ impl Core {
         Ok(Some((row(&r)?, parts)))
     }
 
-    /// Queues a failed SMS again (staff, after fixing the cause). Parts the SMSC accepted
-    /// before are not sent again.
+    /// Queues a failed SMS again, or one waiting for its next attempt for now (staff, after
+    /// fixing the cause). Parts the SMSC accepted before are not sent again.
     pub async fn retry_sms(&self, id: &str, now: i64) -> Result<bool, TopupError> {
         let n = sqlx::query(
             "UPDATE sms_outbox SET state = 'queued', attempts = 0, next_attempt_at = $1, updated_at = $1
-             WHERE id = $2 AND state = 'failed'",
+             WHERE id = $2 AND state IN ('failed', 'queued')",
         )
         .bind(now)
         .bind(id)

@@ -88,7 +88,7 @@ pub fn is_temporary(s: u32) -> bool {
     )
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionConfig {
     pub system_id: String,
     pub password: String,
@@ -104,6 +104,17 @@ pub struct SessionConfig {
     pub throttle_max_ms: i64,
     /// Longest PDU accepted.
     pub max_pdu: usize,
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("system_id", &self.system_id)
+            .field("password", &"<redacted>")
+            .field("system_type", &self.system_type)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SessionConfig {

@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod smsc;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_topup-ivr");
 
 pub fn repo() -> PathBuf {
@@ -91,12 +93,13 @@ impl Server {
         let config = dir.path().join("topup-ivr.toml");
         let text = format!(
             "[sip]\nlisten = \"{sip}\"\n[rtp]\nports = \"{}-{}\"\n[http]\nlisten = \"{http}\"\n\
-[paths]\ndata_dir = \"{}\"\nprompts = \"{}\"\ndialplans = \"{}\"\n[log]\nlevel = \"info,topup_ivr=debug\"\n{extra}",
+[paths]\ndata_dir = \"{}\"\nprompts = \"{}\"\ndialplans = \"{}\"\nsms = \"{}\"\n[log]\nlevel = \"info,topup_ivr=debug\"\n{extra}",
             rtp.0,
             rtp.1,
             dir.path().join("data").display(),
             repo().join("prompts").display(),
             repo().join("dialplans").display(),
+            repo().join("sms").display(),
         );
         // Later tables in `extra` may repeat a section: merge by letting extra override keys.
         let text = merge_sections(&text);
@@ -215,9 +218,14 @@ fn merge_sections(text: &str) -> String {
     let mut order: Vec<String> = vec![];
     let mut sections: std::collections::HashMap<String, Vec<(String, String)>> = Default::default();
     let mut current = String::new();
-    for line in text.lines() {
+    for (n, line) in text.lines().enumerate() {
         let t = line.trim();
-        if t.starts_with('[') {
+        if t.starts_with("[[") {
+            // An array of tables: every one is its own entry.
+            current = format!("{t}#{n}");
+            order.push(current.clone());
+            sections.insert(current.clone(), vec![]);
+        } else if t.starts_with('[') {
             current = t.to_string();
             if !sections.contains_key(&current) {
                 order.push(current.clone());
@@ -232,7 +240,7 @@ fn merge_sections(text: &str) -> String {
     }
     let mut out = String::new();
     for s in order {
-        out.push_str(&s);
+        out.push_str(s.split('#').next().unwrap_or(&s));
         out.push('\n');
         for (_, l) in &sections[&s] {
             out.push_str(l);
