@@ -159,8 +159,8 @@ fn sms_commands_are_carried_out_and_answered_once() {
     assert!(rows.iter().all(|r| r["attempts"] == 1), "{rows:?}");
 }
 
-fn keys(service: &str, caller: &str, digits: &str) -> Sipp {
-    Sipp::new("keys.xml", service)
+fn keys(scenario: &str, service: &str, caller: &str, digits: &str) -> Sipp {
+    Sipp::new(scenario, service)
         .arg("-key")
         .arg("caller")
         .arg(caller)
@@ -190,6 +190,7 @@ fn an_ivr_top_up_is_confirmed_to_both_through_the_smsc_for_their_prefix() {
     }
     // A card top-up by keypad from +12015550161 to our own +12015550150 (5 dollars).
     keys(
+        "keys.xml",
         "recharge",
         "+12015550161",
         "111112222333344#12015550150#121",
@@ -442,4 +443,43 @@ fn garbage_from_the_smsc_gets_a_generic_nack_and_the_session_goes_on() {
     );
     assert_eq!(smsc.of("bind").len(), 1, "the session was not dropped");
     drop(server);
+}
+
+#[test]
+fn a_call_the_wallet_cannot_pay_for_is_answered_by_sms_and_a_card_recharges_it() {
+    require("sipp");
+    let mut smsc = Smsc::start(0, "secret");
+    let server = Server::start(&sms_extra(smsc.port, "secret"));
+    bound(&smsc);
+    let caller = "+12015550177";
+    let mut pin = Command::new(BIN)
+        .args(["accounts", "create-wallet", caller, "--config"])
+        .arg(&server.config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    pin.stdin.take().unwrap().write_all(b"4321\n").unwrap();
+    assert!(pin.wait().unwrap().success());
+    // PIN, 3: minutes to a number, a Mexican number: the empty wallet pays for no minute.
+    keys("keys_then_bye.xml", "wallet", caller, "4321#3525512345678#")
+        .arg("-d")
+        .arg("9000")
+        .run(&server);
+    server.wait_idle();
+    let m = smsc.wait_messages(caller, 1);
+    assert_eq!(
+        text(&m[0]),
+        "Your balance of 0.00 USD does not pay for this call. Text RECHARGE <card PIN> to add money to your wallet."
+    );
+    // The caller does as told.
+    smsc.mo(caller, "RECHARGE 33334444555566", "recharge-1");
+    let m = smsc.wait_messages(caller, 2);
+    assert!(
+        text(&m[1]).starts_with("20.00 USD was added to your wallet. Wallet balance: 20.00 USD."),
+        "{m:?}"
+    );
+    assert!(!server.log().contains("33334444555566"));
 }

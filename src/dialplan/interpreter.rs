@@ -479,7 +479,13 @@ impl Interpreter {
                 } => {
                     let args = args
                         .iter()
-                        .map(|(k, v)| (k.clone(), self.vars.get(v).cloned().unwrap_or_default()))
+                        .map(|(k, v)| {
+                            let value = match super::model::literal(v) {
+                                Some(text) => text.to_string(),
+                                None => self.vars.get(v).cloned().unwrap_or_default(),
+                            };
+                            (k.clone(), value)
+                        })
                         .collect();
                     self.actions.push_back(CallAction::Invoke {
                         op: op.clone(),

@@ -488,3 +488,47 @@ fn validators() {
     let e = validate("84912345678", Some(Validator::E164), None, None, None).unwrap();
     assert_eq!(e[0], ("e164".into(), "+84912345678".into()));
 }
+
+#[test]
+fn quoted_invoke_arguments_are_literals_and_others_variables() {
+    let t0 = Instant::now();
+    let mut i = Interpreter::new(plan(
+        r#"
+service = "t"
+numbers = ["t"]
+language = "en"
+start = "pin"
+[nodes.pin]
+kind = "collect"
+var = "pin"
+prompts = ["p"]
+max_digits = 4
+first_digit_timeout = "5s"
+inter_digit_timeout = "3s"
+invalid_prompts = ["p"]
+on_failure = "bye"
+next = "tell"
+[nodes.tell]
+kind = "invoke"
+op = "notify"
+args = { message = "'call_no_funds'", pin = "pin", missing = "nothing" }
+results = { default = "bye" }
+[nodes.bye]
+kind = "hangup"
+"#,
+    ));
+    i.start(t0);
+    keys(&mut i, t0, "1234");
+    let a = actions(&mut i);
+    let args = a
+        .iter()
+        .find_map(|x| match x {
+            CallAction::Invoke { op, args } if op == "notify" => Some(args.clone()),
+            _ => None,
+        })
+        .expect("notify invoked");
+    let get = |k: &str| args.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    assert_eq!(get("message"), "call_no_funds");
+    assert_eq!(get("pin"), "1234");
+    assert_eq!(get("missing"), "");
+}

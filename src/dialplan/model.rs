@@ -307,6 +307,11 @@ fn five() -> usize {
     5
 }
 
+/// An `invoke` argument written in single quotes is that text itself, not a variable.
+pub fn literal(v: &str) -> Option<&str> {
+    v.strip_prefix('\'')?.strip_suffix('\'')
+}
+
 /// Operations the voice services can invoke (see `crate::services`).
 pub const OPS: &[&str] = &[
     "redeem_card",
@@ -823,7 +828,22 @@ impl Dialplan {
                     );
                 }
             }
-            Node::Invoke { op, results, .. } => {
+            Node::Invoke {
+                op, results, args, ..
+            } => {
+                if op == "notify" {
+                    let known = crate::sms::messages::MESSAGES.iter().map(|m| m.0);
+                    let msg = args.get("message").and_then(|v| literal(v));
+                    if !msg.is_some_and(|m| known.clone().any(|k| k == m)) {
+                        err(
+                            at,
+                            format!(
+                                "node `{id}`: notify needs `message` naming an SMS message in quotes, like \"'call_no_funds'\""
+                            ),
+                            Some(&format!("one of {}", known.collect::<Vec<_>>().join(", "))),
+                        );
+                    }
+                }
                 if !OPS.contains(&op.as_str()) {
                     err(
                         at,
@@ -1202,6 +1222,28 @@ kind = "hangup"
             "{e:?}"
         );
         assert!(e.iter().any(|m| m.contains("need a `default`")), "{e:?}");
+    }
+
+    #[test]
+    fn notify_needs_a_quoted_sms_message_name() {
+        let with = |arg: &str| {
+            errors(&MINI.replace(
+                "[nodes.a]\nkind = \"goto\"\ntarget = \"b\"",
+                &format!("[nodes.a]\nkind = \"invoke\"\nop = \"notify\"\nargs = {{ message = \"{arg}\" }}\nresults = {{ default = \"b\" }}"),
+            ))
+        };
+        assert!(
+            with("'call_no_funds'").is_empty(),
+            "{:?}",
+            with("'call_no_funds'")
+        );
+        for bad in ["'no_such_message'", "call_no_funds", "''"] {
+            let e = with(bad);
+            assert!(
+                e.iter().any(|m| m.contains("notify needs `message`")),
+                "{bad}: {e:?}"
+            );
+        }
     }
 
     #[test]
