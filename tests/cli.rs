@@ -148,3 +148,75 @@ fn dialplan_check_reports_file_and_line() {
     let (ok, out, _) = run(&["prompts", "check"]);
     assert!(ok && out.contains("en"), "{out}");
 }
+
+#[test]
+fn sms_check_passes_the_shipped_texts_and_names_the_line_of_a_broken_one() {
+    let out = Command::new(BIN)
+        .args(["sms", "check"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.starts_with("ok: ") && said.contains("en, es, vi"),
+        "{said}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let sms = dir.path().join("sms");
+    std::fs::create_dir_all(&sms).unwrap();
+    let en = std::fs::read_to_string(repo().join("sms/en.toml"))
+        .unwrap()
+        .replace("Ref {reference}. Wallet", "Ref {refrence}. Wallet");
+    std::fs::write(sms.join("en.toml"), en).unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[paths]\nsms = \"{}\"\ndata_dir = \"{}\"\nprompts = \"{}\"\ndialplans = \"{}\"\n\
+             [sip]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n\
+             [[sms.smsc]]\naddress = \"127.0.0.1:9\"\nsystem_id = \"topup\"\n",
+            sms.display(),
+            dir.path().join("data").display(),
+            repo().join("prompts").display(),
+            repo().join("dialplans").display(),
+            free_udp_port(),
+            free_tcp_port(),
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let (ok, _, err) = run(&["sms", "check", "--config", c]);
+    assert!(!ok);
+    assert!(
+        err.contains("en.toml:") && err.contains("refrence"),
+        "file, line and the unknown placeholder: {err}"
+    );
+    // `serve` refuses to start with it, for the same reason.
+    let (ok, _, err) = run(&["serve", "--config", c]);
+    assert!(!ok);
+    assert!(err.contains("refrence"), "{err}");
+    // The outbox commands answer clearly about what is not there.
+    let (ok, _, err) = run(&["db", "migrate", "--config", c]);
+    assert!(
+        !ok,
+        "the broken texts stop every command that could write an SMS: {err}"
+    );
+}
+
+#[test]
+fn sms_retry_of_an_unknown_message_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    let (ok, out, err) = run(&["sms", "list", "--json", "--data-dir", d]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]");
+    let (ok, _, err) = run(&["sms", "retry", "nope", "--data-dir", d]);
+    assert!(!ok);
+    assert!(err.contains("no failed or waiting SMS nope"), "{err}");
+    let (ok, _, err) = run(&["sms", "show", "nope", "--data-dir", d]);
+    assert!(!ok);
+    assert!(err.contains("no SMS nope"), "{err}");
+}

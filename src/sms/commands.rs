@@ -175,8 +175,14 @@ fn recipient(tokens: &[&str]) -> Option<(String, usize)> {
     (best.0.len() > 4).then_some(best)
 }
 
-fn message(rest: &[&str]) -> Option<String> {
-    let m = rest.join(" ");
+/// The sender's words for the recipient; a word holding the PIN (written again by mistake)
+/// is masked, so the recipient never reads it.
+fn message(rest: &[&str], pin: &str) -> Option<String> {
+    let m = rest
+        .iter()
+        .map(|w| if w.contains(pin) { "****" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ");
     let m: String = m.chars().take(MAX_SENDER_MESSAGE).collect();
     (!m.trim().is_empty()).then_some(m)
 }
@@ -203,6 +209,8 @@ pub fn parse(text: &str, keywords: &Keywords) -> Parsed {
     let args = &tokens[1..];
     // Which argument positions hold PINs (for the redacted copy).
     let mut pin_at: Vec<usize> = vec![];
+    // Where the sender's words for the recipient begin.
+    let mut message_at = usize::MAX;
     let command = match kind {
         Kind::Help => Ok(Command::Help),
         Kind::Balance => match args {
@@ -221,11 +229,19 @@ pub fn parse(text: &str, keywords: &Keywords) -> Parsed {
             }
             _ => Err(ParseError::Format(Kind::Recharge)),
         },
-        Kind::Topup => parse_topup(args, &mut pin_at),
+        Kind::Topup => parse_topup(args, &mut pin_at, &mut message_at),
     };
+    // A PIN written again in the sender's words is masked there too.
+    let pins: Vec<&str> = pin_at
+        .iter()
+        .filter_map(|&i| args.get(i).copied())
+        .collect();
     let redacted = std::iter::once(first.to_uppercase())
         .chain(args.iter().enumerate().map(|(i, a)| {
-            if pin_at.contains(&i) || (command.is_err() && looks_secret(a)) {
+            if pin_at.contains(&i)
+                || (command.is_err() && looks_secret(a))
+                || (i >= message_at && pins.iter().any(|p| a.contains(p)))
+            {
                 "****".to_string()
             } else {
                 a.to_string()
@@ -240,7 +256,11 @@ pub fn parse(text: &str, keywords: &Keywords) -> Parsed {
     }
 }
 
-fn parse_topup(args: &[&str], pin_at: &mut Vec<usize>) -> Result<Command, ParseError> {
+fn parse_topup(
+    args: &[&str],
+    pin_at: &mut Vec<usize>,
+    message_at: &mut usize,
+) -> Result<Command, ParseError> {
     let bad = Err(ParseError::Format(Kind::Topup));
     match args {
         [a, pin, rest @ ..] if amount(a).is_some() && is_pin(pin) => {
@@ -255,11 +275,12 @@ fn parse_topup(args: &[&str], pin_at: &mut Vec<usize>) -> Result<Command, ParseE
             let Some((number, used)) = recipient(rest) else {
                 return bad;
             };
+            *message_at = 2 + used;
             Ok(Command::TopupWallet {
                 amount,
                 pin: Pin::new(pin),
                 number,
-                message: message(&rest[used..]),
+                message: message(&rest[used..], pin),
             })
         }
         [card, rest @ ..] if is_pin(card) && !rest.is_empty() => {
@@ -267,10 +288,11 @@ fn parse_topup(args: &[&str], pin_at: &mut Vec<usize>) -> Result<Command, ParseE
             let Some((number, used)) = recipient(rest) else {
                 return bad;
             };
+            *message_at = 1 + used;
             Ok(Command::TopupCard {
                 card: Pin::new(card),
                 number,
-                message: message(&rest[used..]),
+                message: message(&rest[used..], card),
             })
         }
         _ => {
@@ -460,14 +482,44 @@ mod tests {
         assert_eq!(p("TOPUP 12x 99998888").redacted, "TOPUP 12x ****");
         assert_eq!(p("TOPUP 1234x").redacted, "TOPUP ****");
         assert_eq!(p("hello 123456 +5255").redacted, "hello **** +5255");
+        // A PIN written again in the words for the recipient is masked there, and only there.
+        let r = p("TOPUP 2 1234 +52 55 1234 5678 my pin is 1234, pin:1234");
+        assert_eq!(
+            r.redacted,
+            "TOPUP 2 **** +52 55 1234 5678 my pin is **** ****"
+        );
+        match r.command {
+            Ok(Command::TopupWallet {
+                message, number, ..
+            }) => {
+                assert_eq!(number, "+525512345678");
+                assert_eq!(message.as_deref(), Some("my pin is **** ****"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = p("TOPUP 11112222333344 +525512345678 11112222333344");
+        assert_eq!(r.redacted, "TOPUP **** +525512345678 ****");
     }
 
     proptest::proptest! {
         #[test]
         fn any_text_parses_without_panicking_and_leaks_no_pin(s in "\\PC{0,200}") {
             let r = parse(&s, &kw());
-            if let Ok(Command::Balance { pin }) = &r.command {
-                proptest::prop_assert!(!r.redacted.contains(pin.expose()));
+            let pin = match &r.command {
+                Ok(Command::Balance { pin }) | Ok(Command::TopupSelf { pin, .. }) => Some(pin),
+                Ok(Command::TopupWallet { pin, message, .. }) => {
+                    proptest::prop_assert!(message.iter().all(|m| !m.split_whitespace().any(|w| w == pin.expose())));
+                    Some(pin)
+                }
+                Ok(Command::TopupCard { card, message, .. }) => {
+                    proptest::prop_assert!(message.iter().all(|m| !m.split_whitespace().any(|w| w == card.expose())));
+                    Some(card)
+                }
+                Ok(Command::Recharge { card }) => Some(card),
+                _ => None,
+            };
+            if let Some(pin) = pin {
+                proptest::prop_assert!(!r.redacted.split_whitespace().any(|w| w == pin.expose()));
             }
         }
 

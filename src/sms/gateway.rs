@@ -331,6 +331,11 @@ impl Gateway {
             if !self.links[li].ready(now) {
                 continue;
             }
+            // A part of an earlier attempt still waits for its answer: sending the row again
+            // now could repeat that part.
+            if self.in_flight.values().any(|f| f.row == row.id) {
+                continue;
+            }
             let encoded = match text::encode(&row.body, row.udh_ref as u8) {
                 Ok(e) => e,
                 Err(e) => {
