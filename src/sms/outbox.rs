@@ -649,3 +649,220 @@ impl Core {
         Ok(written)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::sms::messages::Messages;
+    use crate::topup::testing::cores;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    async fn sms_cores() -> Vec<(Core, Option<crate::store::testing::tempfile_guard::Guard>)> {
+        let m = Arc::new(
+            Messages::load_dir(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sms"),
+                "en",
+            )
+            .unwrap(),
+        );
+        let mut out = vec![];
+        for (core, g) in cores().await {
+            out.push((core.with_sms(m.clone()), g));
+        }
+        out
+    }
+
+    fn notice(id: &str) -> Notice {
+        Notice {
+            id: id.into(),
+            kind: "wallet_locked",
+            to: "+12015550100".into(),
+            language: Some("en".into()),
+            vars: vec![],
+            reference: None,
+        }
+    }
+
+    async fn state(core: &Core, id: &str) -> OutboxRow {
+        core.sms(id).await.unwrap().unwrap().0
+    }
+
+    #[tokio::test]
+    async fn a_row_goes_queued_sending_sent_delivered_and_is_written_once() {
+        for (core, _g) in sms_cores().await {
+            assert!(core.send_sms(notice("n1"), NOW).await.unwrap());
+            assert!(
+                !core.send_sms(notice("n1"), NOW + 1).await.unwrap(),
+                "the same cause writes one SMS"
+            );
+            let due = core.due_sms(NOW, 10).await.unwrap();
+            assert_eq!(due.len(), 1);
+            assert_eq!(
+                due[0].body,
+                "Your wallet was locked after too many wrong PINs. Call us to unlock it."
+            );
+            assert!(core.claim_sms("n1", "main", 2, NOW).await.unwrap());
+            assert!(
+                !core.claim_sms("n1", "main", 2, NOW).await.unwrap(),
+                "claimed once"
+            );
+            assert!(core.due_sms(NOW, 10).await.unwrap().is_empty());
+            // Two parts: sent when both are accepted.
+            assert!(
+                !core
+                    .sms_part_accepted("n1", 2, "main", "b", NOW)
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(state(&core, "n1").await.state, "sending");
+            assert!(
+                core.sms_part_accepted("n1", 1, "main", "a", NOW)
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(core.accepted_parts("n1").await.unwrap(), [1, 2]);
+            let row = state(&core, "n1").await;
+            assert_eq!((row.state.as_str(), row.attempts), ("sent", 1));
+            // Receipts: one part delivered is not the message delivered.
+            let r = core
+                .sms_receipt("main", "a", true, "DELIVRD", NOW)
+                .await
+                .unwrap();
+            assert_eq!(
+                r,
+                ReceiptResult::Applied {
+                    outbox_id: "n1".into(),
+                    state: "sent".into()
+                }
+            );
+            assert!(
+                core.sms_part_accepted("n1", 2, "main", "ff", NOW)
+                    .await
+                    .is_ok()
+            );
+            assert_eq!(
+                core.sms_receipt("main", "zz", true, "DELIVRD", NOW)
+                    .await
+                    .unwrap(),
+                ReceiptResult::Unknown
+            );
+            assert_eq!(
+                core.sms_receipt("other", "a", true, "DELIVRD", NOW)
+                    .await
+                    .unwrap(),
+                ReceiptResult::Unknown,
+                "ids are per SMSC"
+            );
+            let r = core
+                .sms_receipt("main", "b", true, "DELIVRD", NOW + 5)
+                .await
+                .unwrap();
+            assert_eq!(
+                r,
+                ReceiptResult::Applied {
+                    outbox_id: "n1".into(),
+                    state: "delivered".into()
+                }
+            );
+            assert_eq!(state(&core, "n1").await.delivered_at, Some(NOW + 5));
+            assert!(
+                !core.retry_sms("n1", NOW).await.unwrap(),
+                "delivered is final"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_back_off_then_fail_and_staff_can_send_again() {
+        for (core, _g) in sms_cores().await {
+            core.send_sms(notice("n2"), NOW).await.unwrap();
+            core.claim_sms("n2", "main", 1, NOW).await.unwrap();
+            // A temporary refusal: queued again, due later.
+            core.sms_refused("n2", "ESME_RMSGQFUL", Some(retry_at(NOW, 1)), NOW)
+                .await
+                .unwrap();
+            let row = state(&core, "n2").await;
+            assert_eq!(row.state, "queued");
+            assert_eq!(row.last_error.as_deref(), Some("ESME_RMSGQFUL"));
+            assert!(core.due_sms(NOW + 9_999, 10).await.unwrap().is_empty());
+            assert_eq!(core.due_sms(NOW + 10_000, 10).await.unwrap().len(), 1);
+            // The connection drops before an answer: queued, the attempt not counted.
+            core.claim_sms("n2", "main", 1, NOW + 10_000).await.unwrap();
+            assert_eq!(state(&core, "n2").await.attempts, 2);
+            core.sms_unsent("n2", "connection lost", NOW + 10_001)
+                .await
+                .unwrap();
+            let row = state(&core, "n2").await;
+            assert_eq!((row.state.as_str(), row.attempts), ("queued", 1));
+            // A final refusal fails it; a failed receipt fails a sent one.
+            core.claim_sms("n2", "main", 1, NOW + 10_002).await.unwrap();
+            core.sms_refused("n2", "ESME_RINVDSTADR", None, NOW + 10_003)
+                .await
+                .unwrap();
+            assert_eq!(state(&core, "n2").await.state, "failed");
+            assert!(core.retry_sms("n2", NOW + 20_000).await.unwrap());
+            let row = state(&core, "n2").await;
+            assert_eq!((row.state.as_str(), row.attempts), ("queued", 0));
+            core.claim_sms("n2", "main", 1, NOW + 20_000).await.unwrap();
+            core.sms_part_accepted("n2", 1, "main", "m9", NOW + 20_001)
+                .await
+                .unwrap();
+            core.sms_receipt("main", "m9", false, "UNDELIV err:001", NOW + 20_002)
+                .await
+                .unwrap();
+            let row = state(&core, "n2").await;
+            assert_eq!(row.state, "failed");
+            assert_eq!(row.last_error.as_deref(), Some("part 1: UNDELIV err:001"));
+            // Sent again, the failed part goes out again (its old id forgotten).
+            assert!(core.retry_sms("n2", NOW + 30_000).await.unwrap());
+            assert!(core.accepted_parts("n2").await.unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn receipts_match_ids_written_in_hex_or_decimal() {
+        for (core, _g) in sms_cores().await {
+            core.send_sms(notice("n6"), NOW).await.unwrap();
+            core.claim_sms("n6", "main", 1, NOW).await.unwrap();
+            core.sms_part_accepted("n6", 1, "main", "255", NOW)
+                .await
+                .unwrap();
+            let r = core
+                .sms_receipt("main", "ff", true, "DELIVRD", NOW)
+                .await
+                .unwrap();
+            assert_eq!(
+                r,
+                ReceiptResult::Applied {
+                    outbox_id: "n6".into(),
+                    state: "delivered".into()
+                }
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_left_sending_by_a_stop_are_queued_again() {
+        for (core, _g) in sms_cores().await {
+            core.send_sms(notice("n3"), NOW).await.unwrap();
+            core.send_sms(notice("n4"), NOW).await.unwrap();
+            core.claim_sms("n3", "main", 1, NOW).await.unwrap();
+            assert_eq!(core.requeue_sending(NOW + 1).await.unwrap(), 1);
+            assert_eq!(core.due_sms(NOW + 1, 10).await.unwrap().len(), 2);
+            let listed = core
+                .list_sms(Some("queued"), Some("+12015550100"), 10)
+                .await
+                .unwrap();
+            assert_eq!(listed.len(), 2);
+            assert!(
+                core.list_sms(Some("sent"), None, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
+}
