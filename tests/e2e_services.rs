@@ -6,32 +6,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(&server.config)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn keys(scenario: &str, service: &str, caller: &str, digits: &str) -> Sipp {
-    Sipp::new(scenario, service)
-        .arg("-key")
-        .arg("caller")
-        .arg(caller)
-        .arg("-key")
-        .arg("digits")
-        .arg(digits)
-}
-
 #[test]
 fn a_card_top_up_by_keypad_alone_credits_the_recipient_and_uses_the_card() {
     require("sipp");

@@ -20,22 +20,6 @@ fn sms_extra(smsc_port: u16, password: &str) -> String {
     )
 }
 
-fn cli(server: &Server, args: &[&str]) -> Value {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(&server.config)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn outbox(server: &Server) -> Vec<Value> {
     cli(server, &["sms", "list", "--limit", "1000"])
         .as_array()
@@ -157,16 +141,6 @@ fn sms_commands_are_carried_out_and_answered_once() {
     // Receipts mark the messages delivered.
     let rows = wait_outbox(&server, &["delivered"]);
     assert!(rows.iter().all(|r| r["attempts"] == 1), "{rows:?}");
-}
-
-fn keys(scenario: &str, service: &str, caller: &str, digits: &str) -> Sipp {
-    Sipp::new(scenario, service)
-        .arg("-key")
-        .arg("caller")
-        .arg(caller)
-        .arg("-key")
-        .arg("digits")
-        .arg(digits)
 }
 
 #[test]

@@ -213,6 +213,34 @@ impl Drop for Server {
     }
 }
 
+/// Runs a `topup-ivr` command against the server's config with `--json`; its parsed output.
+pub fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(&server.config)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A sipp caller that presses `digits` (RFC 4733) from `caller` on `service`.
+pub fn keys(scenario: &str, service: &str, caller: &str, digits: &str) -> Sipp {
+    Sipp::new(scenario, service)
+        .arg("-key")
+        .arg("caller")
+        .arg(caller)
+        .arg("-key")
+        .arg("digits")
+        .arg(digits)
+}
+
 /// Joins repeated `[section]` tables so `extra` can set keys in sections the base wrote.
 fn merge_sections(text: &str) -> String {
     let mut order: Vec<String> = vec![];
