@@ -20,6 +20,17 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// The `.toml` files of a directory, sorted by name (dialplans, SMS language files).
+pub fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Deserializes a duration written like "500ms", "30s", "5m" or "1h 30m".
 pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
@@ -252,12 +263,6 @@ pub struct SmsConfig {
     pub smscs: Vec<SmscConfig>,
 }
 
-impl SmsConfig {
-    pub fn enabled(&self) -> bool {
-        !self.smscs.is_empty()
-    }
-}
-
 /// One SMPP connection.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SmscConfig {
@@ -294,6 +299,10 @@ impl std::fmt::Debug for SmscConfig {
 }
 
 impl SmsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.smscs.is_empty()
+    }
+
     /// The connection for `destination`: the longest matching prefix, else one without
     /// prefixes.
     pub fn route(&self, destination: &str) -> Option<usize> {

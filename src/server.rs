@@ -172,8 +172,12 @@ pub fn load_sms(cfg: &Config) -> Result<Option<crate::sms::messages::Messages>, 
     if !cfg.sms.enabled() {
         return Ok(None);
     }
+    sms_messages(cfg).map(Some)
+}
+
+/// The SMS texts and keywords of `paths.sms`, checked (also for `sms check`).
+pub fn sms_messages(cfg: &Config) -> Result<crate::sms::messages::Messages, ServeError> {
     crate::sms::messages::Messages::load_dir(&cfg.sms_dir, &cfg.sms.language)
-        .map(Some)
         .map_err(ServeError::Sms)
 }
 

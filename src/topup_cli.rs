@@ -228,17 +228,7 @@ pub enum SmsCommand {
 
 pub async fn sms(cfg: &Config, cmd: SmsCommand) -> Result<()> {
     if let SmsCommand::Check = cmd {
-        let m = topup_ivr::sms::messages::Messages::load_dir(&cfg.sms_dir, &cfg.sms.language)
-            .map_err(|errors| {
-                anyhow::anyhow!(
-                    "{}",
-                    errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            })?;
+        let m = topup_ivr::server::sms_messages(cfg)?;
         let langs: Vec<&str> = m.languages().collect();
         println!(
             "ok: {} messages in {} (default {}){}",

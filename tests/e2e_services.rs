@@ -147,18 +147,6 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-fn wait_for(server: &Server, what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what} did not happen:\n{}",
-            server.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn dialplans_hot_reload_and_a_broken_file_keeps_the_running_version() {
     require("sipp");
@@ -175,21 +163,27 @@ fn dialplans_hot_reload_and_a_broken_file_keeps_the_running_version() {
             .replace("numbers = [\"echo\"]", "numbers = [\"echo2\"]"),
     )
     .unwrap();
-    wait_for(&server, "reload with echo2", || {
-        server.health()["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s == "echo2")
-    });
+    server.wait_until(
+        "reload with echo2",
+        std::time::Duration::from_secs(15),
+        || {
+            server.health()["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == "echo2")
+        },
+    );
     keys("keys.xml", "echo2", "+12015550100", "**").run(&server);
     server.wait_idle();
     assert_eq!(server.calls()[0]["service"], "echo2");
 
     std::fs::write(plans.path().join("broken.toml"), "service = \"x\"\nnumbers = [\"x\"]\nlanguage = \"en\"\nstart = \"nowhere\"\n[nodes.a]\nkind = \"hangup\"\n").unwrap();
-    wait_for(&server, "the broken file reported", || {
-        server.log().contains("reload refused")
-    });
+    server.wait_until(
+        "the broken file reported",
+        std::time::Duration::from_secs(15),
+        || server.log().contains("reload refused"),
+    );
     assert!(
         server.log().contains("broken.toml"),
         "the error names the file"
@@ -211,7 +205,7 @@ fn dialplans_hot_reload_and_a_broken_file_keeps_the_running_version() {
         .args(["-HUP", &server.pid().to_string()])
         .status()
         .unwrap();
-    wait_for(&server, "echo2 removed", || {
+    server.wait_until("echo2 removed", std::time::Duration::from_secs(15), || {
         !server.health()["services"]
             .as_array()
             .unwrap()

@@ -1025,13 +1025,7 @@ impl Dialplans {
                 reason: e.to_string(),
             }]
         };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(io)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect();
-        files.sort();
+        let files = crate::config::toml_files(dir).map_err(io)?;
         Self::load_files(&files, has_prompt)
     }
 

@@ -145,8 +145,14 @@ struct Link {
 }
 
 impl Link {
-    fn ready(&self, now: i64) -> bool {
-        self.bound && now >= self.throttled_until && self.in_flight < self.cfg.window * 2
+    /// Parts it may still be given: twice its window, so the next ones wait in its session
+    /// while the SMSC answers the first.
+    fn room(&self, now: i64) -> usize {
+        if self.bound && now >= self.throttled_until {
+            (self.cfg.window * 2).saturating_sub(self.in_flight)
+        } else {
+            0
+        }
     }
 }
 
@@ -167,7 +173,6 @@ pub struct LinkStatus {
 
 /// Runs the gateway until the service stops.
 pub async fn run(shared: Arc<Shared>) {
-    let status = shared.sms_links.clone();
     let cfg = shared.cfg.sms.clone();
     let Some(messages) = shared.core.sms.clone() else {
         return;
@@ -207,7 +212,6 @@ pub async fn run(shared: Arc<Shared>) {
         next_id: 1,
         reassembler: Reassembler::new(10 * 60_000, 10_000),
         keywords,
-        status,
     };
     g.publish();
     let mut shutdown = shared.shutdown.clone();
@@ -260,7 +264,6 @@ struct Gateway {
     next_id: SubmitId,
     reassembler: Reassembler,
     keywords: Arc<Keywords>,
-    status: Arc<std::sync::RwLock<Vec<LinkStatus>>>,
 }
 
 /// Runs a store call a few times before giving up: a row must not be left `sending` because
@@ -291,7 +294,11 @@ where
 
 impl Gateway {
     fn publish(&self) {
-        let mut s = self.status.write().unwrap_or_else(|p| p.into_inner());
+        let mut s = self
+            .shared
+            .sms_links
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         *s = self
             .links
             .iter()
@@ -305,12 +312,7 @@ impl Gateway {
     /// Hands due rows to connections with room.
     async fn fill(&mut self) {
         let now = now_ms();
-        let room: usize = self
-            .links
-            .iter()
-            .filter(|l| l.ready(now))
-            .map(|l| l.cfg.window * 2 - l.in_flight)
-            .sum();
+        let room: usize = self.links.iter().map(|l| l.room(now)).sum();
         if room == 0 {
             return;
         }
@@ -328,7 +330,7 @@ impl Gateway {
                 let _ = claim_and_fail(core, &row.id, "-", err, now).await;
                 continue;
             };
-            if !self.links[li].ready(now) {
+            if self.links[li].room(now) == 0 {
                 continue;
             }
             // A part of an earlier attempt still waits for its answer: sending the row again

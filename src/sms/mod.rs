@@ -8,3 +8,29 @@ pub mod outbox;
 pub mod service;
 pub mod session;
 pub mod text;
+
+/// Cores with the text channel on, for the SMS tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::messages::Messages;
+    use crate::store::testing::tempfile_guard::Guard;
+    use crate::topup::Core;
+
+    /// A core per backend (SQLite, Postgres) with the shipped SMS texts.
+    pub async fn sms_cores() -> Vec<(Core, Option<Guard>)> {
+        let m = Arc::new(
+            Messages::load_dir(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sms"),
+                "en",
+            )
+            .unwrap(),
+        );
+        let mut out = vec![];
+        for (core, g) in crate::topup::testing::cores().await {
+            out.push((core.with_sms(m.clone()), g));
+        }
+        out
+    }
+}

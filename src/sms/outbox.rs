@@ -652,28 +652,10 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::sms::messages::Messages;
-    use crate::topup::testing::cores;
+    use crate::sms::testing::sms_cores;
 
     const NOW: i64 = 1_800_000_000_000;
-
-    async fn sms_cores() -> Vec<(Core, Option<crate::store::testing::tempfile_guard::Guard>)> {
-        let m = Arc::new(
-            Messages::load_dir(
-                &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sms"),
-                "en",
-            )
-            .unwrap(),
-        );
-        let mut out = vec![];
-        for (core, g) in cores().await {
-            out.push((core.with_sms(m.clone()), g));
-        }
-        out
-    }
 
     fn notice(id: &str) -> Notice {
         Notice {

@@ -434,10 +434,7 @@ fn balance_reply(kind: &'static str, b: Money) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::sms::messages::Messages;
     use crate::sms::outbox::OutboxRow;
     use crate::topup::books::check_books;
     use crate::topup::demo;
@@ -445,23 +442,11 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
 
-    fn messages() -> Arc<Messages> {
-        Arc::new(
-            Messages::load_dir(
-                &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sms"),
-                "en",
-            )
-            .unwrap(),
-        )
-    }
-
+    /// Cores with SMS on and the demo seeded.
     async fn sms_cores() -> Vec<(Core, Option<crate::store::testing::tempfile_guard::Guard>)> {
-        let m = messages();
-        let mut out = vec![];
-        for (core, g) in cores().await {
-            let core = core.with_sms(m.clone());
+        let out = crate::sms::testing::sms_cores().await;
+        for (core, _) in &out {
             core.seed_demo(NOW).await.unwrap();
-            out.push((core, g));
         }
         out
     }

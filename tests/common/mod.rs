@@ -144,6 +144,20 @@ impl Server {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Waits until `ok` holds, checking every 50 ms; after `limit` fails with `what` and the
+    /// server's log.
+    pub fn wait_until(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen in {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until no call is in progress (CDRs are written when calls end).
     pub fn wait_idle(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
