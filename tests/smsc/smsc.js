@@ -18,7 +18,7 @@
 //    "coding":"gsm"|"ucs2","split":N}  deliver_sm (split: in N-character parts with a UDH)
 //   {"cmd":"throttle","count":N,"status":88}  answer the next N submit_sm with this status
 //   {"cmd":"die_after","count":N}    answer N more submit_sm, then exit on the next one
-//                                    without answering it
+//                                    without answering it (says {"event":"armed","submits_before":N})
 //   {"cmd":"receipts","stat":"DELIVRD"|"UNDELIV"|null}   receipts to send (null: none)
 //   {"cmd":"garbage"}                 send a PDU with an unknown command id
 //   {"cmd":"quit"}
@@ -40,6 +40,7 @@ function emit(obj) {
 
 const prefix = Date.now().toString(36);
 let counter = 0;
+let submits = 0;
 let throttle = { count: 0, status: 0x58 };
 let dieAfter = null;
 let receiptStat = 'DELIVRD';
@@ -79,6 +80,7 @@ function onSubmit(session, pdu) {
     status = throttle.status;
   }
   const id = status === 0 ? `${prefix}${(++counter).toString(16)}` : undefined;
+  submits += 1;
   emit({
     event: 'submit', id: id || null, from, to, data_coding: pdu.data_coding,
     esm_class: pdu.esm_class, udh, text, status, registered_delivery: pdu.registered_delivery,
@@ -205,7 +207,10 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
   switch (cmd.cmd) {
     case 'mo': mo(cmd); break;
     case 'throttle': throttle = { count: cmd.count, status: cmd.status || 0x58 }; break;
-    case 'die_after': dieAfter = cmd.count; break;
+    case 'die_after':
+      dieAfter = cmd.count;
+      emit({ event: 'armed', submits_before: submits });
+      break;
     case 'receipts': receiptStat = cmd.stat || null; break;
     case 'garbage':
       for (const s of sessions) {
