@@ -58,6 +58,8 @@ pub struct CallSession {
     hangup_after_play: Option<String>,
     /// Media is relayed to another leg: the player only speaks for announcements.
     bridged: bool,
+    /// A prompt was cut off (barge-in): a softswitch edge drops the audio it has queued.
+    flushed: bool,
 }
 
 /// Silence sent after the last prompt before hanging up: the caller's jitter buffer still
@@ -104,6 +106,7 @@ impl CallSession {
             transfer: None,
             hangup_after_play: None,
             bridged: false,
+            flushed: false,
         }
     }
 
@@ -153,13 +156,29 @@ impl CallSession {
             return;
         };
         let payload = rtp.payload();
-        self.pcm.resize(payload.len(), 0);
-        codec.decode(payload, &mut self.pcm);
-        self.inband.process(&self.pcm, &mut self.inband_found);
+        let mut pcm = std::mem::take(&mut self.pcm);
+        pcm.resize(payload.len(), 0);
+        codec.decode(payload, &mut pcm);
+        self.handle_pcm(now, &pcm);
+        self.pcm = pcm;
+    }
+
+    /// The caller's audio as 8 kHz linear samples (softswitch edges), for the in-band
+    /// detector when it is on.
+    pub fn handle_pcm(&mut self, now: Instant, pcm: &[i16]) {
+        if !self.media.inband {
+            return;
+        }
+        self.inband.process(pcm, &mut self.inband_found);
         let found: Vec<Digit> = self.inband_found.drain(..).map(|d| d.digit).collect();
         for d in found {
             self.handle_digit(now, d, DtmfMethod::Inband);
         }
+    }
+
+    /// Whether a prompt was cut off since the last call (once per cut).
+    pub fn take_flush(&mut self) -> bool {
+        std::mem::take(&mut self.flushed)
     }
 
     pub fn handle_digit(&mut self, now: Instant, digit: Digit, method: DtmfMethod) {
@@ -299,7 +318,10 @@ impl CallSession {
                             self.player.enqueue(items);
                         }
                     }
-                    CallAction::StopPlayback => self.player.stop(),
+                    CallAction::StopPlayback => {
+                        self.flushed |= self.player.is_playing();
+                        self.player.stop();
+                    }
                     CallAction::Invoke { op, args } => self.ops.push_back((op, args)),
                     CallAction::Transfer {
                         target,
@@ -556,43 +578,25 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
                 }
                 continue;
             }
-            let shared = shared.clone();
-            let caller = caller.clone();
-            let request_id = format!("voice:{}:{op_seq}", incoming.call_id);
-            let language = session.interpreter().language().to_string();
-            debug!(op = %op, "operation");
-            op_task = Some(tokio::spawn(async move {
-                let ctx = crate::services::OpContext {
-                    core: &shared.core,
-                    adapters: &shared.adapters,
-                    hlr: shared.hlr.as_ref(),
-                    caller: &caller,
-                    request_id,
-                    channel: "voice",
-                    language: Some(&language),
-                };
-                crate::services::run(&ctx, &op, &args).await
-            }));
+            op_task = Some(spawn_op(
+                &shared,
+                &caller,
+                format!("voice:{}:{op_seq}", incoming.call_id),
+                &session,
+                op,
+                args,
+            ));
         }
         if let Some((target, reason, context)) = session.take_transfer() {
-            let id = hex::encode(rand::random::<[u8; 8]>());
-            let esc = crate::topup::escalations::Escalation {
-                id: id.clone(),
-                call_id: incoming.call_id.clone(),
-                caller: caller.clone(),
-                service: context.service.clone(),
-                language: context.language.clone(),
-                node: context.node.clone(),
-                path: context.path.clone(),
-                inputs: context.inputs.clone(),
-                reason: reason.clone(),
-                topup_ids: topup_ids.clone(),
-                state: "open".into(),
-                created_at: crate::topup::books::now_ms(),
-            };
-            if let Err(e) = shared.core.record_escalation(&esc, esc.created_at).await {
-                warn!(error = %e, "escalation not recorded");
-            }
+            let id = record_escalation(
+                &shared,
+                &incoming.call_id,
+                &caller,
+                &reason,
+                &context,
+                &topup_ids,
+            )
+            .await;
             info!(escalation = %id, %target, %reason, "escalating");
             match &cfg.agent_uri {
                 Some(uri) => {
@@ -644,11 +648,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
         tokio::select! {
             r = async { op_task.as_mut().expect("guarded").await }, if op_task.is_some() => {
                 op_task = None;
-                let (code, vars) = r.unwrap_or_else(|_| ("unavailable".into(), vec![]));
-                if let Some((_, id)) = vars.iter().find(|(k, _)| k == "topup_id") {
-                    topup_ids.push(id.clone());
-                }
-                session.handle_result(Instant::now(), code, vars);
+                finish_op(&mut session, r, &mut topup_ids);
             }
             r = socket.recv_from(&mut buf) => {
                 let now = Instant::now();
@@ -716,6 +716,79 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
         digits: session.interpreter().digits().into(),
     }
     .with_methods(cdr, &session)
+}
+
+/// Runs a plan operation in its own task (the plan waits for the result; the call's media
+/// goes on meanwhile). `request_id` is unique per call and operation.
+pub fn spawn_op(
+    shared: &Arc<Shared>,
+    caller: &str,
+    request_id: String,
+    session: &CallSession,
+    op: String,
+    args: Vec<(String, String)>,
+) -> tokio::task::JoinHandle<crate::services::OpResult> {
+    let shared = shared.clone();
+    let caller = caller.to_string();
+    let language = session.interpreter().language().to_string();
+    debug!(op = %op, "operation");
+    tokio::spawn(async move {
+        let ctx = crate::services::OpContext {
+            core: &shared.core,
+            adapters: &shared.adapters,
+            hlr: shared.hlr.as_ref(),
+            caller: &caller,
+            request_id,
+            channel: "voice",
+            language: Some(&language),
+        };
+        crate::services::run(&ctx, &op, &args).await
+    })
+}
+
+/// Hands an operation's result to the plan, remembering the top-ups it made (an escalation
+/// carries them to the agent).
+pub fn finish_op(
+    session: &mut CallSession,
+    r: Result<crate::services::OpResult, tokio::task::JoinError>,
+    topup_ids: &mut Vec<String>,
+) {
+    let (code, vars) = r.unwrap_or_else(|_| ("unavailable".into(), vec![]));
+    if let Some((_, id)) = vars.iter().find(|(k, _)| k == "topup_id") {
+        topup_ids.push(id.clone());
+    }
+    session.handle_result(Instant::now(), code, vars);
+}
+
+/// Records an escalation the plan asked for (what the agent sees) and returns its id, which
+/// travels with the transfer.
+pub async fn record_escalation(
+    shared: &Shared,
+    call_id: &str,
+    caller: &str,
+    reason: &str,
+    context: &CallContext,
+    topup_ids: &[String],
+) -> String {
+    let id = hex::encode(rand::random::<[u8; 8]>());
+    let esc = crate::topup::escalations::Escalation {
+        id: id.clone(),
+        call_id: call_id.to_string(),
+        caller: caller.to_string(),
+        service: context.service.clone(),
+        language: context.language.clone(),
+        node: context.node.clone(),
+        path: context.path.clone(),
+        inputs: context.inputs.clone(),
+        reason: reason.to_string(),
+        topup_ids: topup_ids.to_vec(),
+        state: "open".into(),
+        created_at: crate::topup::books::now_ms(),
+    };
+    if let Err(e) = shared.core.record_escalation(&esc, esc.created_at).await {
+        warn!(error = %e, "escalation not recorded");
+    }
+    id
 }
 
 impl Outcome {

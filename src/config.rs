@@ -58,6 +58,32 @@ struct RawConfig {
     escalation: RawEscalation,
     calling: RawCalling,
     sms: RawSms,
+    asterisk: Option<RawAsterisk>,
+    freeswitch: Option<RawFreeswitch>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawAsterisk {
+    url: Option<String>,
+    app: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    media: Option<String>,
+    format: Option<String>,
+    escalation_context: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawFreeswitch {
+    esl: Option<String>,
+    password: Option<String>,
+    password_env: Option<String>,
+    media_listen: Option<String>,
+    media_url: Option<String>,
+    escalation_context: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -243,6 +269,46 @@ pub struct Config {
     /// SMS language files (`<lang>.toml`).
     pub sms_dir: PathBuf,
     pub sms: SmsConfig,
+    /// Calls from Asterisk over ARI (section `[asterisk]`).
+    pub asterisk: Option<AsteriskConfig>,
+    /// Calls from FreeSWITCH over ESL + mod_audio_fork (section `[freeswitch]`).
+    pub freeswitch: Option<FreeswitchConfig>,
+}
+
+/// How media reaches us from Asterisk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AriMedia {
+    /// externalMedia over chan_websocket (we connect to Asterisk's `/media/<id>`).
+    Websocket,
+    /// externalMedia RTP over UDP to a port of ours.
+    Rtp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsteriskConfig {
+    /// Asterisk's HTTP server, e.g. `http://127.0.0.1:8088` (`/ari` is added).
+    pub url: String,
+    /// The Stasis application name the dialplan sends calls to.
+    pub app: String,
+    pub username: String,
+    pub password: String,
+    pub media: AriMedia,
+    pub codec: Codec,
+    /// Escalated calls continue in this dialplan context at the plan's transfer target.
+    pub escalation_context: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FreeswitchConfig {
+    /// The event socket (inbound mode), `host:port`.
+    pub esl: String,
+    pub password: String,
+    /// Where our websocket server for mod_audio_fork listens.
+    pub media_listen: SocketAddr,
+    /// The same server as FreeSWITCH reaches it (`ws://host:port`); the call's UUID is added.
+    pub media_url: String,
+    /// Escalated calls are transferred to the plan's target in this XML context.
+    pub escalation_context: String,
 }
 
 /// The text channel. SMS are written and sent only when at least one SMSC is configured.
@@ -686,6 +752,16 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
         },
         sms_dir: path(&None, &raw.paths.sms, "sms"),
         sms: sms(origin, &raw.sms)?,
+        asterisk: raw
+            .asterisk
+            .as_ref()
+            .map(|a| asterisk(origin, a))
+            .transpose()?,
+        freeswitch: raw
+            .freeswitch
+            .as_ref()
+            .map(|f| freeswitch(origin, f))
+            .transpose()?,
         prompts_dir: path(&o.prompts_dir, &raw.paths.prompts, "prompts"),
         dialplans_dir: path(&o.dialplans_dir, &raw.paths.dialplans, "dialplans"),
         log_level,
@@ -753,22 +829,7 @@ fn sms(origin: &str, raw: &RawSms) -> Result<SmsConfig, ConfigError> {
                 "required, 15 characters at most (SMPP 3.4)".into(),
             ));
         }
-        let password = match (&s.password, &s.password_env) {
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    key("password"),
-                    "give password or password_env, not both".into(),
-                ));
-            }
-            (Some(p), None) => p.clone(),
-            (None, Some(var)) => std::env::var(var).map_err(|_| {
-                err(
-                    key("password_env"),
-                    format!("the environment variable `{var}` is not set"),
-                )
-            })?,
-            (None, None) => String::new(),
-        };
+        let password = secret(origin, &key(""), &s.password, &s.password_env)?;
         if password.len() > 8 {
             return Err(err(
                 key("password"),
@@ -818,6 +879,165 @@ fn sms(origin: &str, raw: &RawSms) -> Result<SmsConfig, ConfigError> {
         mo_id_tlv: raw.mo_id_tlv.unwrap_or(0x001E),
         receipts: raw.receipts.unwrap_or(true),
         smscs,
+    })
+}
+
+/// A password given in the file (`password`) or, better, named by an environment variable
+/// (`password_env`); `prefix` is the key path up to the last dot.
+fn secret(
+    origin: &str,
+    prefix: &str,
+    password: &Option<String>,
+    password_env: &Option<String>,
+) -> Result<String, ConfigError> {
+    let err = |k: &str, reason: String| ConfigError {
+        origin: origin.into(),
+        key: format!("{prefix}{k}"),
+        reason,
+    };
+    match (password, password_env) {
+        (Some(_), Some(_)) => Err(err(
+            "password",
+            "give password or password_env, not both".into(),
+        )),
+        (Some(p), None) => Ok(p.clone()),
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            err(
+                "password_env",
+                format!("the environment variable `{var}` is not set"),
+            )
+        }),
+        (None, None) => Ok(String::new()),
+    }
+}
+
+fn asterisk(origin: &str, raw: &RawAsterisk) -> Result<AsteriskConfig, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError {
+        origin: origin.into(),
+        key: format!("asterisk.{key}"),
+        reason,
+    };
+    let url = raw
+        .url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:8088".into());
+    let url = url.trim_end_matches('/').to_string();
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+        return Err(err(
+            "url",
+            format!("`{url}` is not Asterisk's HTTP server like http://127.0.0.1:8088"),
+        ));
+    }
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    };
+    let app = raw.app.clone().unwrap_or_else(|| "topup-ivr".into());
+    if !name_ok(&app) {
+        return Err(err("app", format!("`{app}`: letters, digits, - _ . only")));
+    }
+    let username = raw.username.clone().unwrap_or_default();
+    if username.is_empty() {
+        return Err(err("username", "required (an ari.conf user)".into()));
+    }
+    let password = secret(origin, "asterisk.", &raw.password, &raw.password_env)?;
+    let media = match raw.media.as_deref().unwrap_or("websocket") {
+        "websocket" => AriMedia::Websocket,
+        "rtp" => AriMedia::Rtp,
+        m => return Err(err("media", format!("`{m}`: \"websocket\" or \"rtp\""))),
+    };
+    let codec = match raw.format.as_deref().unwrap_or("ulaw") {
+        "ulaw" => Codec::Pcmu,
+        "alaw" => Codec::Pcma,
+        f => return Err(err("format", format!("`{f}`: \"ulaw\" or \"alaw\""))),
+    };
+    let escalation_context = raw
+        .escalation_context
+        .clone()
+        .unwrap_or_else(|| "topup-agents".into());
+    if !name_ok(&escalation_context) {
+        return Err(err(
+            "escalation_context",
+            format!("`{escalation_context}`: letters, digits, - _ . only"),
+        ));
+    }
+    Ok(AsteriskConfig {
+        url,
+        app,
+        username,
+        password,
+        media,
+        codec,
+        escalation_context,
+    })
+}
+
+fn freeswitch(origin: &str, raw: &RawFreeswitch) -> Result<FreeswitchConfig, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError {
+        origin: origin.into(),
+        key: format!("freeswitch.{key}"),
+        reason,
+    };
+    let esl = raw.esl.clone().unwrap_or_else(|| "127.0.0.1:8021".into());
+    if !esl
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        return Err(err(
+            "esl",
+            format!("`{esl}` is not host:port like 127.0.0.1:8021"),
+        ));
+    }
+    let password = secret(origin, "freeswitch.", &raw.password, &raw.password_env)?;
+    if password.is_empty() {
+        return Err(err(
+            "password",
+            "required (event_socket.conf.xml's password), best by password_env".into(),
+        ));
+    }
+    let listen = raw
+        .media_listen
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:8090".into());
+    let media_listen: SocketAddr = listen.parse().map_err(|_| {
+        err(
+            "media_listen",
+            format!("`{listen}` is not an address like 0.0.0.0:8090"),
+        )
+    })?;
+    let media_url = raw
+        .media_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{media_listen}"));
+    let media_url = media_url.trim_end_matches('/').to_string();
+    if !(media_url.starts_with("ws://") || media_url.starts_with("wss://"))
+        || media_url.contains(' ')
+    {
+        return Err(err(
+            "media_url",
+            format!("`{media_url}` is not a ws:// or wss:// URL"),
+        ));
+    }
+    let escalation_context = raw
+        .escalation_context
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    if escalation_context.is_empty() || escalation_context.contains(char::is_whitespace) {
+        return Err(err(
+            "escalation_context",
+            format!("`{escalation_context}` is not a context name"),
+        ));
+    }
+    Ok(FreeswitchConfig {
+        esl,
+        password,
+        media_listen,
+        media_url,
+        escalation_context,
     })
 }
 

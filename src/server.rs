@@ -335,6 +335,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let reconciler = tokio::spawn(reconcile_loop(shared.clone(), shared.cfg.reconcile_every));
     let reloader = tokio::spawn(reload_loop(shared.clone()));
     let sms = tokio::spawn(crate::sms::gateway::run(shared.clone()));
+    let asterisk = tokio::spawn(crate::telephony::asterisk::run(shared.clone()));
+    let freeswitch = tokio::spawn(crate::telephony::freeswitch::run(shared.clone()));
 
     wait_for_signal().await;
     info!(
@@ -356,6 +358,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let _ = shutdown_tx.send(Shutdown::Stop);
     let _ = transport.await;
     let _ = tokio::time::timeout(Duration::from_secs(6), sms).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), asterisk).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), freeswitch).await;
     http_task.abort();
     reconciler.abort();
     reloader.abort();

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod asterisk;
 pub mod smsc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_topup-ivr");

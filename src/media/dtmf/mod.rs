@@ -108,6 +108,8 @@ pub enum DtmfMethod {
     Rfc4733,
     SipInfo,
     Inband,
+    /// Reported by Asterisk or FreeSWITCH, which received it by a method they do not name.
+    Softswitch,
 }
 
 impl DtmfMethod {
@@ -116,6 +118,7 @@ impl DtmfMethod {
             DtmfMethod::Rfc4733 => "rfc4733",
             DtmfMethod::SipInfo => "info",
             DtmfMethod::Inband => "inband",
+            DtmfMethod::Softswitch => "softswitch",
         }
     }
 }

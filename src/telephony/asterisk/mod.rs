@@ -1,0 +1,609 @@
+//! Calls from Asterisk: a Stasis application over ARI. The dialplan sends the recharge
+//! numbers to `Stasis(<app>)`; for each call we answer, create an externalMedia channel
+//! (chan_websocket, or RTP over UDP), put both in a mixing bridge, and run the call's plan
+//! with keys from `ChannelDtmfReceived` / `DTMF_END`. Escalation sends the caller on in the
+//! dialplan (`continue`) with the escalation id in channel variables.
+//!
+//! One task reads the events websocket and routes each event by channel id to the task of its
+//! call; a call task owns its media connection and its REST clean-up, so a lost events
+//! connection neither stops media nor leaks channels (on reconnect, calls whose channel is
+//! gone are ended).
+
+pub mod ari;
+pub mod chan_websocket;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::config::{AriMedia, AsteriskConfig};
+use crate::media::dtmf::{Digit, DtmfMethod};
+use crate::media::g711::Codec;
+use crate::server::{Shared, Shutdown};
+use crate::telephony::edge::{
+    self, DtmfDedup, EdgeCall, EdgeCommand, EdgeEvent, KeySource, MEDIA_QUEUE, Refusal,
+};
+use ari::{Ari, Channel, Event};
+use chan_websocket::Command;
+
+/// What the events task tells a call task.
+#[derive(Debug)]
+enum LegEvent {
+    Dtmf(Digit),
+    /// The caller's channel left the application or was destroyed.
+    CallerGone(String),
+    /// The media channel is gone.
+    MediaGone,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leg {
+    Caller,
+    Media,
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Runs the Stasis application until the service stops (returns at once without `[asterisk]`).
+pub async fn run(shared: Arc<Shared>) {
+    let Some(cfg) = shared.cfg.asterisk.clone() else {
+        return;
+    };
+    let ari = Ari::new(&cfg);
+    // Call tasks report their channel ids here when they end.
+    let (done_tx, mut done_rx) = mpsc::channel::<Vec<String>>(64);
+    let mut routes: HashMap<String, (mpsc::Sender<LegEvent>, Leg)> = HashMap::new();
+    let mut shutdown = shared.shutdown.clone();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match connect_events(&ari, &cfg.app).await {
+            Ok(mut ws) => {
+                info!(url = %ari.events_url(&cfg.app), "ARI connected");
+                backoff = BACKOFF_MIN;
+                recover(&ari, &routes).await;
+                loop {
+                    tokio::select! {
+                        msg = ws.next() => match msg {
+                            Some(Ok(Message::Text(text))) => {
+                                on_event(&shared, &ari, &cfg, &mut routes, &done_tx, &text);
+                            }
+                            Some(Ok(Message::Ping(p))) => {
+                                let _ = ws.send(Message::Pong(p)).await;
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                warn!(error = %e, "ARI events connection lost");
+                                break;
+                            }
+                            None => {
+                                warn!("ARI events connection closed by Asterisk");
+                                break;
+                            }
+                        },
+                        Some(ids) = done_rx.recv() => {
+                            for id in ids {
+                                routes.remove(&id);
+                            }
+                        }
+                        _ = shutdown.changed() => {
+                            if *shutdown.borrow() == Shutdown::Stop {
+                                let _ = ws.close(None).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot connect to ARI"),
+        }
+        let wait = tokio::time::sleep(backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                Some(ids) = done_rx.recv() => {
+                    for id in ids {
+                        routes.remove(&id);
+                    }
+                }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() == Shutdown::Stop {
+                        return;
+                    }
+                }
+            }
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn connect_events(
+    ari: &Ari,
+    app: &str,
+) -> Result<WsStream, tokio_tungstenite::tungstenite::Error> {
+    let mut req = ari.events_url(app).into_client_request()?;
+    if let Ok(v) = ari.authorization().parse() {
+        req.headers_mut().insert("Authorization", v);
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    Ok(ws)
+}
+
+/// After a reconnect: events of the gap are lost, so calls whose caller left meanwhile are
+/// ended now (their tasks then remove the bridge and media channel).
+async fn recover(ari: &Ari, routes: &HashMap<String, (mpsc::Sender<LegEvent>, Leg)>) {
+    for (id, (tx, leg)) in routes {
+        if *leg != Leg::Caller {
+            continue;
+        }
+        match ari.channel_exists(id).await {
+            Ok(true) => debug!(channel = %id, "call survived the reconnect"),
+            Ok(false) => {
+                info!(channel = %id, "caller left while ARI was disconnected");
+                let _ = tx.send(LegEvent::CallerGone("lost".into())).await;
+            }
+            Err(e) => warn!(channel = %id, error = %e, "cannot check channel"),
+        }
+    }
+}
+
+fn on_event(
+    shared: &Arc<Shared>,
+    ari: &Ari,
+    cfg: &AsteriskConfig,
+    routes: &mut HashMap<String, (mpsc::Sender<LegEvent>, Leg)>,
+    done: &mpsc::Sender<Vec<String>>,
+    text: &str,
+) {
+    let event: Event = match serde_json::from_str(text) {
+        Ok(e) => e,
+        Err(e) => {
+            debug!(error = %e, "ARI event not understood");
+            return;
+        }
+    };
+    let route =
+        |routes: &HashMap<String, (mpsc::Sender<LegEvent>, Leg)>, id: &str, ev: LegEvent| {
+            if let Some((tx, _)) = routes.get(id) {
+                // A full queue means the call task is stuck; the event is dropped, not awaited,
+                // so one call cannot stall every other.
+                let _ = tx.try_send(ev);
+            }
+        };
+    match event {
+        Event::StasisStart { args, channel } => {
+            if routes.contains_key(&channel.id) {
+                // Our own media channel entering the application.
+                return;
+            }
+            let (tx, rx) = mpsc::channel(64);
+            let media_id = format!("{}-media", channel.id);
+            routes.insert(channel.id.clone(), (tx.clone(), Leg::Caller));
+            routes.insert(media_id.clone(), (tx, Leg::Media));
+            let span = tracing::info_span!("call", call_id = %channel.id);
+            tokio::spawn(
+                call_task(CallTask {
+                    shared: shared.clone(),
+                    ari: ari.clone(),
+                    cfg: cfg.clone(),
+                    channel,
+                    args,
+                    media_id,
+                    events: rx,
+                    done: done.clone(),
+                })
+                .instrument(span),
+            );
+        }
+        Event::ChannelDtmfReceived { digit, channel } => {
+            let Some(d) = digit.chars().next().and_then(Digit::from_char) else {
+                return;
+            };
+            route(routes, &channel.id, LegEvent::Dtmf(d));
+        }
+        Event::StasisEnd { channel } => match routes.get(&channel.id) {
+            Some((_, Leg::Caller)) => {
+                route(routes, &channel.id, LegEvent::CallerGone("hangup".into()))
+            }
+            Some((_, Leg::Media)) => route(routes, &channel.id, LegEvent::MediaGone),
+            None => {}
+        },
+        Event::ChannelDestroyed { channel, cause_txt } => match routes.get(&channel.id) {
+            Some((_, Leg::Caller)) => {
+                debug!(cause = %cause_txt, "caller channel destroyed");
+                route(routes, &channel.id, LegEvent::CallerGone("hangup".into()))
+            }
+            Some((_, Leg::Media)) => route(routes, &channel.id, LegEvent::MediaGone),
+            None => {}
+        },
+        Event::Other => {}
+    }
+}
+
+struct CallTask {
+    shared: Arc<Shared>,
+    ari: Ari,
+    cfg: AsteriskConfig,
+    channel: Channel,
+    args: Vec<String>,
+    media_id: String,
+    events: mpsc::Receiver<LegEvent>,
+    done: mpsc::Sender<Vec<String>>,
+}
+
+/// The media leg of one call.
+enum MediaConn {
+    Ws {
+        ws: Box<WsStream>,
+        xoff: bool,
+    },
+    Rtp {
+        socket: UdpSocket,
+        asterisk: SocketAddr,
+    },
+}
+
+async fn call_task(mut t: CallTask) {
+    let caller_id = t.channel.id.clone();
+    let bridge_id = format!("{caller_id}-bridge");
+    let mut state = Cleanup::default();
+    let reason = run_leg(&mut t, &bridge_id, &mut state).await;
+    // Whatever happened, nothing stays behind in Asterisk.
+    if state.bridge {
+        let _ = t.ari.destroy_bridge(&bridge_id).await;
+    }
+    if state.media {
+        let _ = t.ari.hangup(&t.media_id, "normal").await;
+    }
+    if !state.caller_gone
+        && !state.left
+        && let Err(e) = t.ari.hangup(&caller_id, reason).await
+        && !e.is_not_found()
+    {
+        warn!(error = %e, "caller not hung up");
+    }
+    let _ = t.done.send(vec![caller_id, t.media_id.clone()]).await;
+}
+
+/// What exists in Asterisk for this call and must be removed at the end.
+#[derive(Default)]
+struct Cleanup {
+    bridge: bool,
+    media: bool,
+    caller_gone: bool,
+    /// The caller went on in the dialplan (escalation): not ours to hang up.
+    left: bool,
+}
+
+/// Sets the call up and runs it; returns the hangup reason for the caller's channel.
+async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'static str {
+    let caller_id = t.channel.id.clone();
+    let dialled = t
+        .args
+        .first()
+        .cloned()
+        .or_else(|| t.channel.dialplan.as_ref().map(|d| d.exten.clone()))
+        .unwrap_or_default();
+    let caller = t.channel.caller.number.clone();
+    let (plan, permit) = match edge::admit(&t.shared, &dialled, &caller) {
+        Ok(x) => x,
+        Err(r) => {
+            info!(reason = r.as_str(), "call refused");
+            return match r {
+                Refusal::NoService => "unallocated",
+                Refusal::Full | Refusal::ShuttingDown => "congestion",
+            };
+        }
+    };
+    info!(service = %plan.service, from = %crate::redact::Phone(&caller), "incoming call");
+    if let Err(e) = t.ari.answer(&caller_id).await {
+        warn!(error = %e, "cannot answer");
+        st.caller_gone = e.is_not_found();
+        return "failure";
+    }
+    let format = match t.cfg.codec {
+        Codec::Pcmu => "ulaw",
+        Codec::Pcma => "alaw",
+    };
+    let mut media = match open_media(t, format, st).await {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "no media channel");
+            return "failure";
+        }
+    };
+    if let Err(e) = t.ari.create_bridge(bridge_id).await {
+        warn!(error = %e, "cannot create bridge");
+        return "failure";
+    }
+    st.bridge = true;
+    if let Err(e) = t
+        .ari
+        .add_channels(bridge_id, &[&caller_id, &t.media_id])
+        .await
+    {
+        warn!(error = %e, "cannot bridge");
+        st.caller_gone = e.is_not_found();
+        return "failure";
+    }
+
+    let inband = t.shared.cfg.inband_dtmf == crate::config::InbandDtmf::Always;
+    let (ev_tx, ev_rx) = mpsc::channel(64);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(MEDIA_QUEUE);
+    let call = EdgeCall {
+        call_id: caller_id.clone(),
+        caller,
+        dialled,
+        plan,
+        codec: t.cfg.codec,
+        inband,
+    };
+    let driver = tokio::spawn(edge::run_call(
+        t.shared.clone(),
+        call,
+        ev_rx,
+        cmd_tx,
+        permit,
+    ));
+    let mut dedup = DtmfDedup::default();
+    let mut key = |now: Instant, d: Digit, source: KeySource| {
+        dedup
+            .handle(now, d, source)
+            .then_some(EdgeEvent::Digit(d, DtmfMethod::Softswitch))
+    };
+    let mut buf = vec![0u8; 2048];
+    let mut pcm = vec![0i16; 0];
+    let codec = t.cfg.codec;
+    let reason = loop {
+        tokio::select! {
+            cmd = cmd_rx.recv() => match cmd {
+                Some(EdgeCommand::Media(pkt)) => match &mut media {
+                    MediaConn::Ws { ws, xoff } => {
+                        // chan_websocket takes bare frames in the channel's format.
+                        if !*xoff && pkt.len() > 12 {
+                            let _ = ws.send(Message::Binary(pkt[12..].to_vec().into())).await;
+                        }
+                    }
+                    MediaConn::Rtp { socket, asterisk } => {
+                        let _ = socket.send_to(&pkt, *asterisk).await;
+                    }
+                },
+                Some(EdgeCommand::Flush) => {
+                    if let MediaConn::Ws { ws, .. } = &mut media
+                        && let Ok(text) = Command::FlushMedia.to_json()
+                    {
+                        let _ = ws.send(Message::Text(text.into())).await;
+                    }
+                }
+                Some(EdgeCommand::Transfer { escalation, target, reason }) => {
+                    // "Please hold while I transfer you" must be heard to its end first.
+                    played_out(&mut media).await;
+                    let r = escalate(t, bridge_id, st, &escalation, &target, &reason).await;
+                    let ok = r.is_ok();
+                    let _ = ev_tx.send(EdgeEvent::Transferred(r)).await;
+                    if ok {
+                        break "normal";
+                    }
+                }
+                Some(EdgeCommand::Hangup(_)) => {
+                    played_out(&mut media).await;
+                    break "normal";
+                }
+                None => break "normal",
+            },
+            ev = t.events.recv() => match ev {
+                Some(LegEvent::Dtmf(d)) => {
+                    if let Some(e) = key(Instant::now(), d, KeySource::Control) {
+                        let _ = ev_tx.send(e).await;
+                    }
+                }
+                Some(LegEvent::CallerGone(why)) => {
+                    st.caller_gone = true;
+                    let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
+                    break "normal";
+                }
+                Some(LegEvent::MediaGone) | None => {
+                    st.media = false;
+                    let _ = ev_tx.send(EdgeEvent::Ended("media-lost".into())).await;
+                    break "failure";
+                }
+            },
+            msg = media_recv(&mut media, &mut buf) => match msg {
+                MediaIn::Audio(frame) => {
+                    if inband {
+                        pcm.resize(frame.len(), 0);
+                        codec.decode(&frame, &mut pcm);
+                        let _ = ev_tx.try_send(EdgeEvent::Pcm(pcm.clone()));
+                    }
+                }
+                MediaIn::Control(text) => match chan_websocket::parse_event(&text) {
+                    Some(chan_websocket::Event::DtmfEnd(c)) => {
+                        if let Some(e) = Digit::from_char(c).and_then(|d| key(Instant::now(), d, KeySource::Media)) {
+                            let _ = ev_tx.send(e).await;
+                        }
+                    }
+                    Some(chan_websocket::Event::MediaXoff) => set_xoff(&mut media, true),
+                    Some(chan_websocket::Event::MediaXon) => set_xoff(&mut media, false),
+                    Some(chan_websocket::Event::MediaStart { format, optimal_frame_size, .. }) => {
+                        debug!(%format, optimal_frame_size, "media started");
+                    }
+                    Some(chan_websocket::Event::Error(e)) => warn!(error = %e, "chan_websocket error"),
+                    _ => {}
+                },
+                MediaIn::Closed => {
+                    info!("media connection closed");
+                    st.media = false;
+                    let _ = ev_tx.send(EdgeEvent::Ended("media-lost".into())).await;
+                    break "failure";
+                }
+                MediaIn::Nothing => {}
+            },
+        }
+    };
+    drop(ev_tx);
+    // The driver writes the CDR; wait for it so the call's permit is back before clean-up ends.
+    let _ = driver.await;
+    if let MediaConn::Ws { ws, .. } = &mut media {
+        let _ = ws.send(Message::Close(None)).await;
+    }
+    reason
+}
+
+enum MediaIn {
+    Audio(Vec<u8>),
+    Control(String),
+    Closed,
+    Nothing,
+}
+
+async fn media_recv(media: &mut MediaConn, buf: &mut [u8]) -> MediaIn {
+    match media {
+        MediaConn::Ws { ws, .. } => match ws.next().await {
+            Some(Ok(Message::Binary(b))) => MediaIn::Audio(b.to_vec()),
+            Some(Ok(Message::Text(t))) => MediaIn::Control(t.to_string()),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => MediaIn::Closed,
+            Some(Ok(_)) => MediaIn::Nothing,
+        },
+        MediaConn::Rtp { socket, asterisk } => match socket.recv_from(buf).await {
+            Ok((n, from)) if from.ip() == asterisk.ip() => {
+                match rtp_rs::RtpReader::new(&buf[..n]) {
+                    Ok(r) => MediaIn::Audio(r.payload().to_vec()),
+                    Err(_) => MediaIn::Nothing,
+                }
+            }
+            _ => MediaIn::Nothing,
+        },
+    }
+}
+
+/// How long to wait for queued prompt audio to be played before hanging up or transferring.
+const PLAYOUT_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits until chan_websocket has played everything queued (`MARK_MEDIA` →
+/// `MEDIA_MARK_PROCESSED`): removing the media channel earlier cuts off the last words.
+async fn played_out(media: &mut MediaConn) {
+    let MediaConn::Ws { ws, .. } = media else {
+        return;
+    };
+    let Ok(mark) = Command::MarkMedia("played-out").to_json() else {
+        return;
+    };
+    if ws.send(Message::Text(mark.into())).await.is_err() {
+        return;
+    }
+    let wait = async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(t) = msg
+                && let Some(chan_websocket::Event::MarkProcessed(id)) =
+                    chan_websocket::parse_event(&t)
+                && id == "played-out"
+            {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(PLAYOUT_WAIT, wait).await.is_err() {
+        debug!("no MEDIA_MARK_PROCESSED in time");
+    }
+}
+
+fn set_xoff(media: &mut MediaConn, on: bool) {
+    if let MediaConn::Ws { xoff, .. } = media {
+        if on {
+            warn!("chan_websocket queue full (MEDIA_XOFF): holding prompt audio");
+        }
+        *xoff = on;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MediaError {
+    #[error(transparent)]
+    Ari(#[from] ari::AriError),
+    #[error("media websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("no RTP port: {0}")]
+    Port(#[from] std::io::Error),
+}
+
+async fn open_media(t: &CallTask, format: &str, st: &mut Cleanup) -> Result<MediaConn, MediaError> {
+    match t.cfg.media {
+        AriMedia::Websocket => {
+            let conn = t
+                .ari
+                .external_media_websocket(&t.cfg.app, &t.media_id, format)
+                .await?;
+            st.media = true;
+            let mut req = t.ari.media_url(&conn).into_client_request()?;
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", http_value("media"));
+            let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+            Ok(MediaConn::Ws {
+                ws: Box::new(ws),
+                xoff: false,
+            })
+        }
+        AriMedia::Rtp => {
+            let socket = t.shared.ports.bind(t.shared.cfg.advertise).await?;
+            let ours = SocketAddr::new(t.shared.cfg.advertise, socket.local_addr()?.port());
+            let asterisk = t
+                .ari
+                .external_media_rtp(&t.cfg.app, &t.media_id, ours, format)
+                .await?;
+            st.media = true;
+            Ok(MediaConn::Rtp { socket, asterisk })
+        }
+    }
+}
+
+fn http_value(s: &'static str) -> tokio_tungstenite::tungstenite::http::HeaderValue {
+    tokio_tungstenite::tungstenite::http::HeaderValue::from_static(s)
+}
+
+/// Sends the caller on in the dialplan at `<escalation_context>,<target>,1` with
+/// `TOPUP_ESCALATION_ID` and `TOPUP_ESCALATION_REASON` set (what the agent's screen pop
+/// looks up). The media channel and bridge are removed first.
+async fn escalate(
+    t: &CallTask,
+    bridge_id: &str,
+    st: &mut Cleanup,
+    escalation: &str,
+    target: &str,
+    reason: &str,
+) -> Result<(), String> {
+    let caller = &t.channel.id;
+    t.ari
+        .set_variable(caller, "TOPUP_ESCALATION_ID", escalation)
+        .await
+        .map_err(|e| e.to_string())?;
+    t.ari
+        .set_variable(caller, "TOPUP_ESCALATION_REASON", reason)
+        .await
+        .map_err(|e| e.to_string())?;
+    if st.media {
+        let _ = t.ari.hangup(&t.media_id, "normal").await;
+        st.media = false;
+    }
+    if st.bridge {
+        let _ = t.ari.destroy_bridge(bridge_id).await;
+        st.bridge = false;
+    }
+    t.ari
+        .continue_in_dialplan(caller, &t.cfg.escalation_context, target)
+        .await
+        .map_err(|e| e.to_string())?;
+    st.left = true;
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! The call driver for softswitch edges (Asterisk, FreeSWITCH): the softswitch owns the
+//! caller's channel and the network media; the adapter turns its protocol into [`EdgeEvent`]s
+//! and carries out [`EdgeCommand`]s. Everything a call *does* (plan, prompts, operations,
+//! escalation records, CDR) is the same [`CallSession`] the built-in SIP edge runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tracing::{Instrument, info, warn};
+
+use crate::call::{CallSession, MediaParams, finish_op, record_escalation, spawn_op, timestamp};
+use crate::dialplan::Dialplan;
+use crate::media::dtmf::{Digit, DtmfMethod};
+use crate::media::g711::Codec;
+use crate::server::{Shared, Shutdown};
+use crate::store::Cdr;
+
+/// A call the softswitch handed to us, already answered.
+pub struct EdgeCall {
+    /// The softswitch's id of the caller's channel (Asterisk uniqueid, FreeSWITCH UUID).
+    pub call_id: String,
+    pub caller: String,
+    pub dialled: String,
+    pub plan: Arc<Dialplan>,
+    /// The format of the audio frames in [`EdgeCommand::Media`].
+    pub codec: Codec,
+    /// Run the in-band detector on [`EdgeEvent::Pcm`] (the softswitch reports keys itself
+    /// otherwise).
+    pub inband: bool,
+}
+
+/// What the adapter reports about a call.
+#[derive(Debug)]
+pub enum EdgeEvent {
+    /// The caller's audio, 8 kHz linear (only needed for in-band DTMF).
+    Pcm(Vec<i16>),
+    Digit(Digit, DtmfMethod),
+    /// The escalation transfer was carried out (the call has left us) or failed.
+    Transferred(Result<(), String>),
+    /// The caller's channel is gone; the reason is for the CDR.
+    Ended(String),
+}
+
+/// What the call asks of the adapter.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EdgeCommand {
+    /// One 20 ms RTP packet of prompt audio (or silence) in the call's codec, paced in real
+    /// time; adapters that carry bare frames send the payload after the 12-byte header.
+    Media(Vec<u8>),
+    /// Barge-in: drop whatever audio the softswitch still has queued.
+    Flush,
+    /// Send the caller to the agents (`target` is the plan's transfer target); answer with
+    /// [`EdgeEvent::Transferred`].
+    Transfer {
+        escalation: String,
+        target: String,
+        reason: String,
+    },
+    /// End the call (the plan finished, or the service is shutting down).
+    Hangup(String),
+}
+
+/// Outgoing audio queued for one call's media connection: about 200 ms. When a connection is
+/// this far behind, frames are dropped rather than delaying the call's logic.
+pub const MEDIA_QUEUE: usize = 10;
+
+/// Runs one softswitch call to its end and writes its CDR; the admission `permit` is held until
+/// the record is stored (as for SIP calls).
+pub async fn run_call(
+    shared: Arc<Shared>,
+    call: EdgeCall,
+    events: mpsc::Receiver<EdgeEvent>,
+    commands: mpsc::Sender<EdgeCommand>,
+    permit: OwnedSemaphorePermit,
+) {
+    let span = tracing::info_span!("call", call_id = %call.call_id);
+    async move {
+        let mut cdr = Cdr {
+            call_id: call.call_id.clone(),
+            caller: call.caller.clone(),
+            dialled: call.dialled.clone(),
+            service: Some(call.plan.service.clone()),
+            codec: Some(call.codec.name().to_string()),
+            dtmf_methods: String::new(),
+            started_at: timestamp(),
+            answered_at: Some(timestamp()),
+            ended_at: String::new(),
+            end_reason: String::new(),
+            digits: None,
+        };
+        let record_digits = call.plan.record_digits;
+        let (reason, session) = drive(&shared, call, events, &commands).await;
+        cdr.end_reason = reason;
+        cdr.dtmf_methods = session.dtmf_methods();
+        if record_digits {
+            cdr.digits = Some(session.interpreter().digits().to_string());
+        }
+        cdr.ended_at = timestamp();
+        info!(reason = %cdr.end_reason, "call ended");
+        if let Err(e) = shared.store.insert_cdr(&cdr).await {
+            warn!(error = %e, "CDR not written");
+        }
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Why a softswitch call was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The service is shutting down (a node being drained).
+    ShuttingDown,
+    /// No plan serves the dialled number.
+    NoService,
+    /// `calls.max` calls are in progress.
+    Full,
+}
+
+impl Refusal {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::ShuttingDown => "shutting-down",
+            Refusal::NoService => "not-found",
+            Refusal::Full => "full",
+        }
+    }
+}
+
+/// Admission, as for SIP calls: the plan for the dialled number and a call permit.
+pub fn admit(
+    shared: &Shared,
+    dialled: &str,
+    caller: &str,
+) -> Result<(Arc<Dialplan>, OwnedSemaphorePermit), Refusal> {
+    if *shared.shutdown.borrow() != Shutdown::Running {
+        return Err(Refusal::ShuttingDown);
+    }
+    let plan = shared
+        .dialplans()
+        .route(dialled, caller)
+        .ok_or(Refusal::NoService)?;
+    let permit = shared
+        .calls
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refusal::Full)?;
+    shared
+        .calls_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok((plan, permit))
+}
+
+async fn drive(
+    shared: &Arc<Shared>,
+    call: EdgeCall,
+    mut events: mpsc::Receiver<EdgeEvent>,
+    commands: &mpsc::Sender<EdgeCommand>,
+) -> (String, CallSession) {
+    let cfg = &shared.cfg;
+    let caller = crate::services::caller_e164(&call.caller);
+    let mut session = CallSession::with_vars(
+        call.plan.clone(),
+        shared.prompts(),
+        MediaParams {
+            codec: call.codec,
+            telephone_event: None,
+            inband: call.inband,
+            send: true,
+        },
+        rand::random(),
+        rand::random(),
+        rand::random(),
+        [
+            ("caller".to_string(), caller.clone()),
+            ("dialled".to_string(), call.dialled.clone()),
+        ],
+    );
+    let mut shutdown = shared.shutdown.clone();
+    let mut op_task: Option<tokio::task::JoinHandle<crate::services::OpResult>> = None;
+    let mut op_seq = 0u32;
+    let mut topup_ids: Vec<String> = vec![];
+    let mut transferring: Option<String> = None;
+    let mut hangup_deadline: Option<Instant> = None;
+    let started = Instant::now();
+    session.start(started);
+
+    let reason = loop {
+        let now = Instant::now();
+        if session.take_flush() {
+            let _ = commands.send(EdgeCommand::Flush).await;
+        }
+        while let Some(pkt) = session.poll_transmit(now) {
+            // Real-time pacing keeps the softswitch's queue short; a connection that cannot
+            // keep up loses frames, never the call.
+            if commands.try_send(EdgeCommand::Media(pkt)).is_err() {
+                tracing::trace!("media frame dropped: connection behind");
+            }
+        }
+        if let Some((op, args)) = session.poll_invoke() {
+            op_seq += 1;
+            if op == "call" {
+                // Placing a second leg through the softswitch is not offered on this edge.
+                session.handle_result(now, "unavailable".into(), vec![]);
+                continue;
+            }
+            let request_id = format!("voice:{}:{op_seq}", call.call_id);
+            op_task = Some(spawn_op(shared, &caller, request_id, &session, op, args));
+        }
+        if let Some((target, reason, context)) = session.take_transfer() {
+            let id = record_escalation(
+                shared,
+                &call.call_id,
+                &caller,
+                &reason,
+                &context,
+                &topup_ids,
+            )
+            .await;
+            info!(escalation = %id, %target, %reason, "escalating");
+            transferring = Some(id.clone());
+            let _ = commands
+                .send(EdgeCommand::Transfer {
+                    escalation: id,
+                    target,
+                    reason,
+                })
+                .await;
+        }
+        if let Some(r) = session.poll_hangup(now) {
+            break r.to_string();
+        }
+        if now >= started + cfg.max_call_duration {
+            break "max-duration".into();
+        }
+        if hangup_deadline.is_some_and(|d| now >= d) {
+            break "shutdown".into();
+        }
+        let wake = [
+            session.poll_timeout(),
+            Some(started + cfg.max_call_duration),
+            hangup_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + Duration::from_secs(1))
+        .max(now);
+        tokio::select! {
+            r = async { op_task.as_mut().expect("guarded").await }, if op_task.is_some() => {
+                op_task = None;
+                finish_op(&mut session, r, &mut topup_ids);
+            }
+            ev = events.recv() => {
+                let now = Instant::now();
+                match ev {
+                    Some(EdgeEvent::Pcm(pcm)) => session.handle_pcm(now, &pcm),
+                    Some(EdgeEvent::Digit(d, method)) => session.handle_digit(now, d, method),
+                    Some(EdgeEvent::Transferred(r)) => {
+                        let Some(id) = transferring.take() else { continue };
+                        let ms = crate::topup::books::now_ms();
+                        match r {
+                            Ok(()) => {
+                                let _ = shared.core.set_escalation_state(&id, "transferred", ms).await;
+                                // The call has left us: nothing to hang up.
+                                return ("transferred".into(), session);
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "transfer failed");
+                                let _ = shared.core.set_escalation_state(&id, "failed", ms).await;
+                                session.announce_then_hangup(now, &["agents-unavailable"], "escalation-failed");
+                            }
+                        }
+                    }
+                    Some(EdgeEvent::Ended(reason)) => return (reason, session),
+                    None => break "internal".into(),
+                }
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() == Shutdown::HangupNow {
+                    hangup_deadline = Some(Instant::now());
+                }
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                session.handle_timeout(Instant::now());
+            }
+        }
+    };
+    let _ = commands.send(EdgeCommand::Hangup(reason.clone())).await;
+    (reason, session)
+}
+
+/// Which way a key reached an adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// The control connection (ARI `ChannelDtmfReceived`, ESL `DTMF`).
+    Control,
+    /// The media connection (chan_websocket `DTMF_END`).
+    Media,
+}
+
+/// Asterisk reports one key press twice when media runs over chan_websocket: as
+/// `ChannelDtmfReceived` on the caller and as `DTMF_END` on the media socket, at the same
+/// moment. A key from one source is dropped when the same key came from the *other* source
+/// within [`DtmfDedup::WINDOW`]; two presses reported by one source always count twice.
+#[derive(Debug, Default)]
+pub struct DtmfDedup {
+    /// Keys seen from one source and not yet matched by the other.
+    pending: Vec<(Digit, KeySource, Instant)>,
+}
+
+impl DtmfDedup {
+    /// Long enough for the two reports of one key (measured: the same moment), short enough
+    /// that a caller's next press of the same key (≥ 100 ms apart in practice) is not lost.
+    pub const WINDOW: Duration = Duration::from_millis(80);
+
+    /// Whether the key is new (deliver it) or the other report of a key already delivered.
+    pub fn handle(&mut self, now: Instant, digit: Digit, source: KeySource) -> bool {
+        self.pending
+            .retain(|(_, _, at)| now.saturating_duration_since(*at) <= Self::WINDOW);
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|(d, s, _)| *d == digit && *s != source)
+        {
+            self.pending.remove(i);
+            return false;
+        }
+        self.pending.push((digit, source, now));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(c: char) -> Digit {
+        Digit::from_char(c).unwrap()
+    }
+
+    #[test]
+    fn one_key_reported_by_both_sources_counts_once() {
+        let t = Instant::now();
+        let mut dd = DtmfDedup::default();
+        assert!(dd.handle(t, d('5'), KeySource::Control));
+        assert!(!dd.handle(t + Duration::from_millis(3), d('5'), KeySource::Media));
+        // Either order.
+        assert!(dd.handle(t + Duration::from_millis(300), d('7'), KeySource::Media));
+        assert!(!dd.handle(t + Duration::from_millis(301), d('7'), KeySource::Control));
+    }
+
+    #[test]
+    fn repeated_key_from_one_source_counts_every_time() {
+        let t = Instant::now();
+        let mut dd = DtmfDedup::default();
+        assert!(dd.handle(t, d('1'), KeySource::Media));
+        assert!(dd.handle(t + Duration::from_millis(10), d('1'), KeySource::Media));
+        // Each of the two presses is matched by its own control report, no more.
+        assert!(!dd.handle(t + Duration::from_millis(11), d('1'), KeySource::Control));
+        assert!(!dd.handle(t + Duration::from_millis(12), d('1'), KeySource::Control));
+        assert!(dd.handle(t + Duration::from_millis(13), d('1'), KeySource::Control));
+    }
+
+    #[test]
+    fn reports_far_apart_are_two_presses() {
+        let t = Instant::now();
+        let mut dd = DtmfDedup::default();
+        assert!(dd.handle(t, d('2'), KeySource::Control));
+        assert!(dd.handle(t + Duration::from_millis(500), d('2'), KeySource::Media));
+        // A different key is never matched.
+        assert!(dd.handle(t + Duration::from_millis(501), d('3'), KeySource::Control));
+    }
+}

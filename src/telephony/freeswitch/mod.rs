@@ -1,0 +1,564 @@
+//! Calls from FreeSWITCH: the event socket (inbound mode) for control and keys, and our own
+//! websocket server for mod_audio_fork's media. The dialplan answers and parks the recharge
+//! numbers; each `CHANNEL_PARK` becomes a call: we start `uuid_audio_fork` (bidirectional,
+//! L16 at 8 kHz) towards `<media_url>/fs/<uuid>`, play prompts as binary frames down that
+//! socket (`killAudio` on barge-in, `mark` to know they were heard), read keys from `DTMF`
+//! events, escalate with `uuid_transfer` and hang up with `uuid_kill`.
+
+pub mod esl;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::config::FreeswitchConfig;
+use crate::media::dtmf::{Digit, DtmfMethod};
+use crate::media::g711::Codec;
+use crate::server::{Shared, Shutdown};
+use crate::telephony::edge::{self, EdgeCall, EdgeCommand, EdgeEvent, MEDIA_QUEUE, Refusal};
+
+/// The sub-protocols mod_audio_fork asks for (drachtio's default, jambonz's); the one offered
+/// is echoed back, as libwebsockets requires.
+pub const SUBPROTOCOLS: [&str; 2] = ["audio.drachtio.org", "audio.jambonz.org"];
+
+/// The events we subscribe to.
+const EVENTS: &str = "event json CHANNEL_PARK CHANNEL_HANGUP_COMPLETE DTMF CUSTOM mod_audio_fork::connect mod_audio_fork::connect_failed mod_audio_fork::disconnect";
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long FreeSWITCH has to open the media websocket after `uuid_audio_fork start`.
+const MEDIA_CONNECT_WAIT: Duration = Duration::from_secs(10);
+const PLAYOUT_WAIT: Duration = Duration::from_secs(2);
+
+/// What the ESL task tells a call task.
+#[derive(Debug)]
+enum LegEvent {
+    Dtmf(Digit, DtmfMethod),
+    Gone(String),
+    Media(Box<WebSocket>),
+    MediaFailed(String),
+}
+
+/// A request to the ESL connection: an `api` command and where its reply goes.
+struct Api {
+    command: String,
+    reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// Runs the FreeSWITCH edge until the service stops (returns at once without `[freeswitch]`).
+pub async fn run(shared: Arc<Shared>) {
+    let Some(cfg) = shared.cfg.freeswitch.clone() else {
+        return;
+    };
+    let (media_tx, mut media_rx) = mpsc::channel::<(String, WebSocket)>(64);
+    let listener = match tokio::net::TcpListener::bind(cfg.media_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(addr = %cfg.media_listen, error = %e, "cannot listen for mod_audio_fork");
+            return;
+        }
+    };
+    info!(addr = %cfg.media_listen, "listening for mod_audio_fork");
+    let app = axum::Router::new().route(
+        "/fs/{uuid}",
+        axum::routing::get(
+            |axum::extract::Path(uuid): axum::extract::Path<String>, ws: WebSocketUpgrade| async move {
+                ws.protocols(SUBPROTOCOLS).on_upgrade(move |socket| async move {
+                    let _ = media_tx.send((uuid, socket)).await;
+                })
+            },
+        ),
+    );
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let (api_tx, mut api_rx) = mpsc::channel::<Api>(256);
+    let (done_tx, mut done_rx) = mpsc::channel::<String>(64);
+    let mut routes: HashMap<String, mpsc::Sender<LegEvent>> = HashMap::new();
+    let mut shutdown = shared.shutdown.clone();
+    let mut backoff = BACKOFF_MIN;
+    'outer: loop {
+        match connect(&cfg).await {
+            Ok((mut sock, mut parser)) => {
+                info!(esl = %cfg.esl, "FreeSWITCH event socket connected");
+                backoff = BACKOFF_MIN;
+                // Replies come in the order of the commands.
+                let mut waiting: VecDeque<oneshot::Sender<Result<String, String>>> =
+                    VecDeque::new();
+                // Calls whose channel vanished while we were away.
+                for (uuid, tx) in &routes {
+                    let (reply, rx) = oneshot::channel();
+                    let cmd = format!("api uuid_exists {uuid}");
+                    if sock
+                        .write_all(format!("{cmd}\n\n").as_bytes())
+                        .await
+                        .is_ok()
+                    {
+                        waiting.push_back(reply);
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            if let Ok(Ok(r)) = rx.await
+                                && r.trim() == "false"
+                            {
+                                let _ = tx.send(LegEvent::Gone("lost".into())).await;
+                            }
+                        });
+                    }
+                }
+                let mut buf = vec![0u8; 16384];
+                loop {
+                    tokio::select! {
+                        n = sock.read(&mut buf) => {
+                            let n = match n {
+                                Ok(0) | Err(_) => {
+                                    warn!("FreeSWITCH event socket lost");
+                                    break;
+                                }
+                                Ok(n) => n,
+                            };
+                            parser.push(&buf[..n]);
+                            loop {
+                                match parser.next_frame() {
+                                    Ok(Some(f)) => on_frame(&shared, &cfg, &api_tx, &done_tx, &mut routes, &mut waiting, f),
+                                    Ok(None) => break,
+                                    Err(e) => {
+                                        warn!(error = %e, "FreeSWITCH sent garbage; reconnecting");
+                                        continue 'outer;
+                                    }
+                                }
+                            }
+                        }
+                        Some(api) = api_rx.recv() => {
+                            match esl::command(&format!("api {}", api.command)) {
+                                Some(line) if sock.write_all(line.as_bytes()).await.is_ok() => waiting.push_back(api.reply),
+                                Some(_) => { let _ = api.reply.send(Err("event socket lost".into())); break; }
+                                None => { let _ = api.reply.send(Err("command with a line break refused".into())); }
+                            }
+                        }
+                        Some((uuid, socket)) = media_rx.recv() => deliver_media(&routes, uuid, socket),
+                        Some(uuid) = done_rx.recv() => { routes.remove(&uuid); }
+                        _ = shutdown.changed() => {
+                            if *shutdown.borrow() == Shutdown::Stop {
+                                break 'outer;
+                            }
+                        }
+                    }
+                }
+                for w in waiting.drain(..) {
+                    let _ = w.send(Err("event socket lost".into()));
+                }
+            }
+            Err(e) => {
+                warn!(esl = %cfg.esl, error = %e, retry_in = ?backoff, "cannot connect to FreeSWITCH")
+            }
+        }
+        let wait = tokio::time::sleep(backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                Some(api) = api_rx.recv() => { let _ = api.reply.send(Err("event socket down".into())); }
+                Some((uuid, socket)) = media_rx.recv() => deliver_media(&routes, uuid, socket),
+                Some(uuid) = done_rx.recv() => { routes.remove(&uuid); }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() == Shutdown::Stop {
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    server.abort();
+}
+
+fn deliver_media(
+    routes: &HashMap<String, mpsc::Sender<LegEvent>>,
+    uuid: String,
+    socket: WebSocket,
+) {
+    match routes.get(&uuid) {
+        Some(tx) => {
+            let _ = tx.try_send(LegEvent::Media(Box::new(socket)));
+        }
+        None => debug!(%uuid, "media connection for no call of ours"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Esl(#[from] esl::EslError),
+    #[error("authentication refused: {0}")]
+    Auth(String),
+    #[error("connection closed during the handshake")]
+    Closed,
+}
+
+async fn read_frame(
+    sock: &mut TcpStream,
+    parser: &mut esl::Parser,
+) -> Result<esl::Frame, ConnectError> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(f) = parser.next_frame()? {
+            return Ok(f);
+        }
+        let n = sock.read(&mut buf).await?;
+        if n == 0 {
+            return Err(ConnectError::Closed);
+        }
+        parser.push(&buf[..n]);
+    }
+}
+
+/// Connects, authenticates and subscribes (inbound mode).
+async fn connect(cfg: &FreeswitchConfig) -> Result<(TcpStream, esl::Parser), ConnectError> {
+    let mut sock = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&cfg.esl))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = sock.set_nodelay(true);
+    let mut parser = esl::Parser::default();
+    let hello = read_frame(&mut sock, &mut parser).await?;
+    if hello.content_type() != "auth/request" {
+        return Err(ConnectError::Auth(format!(
+            "expected auth/request, got {}",
+            hello.content_type()
+        )));
+    }
+    let auth = esl::command(&format!("auth {}", cfg.password))
+        .ok_or_else(|| ConnectError::Auth("password with a line break".into()))?;
+    sock.write_all(auth.as_bytes()).await?;
+    let reply = read_frame(&mut sock, &mut parser).await?;
+    let text = reply.header("Reply-Text").unwrap_or("").to_string();
+    if !text.starts_with("+OK") {
+        return Err(ConnectError::Auth(text));
+    }
+    sock.write_all(format!("{EVENTS}\n\n").as_bytes()).await?;
+    let reply = read_frame(&mut sock, &mut parser).await?;
+    let text = reply.header("Reply-Text").unwrap_or("").to_string();
+    if !text.starts_with("+OK") {
+        return Err(ConnectError::Auth(format!(
+            "event subscription refused: {text}"
+        )));
+    }
+    Ok((sock, parser))
+}
+
+fn on_frame(
+    shared: &Arc<Shared>,
+    cfg: &FreeswitchConfig,
+    api: &mpsc::Sender<Api>,
+    done: &mpsc::Sender<String>,
+    routes: &mut HashMap<String, mpsc::Sender<LegEvent>>,
+    waiting: &mut VecDeque<oneshot::Sender<Result<String, String>>>,
+    f: esl::Frame,
+) {
+    match f.content_type() {
+        "api/response" => {
+            if let Some(w) = waiting.pop_front() {
+                let _ = w.send(Ok(f.body));
+            }
+        }
+        "command/reply" => {
+            if let Some(w) = waiting.pop_front() {
+                let _ = w.send(Ok(f.header("Reply-Text").unwrap_or("").to_string()));
+            }
+        }
+        "text/disconnect-notice" => debug!("FreeSWITCH disconnect notice"),
+        _ => {
+            let Some(ev) = esl::event(&f) else { return };
+            let uuid = ev.get("Unique-ID").unwrap_or("").to_string();
+            let route = |ev: LegEvent| {
+                if let Some(tx) = routes.get(&uuid) {
+                    let _ = tx.try_send(ev);
+                }
+            };
+            match ev.name() {
+                "CHANNEL_PARK" if !uuid.is_empty() && !routes.contains_key(&uuid) => {
+                    let (tx, rx) = mpsc::channel(64);
+                    routes.insert(uuid.clone(), tx);
+                    let call = ParkedCall {
+                        uuid: uuid.clone(),
+                        caller: ev.get("Caller-Caller-ID-Number").unwrap_or("").to_string(),
+                        dialled: ev
+                            .get("Caller-Destination-Number")
+                            .unwrap_or("")
+                            .to_string(),
+                    };
+                    let span = tracing::info_span!("call", call_id = %uuid);
+                    tokio::spawn(
+                        call_task(
+                            shared.clone(),
+                            cfg.clone(),
+                            call,
+                            rx,
+                            api.clone(),
+                            done.clone(),
+                        )
+                        .instrument(span),
+                    );
+                }
+                "DTMF" => {
+                    let Some(d) = ev
+                        .get("DTMF-Digit")
+                        .and_then(|d| d.chars().next())
+                        .and_then(Digit::from_char)
+                    else {
+                        return;
+                    };
+                    let method = match ev.get("DTMF-Source") {
+                        Some("RTP") => DtmfMethod::Rfc4733,
+                        Some("INBAND_AUDIO") => DtmfMethod::Inband,
+                        _ => DtmfMethod::Softswitch,
+                    };
+                    route(LegEvent::Dtmf(d, method));
+                }
+                "CHANNEL_HANGUP_COMPLETE" => route(LegEvent::Gone("hangup".into())),
+                "CUSTOM" if ev.get("Event-Subclass") == Some("mod_audio_fork::connect_failed") => {
+                    route(LegEvent::MediaFailed(ev.body.clone()))
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+struct ParkedCall {
+    uuid: String,
+    caller: String,
+    dialled: String,
+}
+
+async fn api_call(api: &mpsc::Sender<Api>, command: String) -> Result<String, String> {
+    let (reply, rx) = oneshot::channel();
+    api.send(Api { command, reply })
+        .await
+        .map_err(|_| "event socket task gone".to_string())?;
+    let r = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .map_err(|_| "no reply".to_string())?
+        .map_err(|_| "event socket lost".to_string())??;
+    if r.starts_with("-ERR") {
+        Err(r.trim().to_string())
+    } else {
+        Ok(r)
+    }
+}
+
+async fn call_task(
+    shared: Arc<Shared>,
+    cfg: FreeswitchConfig,
+    call: ParkedCall,
+    mut events: mpsc::Receiver<LegEvent>,
+    api: mpsc::Sender<Api>,
+    done: mpsc::Sender<String>,
+) {
+    let uuid = call.uuid.clone();
+    let cause = run_leg(&shared, &cfg, call, &mut events, &api).await;
+    if let Some(cause) = cause {
+        if let Err(e) = api_call(&api, format!("uuid_kill {uuid} {cause}")).await {
+            debug!(error = %e, "uuid_kill");
+        }
+    }
+    let _ = done.send(uuid).await;
+}
+
+/// Runs the call; returns the hangup cause to end the channel with, or `None` when it is
+/// already gone or was transferred.
+async fn run_leg(
+    shared: &Arc<Shared>,
+    cfg: &FreeswitchConfig,
+    call: ParkedCall,
+    events: &mut mpsc::Receiver<LegEvent>,
+    api: &mpsc::Sender<Api>,
+) -> Option<&'static str> {
+    let uuid = call.uuid.clone();
+    let (plan, permit) = match edge::admit(shared, &call.dialled, &call.caller) {
+        Ok(x) => x,
+        Err(r) => {
+            info!(reason = r.as_str(), "call refused");
+            return Some(match r {
+                Refusal::NoService => "UNALLOCATED_NUMBER",
+                Refusal::Full | Refusal::ShuttingDown => "NORMAL_TEMPORARY_FAILURE",
+            });
+        }
+    };
+    info!(service = %plan.service, from = %crate::redact::Phone(&call.caller), "incoming call");
+    // The `^^|` form: ten fields split on `|`, bidirectional streaming at 8 kHz.
+    let start = format!(
+        "uuid_audio_fork ^^|{uuid}|start|{}/fs/{uuid}|mono|8k|topup-ivr|{{\"uuid\":\"{uuid}\"}}|true|true|8000",
+        cfg.media_url
+    );
+    if let Err(e) = api_call(api, start).await {
+        warn!(error = %e, "uuid_audio_fork refused");
+        return Some("NORMAL_TEMPORARY_FAILURE");
+    }
+    let deadline = tokio::time::Instant::now() + MEDIA_CONNECT_WAIT;
+    let mut ws = loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(LegEvent::Media(ws))) => break ws,
+            Ok(Some(LegEvent::Gone(_))) | Ok(None) => return None,
+            Ok(Some(LegEvent::MediaFailed(why))) => {
+                warn!(%why, "mod_audio_fork could not connect");
+                return Some("NORMAL_TEMPORARY_FAILURE");
+            }
+            Ok(Some(_)) => {}
+            Err(_) => {
+                warn!("mod_audio_fork never connected");
+                return Some("NORMAL_TEMPORARY_FAILURE");
+            }
+        }
+    };
+
+    let inband = shared.cfg.inband_dtmf == crate::config::InbandDtmf::Always;
+    let (ev_tx, ev_rx) = mpsc::channel(64);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(MEDIA_QUEUE);
+    let driver = tokio::spawn(edge::run_call(
+        shared.clone(),
+        EdgeCall {
+            call_id: uuid.clone(),
+            caller: call.caller,
+            dialled: call.dialled,
+            plan,
+            codec: Codec::Pcmu,
+            inband,
+        },
+        ev_rx,
+        cmd_tx,
+        permit,
+    ));
+    let mut pcm = vec![0i16; 160];
+    let mut l16: Vec<u8> = Vec::with_capacity(320);
+    let cause = loop {
+        tokio::select! {
+            cmd = cmd_rx.recv() => match cmd {
+                Some(EdgeCommand::Media(pkt)) if pkt.len() > 12 => {
+                    // Bidirectional mod_audio_fork takes L16 (little-endian) at bidir_rate.
+                    let payload = &pkt[12..];
+                    pcm.resize(payload.len(), 0);
+                    Codec::Pcmu.decode(payload, &mut pcm);
+                    l16.clear();
+                    for s in &pcm {
+                        l16.extend_from_slice(&s.to_le_bytes());
+                    }
+                    let _ = ws.send(Message::Binary(l16.clone().into())).await;
+                }
+                Some(EdgeCommand::Media(_)) => {}
+                Some(EdgeCommand::Flush) => {
+                    let _ = ws.send(Message::Text(r#"{"type":"killAudio"}"#.into())).await;
+                }
+                Some(EdgeCommand::Transfer { escalation, target, reason }) => {
+                    played_out(&mut ws).await;
+                    let r = transfer(api, &uuid, cfg, &escalation, &target, &reason).await;
+                    let ok = r.is_ok();
+                    let _ = ev_tx.send(EdgeEvent::Transferred(r)).await;
+                    if ok {
+                        break None;
+                    }
+                }
+                Some(EdgeCommand::Hangup(_)) => {
+                    played_out(&mut ws).await;
+                    break Some("NORMAL_CLEARING");
+                }
+                None => break Some("NORMAL_CLEARING"),
+            },
+            ev = events.recv() => match ev {
+                Some(LegEvent::Dtmf(d, method)) => {
+                    let _ = ev_tx.send(EdgeEvent::Digit(d, method)).await;
+                }
+                Some(LegEvent::Gone(why)) => {
+                    let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
+                    break None;
+                }
+                Some(LegEvent::Media(_)) | Some(LegEvent::MediaFailed(_)) => {}
+                None => break Some("NORMAL_CLEARING"),
+            },
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if inband {
+                        let samples: Vec<i16> = b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+                        let _ = ev_tx.try_send(EdgeEvent::Pcm(samples));
+                    }
+                }
+                Some(Ok(Message::Text(t))) => debug!(text = %t.as_str().chars().take(100).collect::<String>(), "mod_audio_fork"),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    info!("media connection closed");
+                    let _ = ev_tx.send(EdgeEvent::Ended("media-lost".into())).await;
+                    break Some("NORMAL_TEMPORARY_FAILURE");
+                }
+            },
+        }
+    };
+    drop(ev_tx);
+    let _ = driver.await;
+    let _ = ws.send(Message::Close(None)).await;
+    cause
+}
+
+/// Waits until mod_audio_fork has played what we streamed (`mark` → `playout`).
+async fn played_out(ws: &mut WebSocket) {
+    let mark = r#"{"type":"mark","data":{"name":"played-out"}}"#;
+    if ws.send(Message::Text(mark.into())).await.is_err() {
+        return;
+    }
+    let started = Instant::now();
+    let wait = async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(t) = msg
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str())
+                && v["type"] == "mark"
+                && v["data"]["name"] == "played-out"
+            {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(PLAYOUT_WAIT, wait).await.is_err() {
+        debug!(waited = ?started.elapsed(), "no mark playout in time");
+    }
+}
+
+/// `uuid_setvar` the escalation id and reason, stop the media fork (media bugs outlive a
+/// transfer), then `uuid_transfer` to the plan's target in the configured context.
+async fn transfer(
+    api: &mpsc::Sender<Api>,
+    uuid: &str,
+    cfg: &FreeswitchConfig,
+    escalation: &str,
+    target: &str,
+    reason: &str,
+) -> Result<(), String> {
+    api_call(
+        api,
+        format!("uuid_setvar {uuid} topup_escalation_id {escalation}"),
+    )
+    .await?;
+    let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
+    api_call(
+        api,
+        format!("uuid_setvar {uuid} topup_escalation_reason {reason}"),
+    )
+    .await?;
+    let _ = api_call(api, format!("uuid_audio_fork {uuid} stop topup-ivr")).await;
+    api_call(
+        api,
+        format!(
+            "uuid_transfer {uuid} {target} XML {}",
+            cfg.escalation_context
+        ),
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The voice services behind Asterisk: the real binary as a Stasis application, against the
+//! ARI + chan_websocket emulator in tests/common/asterisk.rs (written from the swagger and
+//! protocol summary in tests/specs/asterisk-ari/). Keys arrive both as ChannelDtmfReceived and
+//! as DTMF_END, as Asterisk sends them; prompts are checked frame by frame as the caller hears
+//! them; every REST request must be an operation of the swagger.
+
+mod common;
+
+use std::time::Duration;
+
+use common::asterisk::Asterisk;
+use common::*;
+use topup_ivr::media::g711::Codec;
+use topup_ivr::media::prompts::{LoadOptions, PromptStore};
+
+const APP: &str = "topup-ivr";
+
+fn start() -> (Asterisk, Server) {
+    let ast = Asterisk::start("topup", "s3cret");
+    let server = Server::start(&format!(
+        "[asterisk]\nurl = \"{}\"\napp = \"{APP}\"\nusername = \"topup\"\npassword = \"s3cret\"\n",
+        ast.url()
+    ));
+    ast.wait_app(APP, Duration::from_secs(10));
+    (ast, server)
+}
+
+/// Waits until the channel is gone from Asterisk (hung up by the service).
+fn wait_gone(ast: &Asterisk, server: &Server, channel: &str, limit: Duration) {
+    server.wait_until("the caller's channel is hung up", limit, || {
+        !ast.exists(channel)
+    });
+}
+
+/// Every request the adapter made is a swagger operation, nothing it sent was outside the
+/// swagger or the chan_websocket protocol, and Asterisk is still alive.
+fn assert_conformant(ast: &Asterisk) {
+    let reqs = ast.requests();
+    assert!(!reqs.is_empty());
+    for r in &reqs {
+        assert!(
+            r.operation.is_some(),
+            "{} {} is not in the ARI swagger",
+            r.method,
+            r.path
+        );
+    }
+    assert_eq!(ast.violations(), Vec::<String>::new());
+    assert!(!ast.crashed());
+}
+
+/// Whether `frames` holds the whole prompt, frame for frame, in order.
+fn heard_prompt(frames: &[Vec<u8>], prompts: &PromptStore, lang: &str, name: &str) -> bool {
+    heard_start(frames, prompts, lang, name, usize::MAX)
+}
+
+/// Whether `frames` holds the first `n` frames of a prompt (one cut off by a key).
+fn heard_start(
+    frames: &[Vec<u8>],
+    prompts: &PromptStore,
+    lang: &str,
+    name: &str,
+    n: usize,
+) -> bool {
+    let p = prompts.get(lang, name).unwrap();
+    let want: Vec<&[u8]> = (0..p.frames().min(n))
+        .map(|i| p.frame(Codec::Pcmu, i))
+        .collect();
+    frames
+        .windows(want.len())
+        .any(|w| w.iter().zip(&want).all(|(a, b)| a.as_slice() == *b))
+}
+
+fn prompts() -> PromptStore {
+    PromptStore::load(&repo().join("prompts"), LoadOptions::default()).unwrap()
+}
+
+#[test]
+fn a_card_top_up_through_asterisk_credits_the_recipient_and_cleans_up() {
+    let (ast, server) = start();
+    let ch = ast.call(APP, "+12015550161", "recharge");
+    std::thread::sleep(Duration::from_millis(600));
+    // English, the demo card's PIN, the recipient, confirm, the second amount, confirm.
+    ast.press(&ch, "111112222333344#12015550150#121");
+    wait_gone(&ast, &server, &ch, Duration::from_secs(40));
+    server.wait_idle();
+
+    let account = cli(&server, &["accounts", "show", "+12015550150"]);
+    assert_eq!(account["prepaid"]["balance"], "6.20", "{account}");
+    let card = cli(&server, &["cards", "show", "100000000001"]);
+    assert_eq!(card["state"], "redeemed");
+    let calls = server.calls();
+    assert_eq!(calls[0]["call_id"], ch.as_str());
+    assert_eq!(calls[0]["service"], "recharge");
+    assert_eq!(calls[0]["end_reason"], "service-hangup");
+    assert_eq!(calls[0]["dtmf_methods"], "softswitch");
+    assert_eq!(calls[0]["codec"], "PCMU");
+
+    // The caller heard the prompts exactly as stored.
+    let heard = ast.heard(&ch);
+    let p = prompts();
+    // The greeting until the first key (600 ms in), then cut off by it.
+    assert!(heard_start(&heard, &p, "en", "for-english", 20));
+    assert!(!heard_prompt(&heard, &p, "en", "for-english"), "barge-in");
+    assert!(heard_prompt(&heard, &p, "en", "thank-you-goodbye"));
+    assert_eq!(
+        ast.leftovers(),
+        (vec![], vec![]),
+        "channels or bridges left"
+    );
+    assert_conformant(&ast);
+    assert!(!server.log().contains("11112222333344"), "PIN logged");
+}
+
+#[test]
+fn an_escalation_continues_in_the_dialplan_with_the_escalation_id() {
+    let (ast, server) = start();
+    let ch = ast.call(APP, "+12015550100", "wallet");
+    std::thread::sleep(Duration::from_millis(600));
+    // 0 at the PIN prompt asks for an agent.
+    ast.press(&ch, "0");
+    server.wait_until("the call is continued", Duration::from_secs(20), || {
+        ast.continued(&ch).is_some()
+    });
+    server.wait_idle();
+    let ((context, exten, prio), vars) = ast.continued(&ch).unwrap();
+    assert_eq!(
+        (context.as_str(), exten.as_str(), prio.as_str()),
+        ("topup-agents", "agents", "1")
+    );
+    let e = &cli(&server, &["escalations", "list"])[0];
+    assert_eq!(e["state"], "transferred");
+    assert_eq!(vars["TOPUP_ESCALATION_ID"], e["id"].as_str().unwrap());
+    assert_eq!(
+        vars["TOPUP_ESCALATION_REASON"],
+        e["reason"].as_str().unwrap()
+    );
+    assert_eq!(server.calls()[0]["end_reason"], "transferred");
+    assert!(heard_prompt(
+        &ast.heard(&ch),
+        &prompts(),
+        "en",
+        "transferring"
+    ));
+    // The caller's channel went on in Asterisk; ours (media, bridge) are gone.
+    assert_eq!(ast.leftovers(), (vec![], vec![]));
+    assert_conformant(&ast);
+}
+
+#[test]
+fn a_caller_hanging_up_at_any_step_leaves_nothing_behind() {
+    let (ast, server) = start();
+    // At the greeting, during the PIN, after the PIN (the card is being redeemed), during the
+    // number, at the final confirmation.
+    let steps = [
+        "",
+        "1111",
+        "111112222333344#",
+        "111112222333344#1201",
+        "111112222333344#12015550150#12",
+    ];
+    for (i, keys) in steps.iter().enumerate() {
+        let ch = ast.call(APP, &format!("+1201555017{i}"), "recharge");
+        std::thread::sleep(Duration::from_millis(400));
+        ast.press(&ch, keys);
+        ast.hangup_caller(&ch);
+    }
+    server.wait_until("every call recorded", Duration::from_secs(20), || {
+        server.calls().len() == steps.len()
+    });
+    server.wait_idle();
+    for c in server.calls() {
+        assert_eq!(c["end_reason"], "hangup", "{c}");
+    }
+    server.wait_until("nothing left in Asterisk", Duration::from_secs(5), || {
+        ast.leftovers() == (vec![], vec![])
+    });
+    // No top-up was made: the caller never confirmed one.
+    let topups = cli(&server, &["topups", "list"]);
+    assert_eq!(topups.as_array().unwrap().len(), 0, "{topups}");
+    assert_conformant(&ast);
+}
+
+#[test]
+fn calls_survive_a_lost_events_connection_and_gone_callers_are_cleaned_up() {
+    let (ast, server) = start();
+    let stays = ast.call(APP, "+12015550161", "recharge");
+    let leaves = ast.call(APP, "+12015550162", "recharge");
+    std::thread::sleep(Duration::from_millis(600));
+    ast.press(&stays, "1");
+    // Asterisk restarts its HTTP side: the events connection drops and is refused a while.
+    ast.drop_events(true);
+    // Keys still arrive over the media connection (DTMF_END) meanwhile.
+    ast.press(&stays, "11112222333344#");
+    // This caller hangs up while the application cannot hear about it.
+    ast.hangup_caller(&leaves);
+    std::thread::sleep(Duration::from_millis(300));
+    ast.allow_events();
+    ast.wait_app(APP, Duration::from_secs(10));
+    ast.press(&stays, "12015550150#121");
+    wait_gone(&ast, &server, &stays, Duration::from_secs(40));
+    server.wait_idle();
+    let calls = server.calls();
+    let by_id = |id: &str| calls.iter().find(|c| c["call_id"] == id).unwrap().clone();
+    assert_eq!(by_id(&stays)["end_reason"], "service-hangup");
+    assert_eq!(by_id(&leaves)["end_reason"], "lost");
+    let account = cli(&server, &["accounts", "show", "+12015550150"]);
+    assert_eq!(account["prepaid"]["balance"], "6.20", "{account}");
+    assert_eq!(ast.leftovers(), (vec![], vec![]));
+    assert!(server.log().contains("ARI connected"));
+    assert_conformant(&ast);
+}
+
+/// One HTTP/1.1 request over a fresh connection; returns the status code.
+fn status(ast: &Asterisk, method: &str, path: &str, auth: &str, extra: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(ast.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let basic = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(auth)
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {basic}\r\n{extra}Content-Length: 0\r\n{}\r\n",
+        ast.addr,
+        if extra.contains("Connection:") { "" } else { "Connection: close\r\n" }
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_emulator_refuses_what_asterisk_refuses() {
+    // The emulator itself, against the swagger: the adapter's tests lean on it.
+    let ast = Asterisk::start("u", "p");
+    let send = |m: &str, p: &str| status(&ast, m, &format!("/ari{p}"), "u:p", "");
+    assert_eq!(send("POST", "/channels/x/dance"), 404);
+    assert_eq!(send("PUT", "/channels/x/answer"), 405);
+    assert_eq!(send("POST", "/channels/nope/answer"), 404);
+    // Required parameter missing; a value outside allowableValues.
+    assert_eq!(send("POST", "/channels/externalMedia?app=a"), 400);
+    assert_eq!(
+        send(
+            "POST",
+            "/channels/externalMedia?app=a&format=ulaw&transport=pigeon"
+        ),
+        400
+    );
+    assert_eq!(
+        status(&ast, "POST", "/ari/channels/x/answer", "u:wrong", ""),
+        401
+    );
+    // A chan_websocket connection id nobody created.
+    let upgrade = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    assert_eq!(
+        status(
+            &ast,
+            "GET",
+            "/media/unknown",
+            "u:p",
+            &format!("Connection: Upgrade\r\n{upgrade}")
+        ),
+        404
+    );
+    assert!(!ast.crashed());
+    // An invalid f(...) kills Asterisk 23.4.1, and the emulator.
+    send(
+        "POST",
+        "/channels/externalMedia?app=a&format=ulaw&transport=websocket&encapsulation=none&connection_type=server&transport_data=f(bogus)",
+    );
+    assert!(ast.crashed());
+}
