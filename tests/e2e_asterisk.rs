@@ -16,9 +16,13 @@ use topup_ivr::media::prompts::{LoadOptions, PromptStore};
 const APP: &str = "topup-ivr";
 
 fn start() -> (Asterisk, Server) {
+    start_with("")
+}
+
+fn start_with(extra: &str) -> (Asterisk, Server) {
     let ast = Asterisk::start("topup", "s3cret");
     let server = Server::start(&format!(
-        "[asterisk]\nurl = \"{}\"\napp = \"{APP}\"\nusername = \"topup\"\npassword = \"s3cret\"\n",
+        "[asterisk]\nurl = \"{}\"\napp = \"{APP}\"\nusername = \"topup\"\npassword = \"s3cret\"\n{extra}",
         ast.url()
     ));
     ast.wait_app(APP, Duration::from_secs(10));
@@ -110,6 +114,30 @@ fn a_card_top_up_through_asterisk_credits_the_recipient_and_cleans_up() {
     );
     assert_conformant(&ast);
     assert!(!server.log().contains("11112222333344"), "PIN logged");
+}
+
+#[test]
+fn a_card_top_up_with_media_over_rtp() {
+    let (ast, server) = start_with("media = \"rtp\"\n");
+    let ch = ast.call(APP, "+12015550161", "recharge");
+    std::thread::sleep(Duration::from_millis(600));
+    ast.press(&ch, "111112222333344#12015550150#121");
+    wait_gone(&ast, &server, &ch, Duration::from_secs(40));
+    server.wait_idle();
+    let account = cli(&server, &["accounts", "show", "+12015550150"]);
+    assert_eq!(account["prepaid"]["balance"], "6.20", "{account}");
+    assert_eq!(server.calls()[0]["end_reason"], "service-hangup");
+    let heard = ast.heard(&ch);
+    let p = prompts();
+    assert!(heard_start(&heard, &p, "en", "for-english", 20));
+    assert!(heard_prompt(&heard, &p, "en", "thank-you-goodbye"));
+    assert!(ast.requests().iter().any(|r| {
+        r.query
+            .iter()
+            .any(|(k, v)| k == "encapsulation" && v == "rtp")
+    }));
+    assert_eq!(ast.leftovers(), (vec![], vec![]));
+    assert_conformant(&ast);
 }
 
 #[test]

@@ -291,6 +291,29 @@ async fn drive(
     (reason, session)
 }
 
+/// How long a lost media leg waits for the hangup that explains it: when a caller hangs up,
+/// the softswitch closes the media connection and reports the hangup on the control
+/// connection, in either order. Only a close without a hangup is a media failure.
+pub const GONE_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits up to [`GONE_WAIT`] for an event `pick` accepts (others are dropped).
+pub async fn wait_for<T, R>(
+    events: &mut mpsc::Receiver<T>,
+    pick: impl Fn(T) -> Option<R>,
+) -> Option<R> {
+    let deadline = tokio::time::Instant::now() + GONE_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(ev)) => {
+                if let Some(r) = pick(ev) {
+                    return Some(r);
+                }
+            }
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
 /// Which way a key reached an adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeySource {

@@ -249,6 +249,13 @@ enum Kind {
         to_app: Option<mpsc::UnboundedSender<Message>>,
         marks: Vec<(usize, String)>,
     },
+    /// externalMedia RTP (UnicastRTP): plays what arrives at `socket`, sends the caller's
+    /// audio to `remote`.
+    Rtp {
+        socket: Arc<tokio::net::UdpSocket>,
+        remote: SocketAddr,
+        seq: u16,
+    },
 }
 
 #[derive(Debug)]
@@ -513,6 +520,87 @@ impl Asterisk {
         }
     }
 
+    /// externalMedia RTP: a UnicastRTP channel that receives on a port of its own and sends to
+    /// `external_host`; it is up at once and enters the application.
+    fn external_rtp(&self, st: &mut State, q: &HashMap<String, String>) -> Response {
+        let Some(remote) = q
+            .get("external_host")
+            .and_then(|h| h.parse::<SocketAddr>().ok())
+        else {
+            return message(400, "external_host is required");
+        };
+        let socket = Arc::new(
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| {
+                    s.set_nonblocking(true)?;
+                    let _guard = self.rt.enter();
+                    tokio::net::UdpSocket::from_std(s)
+                })
+                .unwrap(),
+        );
+        let local = socket.local_addr().unwrap();
+        let id = q.get("channelId").cloned().unwrap_or_else(|| {
+            st.next += 1;
+            format!("1795298{:03}.{}", st.next, st.next)
+        });
+        if st.channels.contains_key(&id) {
+            return message(409, "Channel with the same id already exists");
+        }
+        st.next += 1;
+        let app = q["app"].clone();
+        let ch = Chan {
+            id: id.clone(),
+            name: format!("UnicastRTP/{local}-0x{:012x}", 0x5620cd1e2c70u64 + st.next),
+            state: "Up",
+            caller: String::new(),
+            exten: "s".into(),
+            context: "default".into(),
+            app: Some(app.clone()),
+            vars: HashMap::new(),
+            kind: Kind::Rtp {
+                socket: socket.clone(),
+                remote,
+                seq: 0,
+            },
+            bridge: None,
+            heard: vec![],
+            continued: None,
+        };
+        let v = channel_json(&ch);
+        st.channels.insert(id.clone(), ch);
+        self.emit(
+            st,
+            &app,
+            json!({"type": "StasisStart", "args": [], "channel": v.clone()}),
+        );
+        // What arrives is played into the bridge as it comes (no jitter buffer).
+        let ast = self.clone();
+        self.rt.spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((n, _)) = socket.recv_from(&mut buf).await {
+                if n <= 12 {
+                    continue;
+                }
+                let mut st = ast.lock();
+                let Some(b) = st.channels.get(&id).and_then(|c| c.bridge.clone()) else {
+                    if !st.channels.contains_key(&id) {
+                        return;
+                    }
+                    continue;
+                };
+                let members = st.bridges.get(&b).cloned().unwrap_or_default();
+                for m in members {
+                    if m != id
+                        && let Some(c) = st.channels.get_mut(&m)
+                    {
+                        c.heard.push(buf[12..n].to_vec());
+                    }
+                }
+            }
+        });
+        axum::Json(v).into_response()
+    }
+
     /// Hangs a channel up: it leaves its bridge and application and is destroyed.
     fn destroy(&self, st: &mut State, id: &str, cause: i64, cause_txt: &str) {
         let Some(mut ch) = st.channels.remove(id) else {
@@ -555,6 +643,27 @@ impl Asterisk {
             tick.tick().await;
             let mut st = self.lock();
             let ids: Vec<String> = st.channels.keys().cloned().collect();
+            for id in &ids {
+                if let Some(Chan {
+                    kind:
+                        Kind::Rtp {
+                            socket,
+                            remote,
+                            seq,
+                        },
+                    bridge: Some(_),
+                    ..
+                }) = st.channels.get_mut(id)
+                {
+                    *seq = seq.wrapping_add(1);
+                    let mut pkt = vec![0x80, 0x00];
+                    pkt.extend_from_slice(&seq.to_be_bytes());
+                    pkt.extend_from_slice(&(u32::from(*seq) * 160).to_be_bytes());
+                    pkt.extend_from_slice(&0x5eed_0001u32.to_be_bytes());
+                    pkt.extend_from_slice(&[0xFF; 160]);
+                    let _ = socket.try_send_to(&pkt, *remote);
+                }
+            }
             for id in ids {
                 let (frame, bridge, events) = {
                     let Some(ch) = st.channels.get_mut(&id) else {
@@ -626,11 +735,21 @@ fn channel_json(c: &Chan) -> Value {
         "creationtime": now_ts(),
         "language": "en",
     });
-    if let Kind::Ws { conn_id, .. } = &c.kind {
-        v["channelvars"] = json!({
-            "MEDIA_WEBSOCKET_CONNECTION_ID": conn_id,
-            "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE": "160",
-        });
+    match &c.kind {
+        Kind::Ws { conn_id, .. } => {
+            v["channelvars"] = json!({
+                "MEDIA_WEBSOCKET_CONNECTION_ID": conn_id,
+                "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE": "160",
+            });
+        }
+        Kind::Rtp { socket, .. } => {
+            let local = socket.local_addr().unwrap();
+            v["channelvars"] = json!({
+                "UNICASTRTP_LOCAL_ADDRESS": local.ip().to_string(),
+                "UNICASTRTP_LOCAL_PORT": local.port().to_string(),
+            });
+        }
+        Kind::Caller => {}
     }
     v
 }
@@ -1032,6 +1151,9 @@ fn handle_rest(
                     }
                     return StatusCode::SERVICE_UNAVAILABLE.into_response();
                 }
+            }
+            if transport == "udp" && encapsulation == "rtp" {
+                return ast.external_rtp(&mut st, q);
             }
             if transport != "websocket" || encapsulation != "none" {
                 return message(400, "Invalid parameters");

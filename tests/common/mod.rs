@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod asterisk;
+pub mod freeswitch;
 pub mod smsc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_topup-ivr");

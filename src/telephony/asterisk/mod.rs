@@ -44,6 +44,14 @@ enum LegEvent {
     MediaGone,
 }
 
+/// The hangup reason, if `e` is the caller's hangup.
+fn caller_gone(e: LegEvent) -> Option<String> {
+    match e {
+        LegEvent::CallerGone(why) => Some(why),
+        _ => None,
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Leg {
     Caller,
@@ -416,6 +424,11 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                 }
                 Some(LegEvent::MediaGone) | None => {
                     st.media = false;
+                    if let Some(why) = edge::wait_for(&mut t.events, caller_gone).await {
+                        st.caller_gone = true;
+                        let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
+                        break "normal";
+                    }
                     let _ = ev_tx.send(EdgeEvent::Ended("media-lost".into())).await;
                     break "failure";
                 }
@@ -443,6 +456,12 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                     _ => {}
                 },
                 MediaIn::Closed => {
+                    // When the caller hangs up, the media channel may go first.
+                    if let Some(why) = edge::wait_for(&mut t.events, caller_gone).await {
+                        st.caller_gone = true;
+                        let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
+                        break "normal";
+                    }
                     info!("media connection closed");
                     st.media = false;
                     let _ = ev_tx.send(EdgeEvent::Ended("media-lost".into())).await;

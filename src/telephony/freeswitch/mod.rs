@@ -46,6 +46,14 @@ enum LegEvent {
     MediaFailed(String),
 }
 
+/// The hangup reason, if `e` is the caller's hangup.
+fn caller_gone(e: LegEvent) -> Option<String> {
+    match e {
+        LegEvent::Gone(why) => Some(why),
+        _ => None,
+    }
+}
+
 /// A request to the ESL connection: an `api` command and where its reply goes.
 struct Api {
     command: String,
@@ -494,6 +502,12 @@ async fn run_leg(
                 Some(Ok(Message::Text(t))) => debug!(text = %t.as_str().chars().take(100).collect::<String>(), "mod_audio_fork"),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {
+                    // A hangup closes the fork and brings CHANNEL_HANGUP_COMPLETE, in either
+                    // order: only a close without a hangup is a media failure.
+                    if let Some(why) = edge::wait_for(events, caller_gone).await {
+                        let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
+                        break None;
+                    }
                     info!("media connection closed");
                     let _ = ev_tx.send(EdgeEvent::Ended("media-lost".into())).await;
                     break Some("NORMAL_TEMPORARY_FAILURE");
