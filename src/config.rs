@@ -224,6 +224,30 @@ pub enum LogFormat {
     Json,
 }
 
+/// A password from the config or the environment: never printed by `{:?}`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The resolved configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -291,7 +315,7 @@ pub struct AsteriskConfig {
     /// The Stasis application name the dialplan sends calls to.
     pub app: String,
     pub username: String,
-    pub password: String,
+    pub password: Secret,
     pub media: AriMedia,
     pub codec: Codec,
     /// Escalated calls continue in this dialplan context at the plan's transfer target.
@@ -302,7 +326,7 @@ pub struct AsteriskConfig {
 pub struct FreeswitchConfig {
     /// The event socket (inbound mode), `host:port`.
     pub esl: String,
-    pub password: String,
+    pub password: Secret,
     /// Where our websocket server for mod_audio_fork listens.
     pub media_listen: SocketAddr,
     /// The same server as FreeSWITCH reaches it (`ws://host:port`); the call's UUID is added.
@@ -330,13 +354,13 @@ pub struct SmsConfig {
 }
 
 /// One SMPP connection.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SmscConfig {
     pub name: String,
     /// `host:port`.
     pub address: String,
     pub system_id: String,
-    pub password: String,
+    pub password: Secret,
     pub system_type: String,
     /// Destinations (E.164 prefixes with `+`) this connection carries; empty: all others.
     pub prefixes: Vec<String>,
@@ -345,23 +369,6 @@ pub struct SmscConfig {
     pub response_timeout: Duration,
     /// Overrides `sms.sender` on this connection.
     pub sender: Option<String>,
-}
-
-impl std::fmt::Debug for SmscConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmscConfig")
-            .field("name", &self.name)
-            .field("address", &self.address)
-            .field("system_id", &self.system_id)
-            .field("password", &"<redacted>")
-            .field("system_type", &self.system_type)
-            .field("prefixes", &self.prefixes)
-            .field("window", &self.window)
-            .field("enquire_link", &self.enquire_link)
-            .field("response_timeout", &self.response_timeout)
-            .field("sender", &self.sender)
-            .finish()
-    }
 }
 
 impl SmsConfig {
@@ -830,7 +837,7 @@ fn sms(origin: &str, raw: &RawSms) -> Result<SmsConfig, ConfigError> {
             ));
         }
         let password = secret(origin, &key(""), &s.password, &s.password_env)?;
-        if password.len() > 8 {
+        if password.expose().len() > 8 {
             return Err(err(
                 key("password"),
                 "8 characters at most (SMPP 3.4)".into(),
@@ -889,7 +896,7 @@ fn secret(
     prefix: &str,
     password: &Option<String>,
     password_env: &Option<String>,
-) -> Result<String, ConfigError> {
+) -> Result<Secret, ConfigError> {
     let err = |k: &str, reason: String| ConfigError {
         origin: origin.into(),
         key: format!("{prefix}{k}"),
@@ -900,14 +907,14 @@ fn secret(
             "password",
             "give password or password_env, not both".into(),
         )),
-        (Some(p), None) => Ok(p.clone()),
-        (None, Some(var)) => std::env::var(var).map_err(|_| {
+        (Some(p), None) => Ok(Secret::new(p.clone())),
+        (None, Some(var)) => std::env::var(var).map(Secret::new).map_err(|_| {
             err(
                 "password_env",
                 format!("the environment variable `{var}` is not set"),
             )
         }),
-        (None, None) => Ok(String::new()),
+        (None, None) => Ok(Secret::default()),
     }
 }
 
@@ -1255,5 +1262,82 @@ mod example_file {
         let c = Config::from_toml("docker/topup-ivr.toml", text, &Overrides::default()).unwrap();
         let d = Config::from_toml("defaults", "", &Overrides::default()).unwrap();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+}
+
+#[cfg(test)]
+mod softswitch_tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml("t.toml", text, &Overrides::default())
+    }
+
+    #[test]
+    fn asterisk_and_freeswitch_sections_are_read_with_defaults() {
+        let c = load(
+            "[asterisk]\nurl = \"http://10.0.0.5:8088/\"\nusername = \"topup\"\npassword = \"Ari-S3cret\"\n\
+             [freeswitch]\npassword = \"Esl-S3cret\"\nmedia_listen = \"0.0.0.0:9000\"\nmedia_url = \"ws://10.0.0.6:9000\"\n",
+        )
+        .unwrap();
+        let a = c.asterisk.as_ref().unwrap();
+        assert_eq!(a.url, "http://10.0.0.5:8088");
+        assert_eq!(a.app, "topup-ivr");
+        assert_eq!(a.media, AriMedia::Websocket);
+        assert_eq!(a.codec, Codec::Pcmu);
+        assert_eq!(a.escalation_context, "topup-agents");
+        let f = c.freeswitch.as_ref().unwrap();
+        assert_eq!(f.esl, "127.0.0.1:8021");
+        assert_eq!(f.media_url, "ws://10.0.0.6:9000");
+        assert_eq!(f.escalation_context, "default");
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("Ari-S3cret") && !shown.contains("Esl-S3cret"),
+            "{shown}"
+        );
+        assert!(load("").unwrap().asterisk.is_none());
+    }
+
+    #[test]
+    fn bad_softswitch_settings_name_the_key() {
+        for (text, key) in [
+            (
+                "[asterisk]\nurl = \"10.0.0.5:8088\"\nusername = \"u\"\n",
+                "asterisk.url",
+            ),
+            ("[asterisk]\n", "asterisk.username"),
+            (
+                "[asterisk]\nusername = \"u\"\nmedia = \"sctp\"\n",
+                "asterisk.media",
+            ),
+            (
+                "[asterisk]\nusername = \"u\"\nformat = \"opus\"\n",
+                "asterisk.format",
+            ),
+            (
+                "[asterisk]\nusername = \"u\"\napp = \"my app\"\n",
+                "asterisk.app",
+            ),
+            (
+                "[asterisk]\nusername = \"u\"\npassword = \"a\"\npassword_env = \"B\"\n",
+                "asterisk.password",
+            ),
+            ("[freeswitch]\n", "freeswitch.password"),
+            (
+                "[freeswitch]\npassword = \"p\"\nesl = \"fs\"\n",
+                "freeswitch.esl",
+            ),
+            (
+                "[freeswitch]\npassword = \"p\"\nmedia_url = \"http://x\"\n",
+                "freeswitch.media_url",
+            ),
+            (
+                "[freeswitch]\npassword_env = \"TOPUP_IVR_NO_SUCH_VARIABLE\"\n",
+                "freeswitch.password_env",
+            ),
+        ] {
+            let e = load(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
     }
 }

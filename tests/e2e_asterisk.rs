@@ -143,7 +143,8 @@ fn a_card_top_up_with_media_over_rtp() {
 #[test]
 fn an_escalation_continues_in_the_dialplan_with_the_escalation_id() {
     let (ast, server) = start();
-    let ch = ast.call(APP, "+12015550100", "wallet");
+    // The telco's number 7001 runs Stasis(topup-ivr,wallet).
+    let ch = ast.call_with_args(APP, "+12015550100", "7001", &["wallet"]);
     std::thread::sleep(Duration::from_millis(600));
     // 0 at the PIN prompt asks for an agent.
     ast.press(&ch, "0");

@@ -106,7 +106,8 @@ fn an_escalation_is_a_uuid_transfer_with_the_escalation_id() {
     let fs = FreeSwitch::start("pw");
     let server = start(&fs, "pw");
     fs.wait_connected(Duration::from_secs(10));
-    let uuid = fs.call("+12015550100", "wallet");
+    // The telco's number 7001, named as the wallet service by the dialplan.
+    let uuid = fs.call_with("+12015550100", "7001", &[("topup_dialled", "wallet")]);
     std::thread::sleep(Duration::from_millis(700));
     fs.press(&uuid, "0");
     server.wait_until("transferred", Duration::from_secs(20), || {

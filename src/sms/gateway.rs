@@ -619,7 +619,7 @@ async fn link_task(
     const MAX: Duration = Duration::from_secs(30);
     let scfg = SessionConfig {
         system_id: cfg.system_id.clone(),
-        password: cfg.password.clone(),
+        password: cfg.password.expose().to_string(),
         system_type: cfg.system_type.clone(),
         window: cfg.window,
         enquire_link_ms: cfg.enquire_link.as_millis() as i64,

@@ -369,6 +369,11 @@ impl Asterisk {
     /// A caller on PJSIP dials `exten`, and the dialplan runs `Stasis(app)`: the channel
     /// enters the application (StasisStart). Returns the channel id.
     pub fn call(&self, app: &str, caller: &str, exten: &str) -> String {
+        self.call_with_args(app, caller, exten, &[])
+    }
+
+    /// As [`Asterisk::call`] with `Stasis(app,args...)`.
+    pub fn call_with_args(&self, app: &str, caller: &str, exten: &str, args: &[&str]) -> String {
         let mut st = self.lock();
         st.next += 1;
         let id = format!("1795297{:03}.{}", st.next, st.next);
@@ -390,8 +395,7 @@ impl Asterisk {
                 continued: None,
             },
         );
-        let ev =
-            json!({"type": "StasisStart", "args": [], "channel": channel_json(&st.channels[&id])});
+        let ev = json!({"type": "StasisStart", "args": args, "channel": channel_json(&st.channels[&id])});
         self.emit(&mut st, app, ev);
         id
     }

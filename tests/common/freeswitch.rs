@@ -150,6 +150,11 @@ impl FreeSwitch {
 
     /// The dialplan answered a call to `dest` and parked it.
     pub fn call(&self, caller: &str, dest: &str) -> String {
+        self.call_with(caller, dest, &[])
+    }
+
+    /// As [`FreeSwitch::call`], with channel variables the dialplan set.
+    pub fn call_with(&self, caller: &str, dest: &str, vars: &[(&str, &str)]) -> String {
         let mut st = self.lock();
         st.next += 1;
         let uuid = format!("6f1c0a2e-0000-4000-8000-{:012x}", st.next);
@@ -159,7 +164,10 @@ impl FreeSwitch {
                 uuid: uuid.clone(),
                 caller: caller.into(),
                 dest: dest.into(),
-                vars: HashMap::new(),
+                vars: vars
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 fork: None,
                 transferred: None,
                 heard: vec![],
@@ -706,7 +714,7 @@ impl FreeSwitch {
 }
 
 fn channel_headers(c: &Chan, name: &str) -> Vec<(String, String)> {
-    vec![
+    let mut h = vec![
         ("Event-Name".into(), name.into()),
         (
             "Core-UUID".into(),
@@ -727,7 +735,11 @@ fn channel_headers(c: &Chan, name: &str) -> Vec<(String, String)> {
             format!("{}@10.0.0.2", &c.uuid[..8]),
         ),
         ("variable_read_codec".into(), "PCMU".into()),
-    ]
+    ];
+    for (k, v) in &c.vars {
+        h.push((format!("variable_{k}"), v.clone()));
+    }
+    h
 }
 
 fn hangup(st: &mut State, uuid: &str, cause: &str) {

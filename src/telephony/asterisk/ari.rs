@@ -103,7 +103,7 @@ impl Ari {
                 .unwrap_or_default(),
             base: format!("{}/ari", cfg.url),
             username: cfg.username.clone(),
-            password: cfg.password.clone(),
+            password: cfg.password.expose().to_string(),
         }
     }
 
@@ -346,7 +346,7 @@ mod tests {
             url: url.into(),
             app: "topup".into(),
             username: "u".into(),
-            password: "p".into(),
+            password: crate::config::Secret::new("p"),
             media: crate::config::AriMedia::Websocket,
             codec: crate::media::g711::Codec::Pcmu,
             escalation_context: "agents".into(),

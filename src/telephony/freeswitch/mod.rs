@@ -244,7 +244,7 @@ async fn connect(cfg: &FreeswitchConfig) -> Result<(TcpStream, esl::Parser), Con
             hello.content_type()
         )));
     }
-    let auth = esl::command(&format!("auth {}", cfg.password))
+    let auth = esl::command(&format!("auth {}", cfg.password.expose()))
         .ok_or_else(|| ConnectError::Auth("password with a line break".into()))?;
     sock.write_all(auth.as_bytes()).await?;
     let reply = read_frame(&mut sock, &mut parser).await?;
@@ -299,8 +299,10 @@ fn on_frame(
                     let call = ParkedCall {
                         uuid: uuid.clone(),
                         caller: ev.get("Caller-Caller-ID-Number").unwrap_or("").to_string(),
+                        // The dialplan may name the service number (`set topup_dialled=...`).
                         dialled: ev
-                            .get("Caller-Destination-Number")
+                            .get("variable_topup_dialled")
+                            .or_else(|| ev.get("Caller-Destination-Number"))
                             .unwrap_or("")
                             .to_string(),
                     };
