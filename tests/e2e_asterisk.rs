@@ -199,7 +199,7 @@ fn a_caller_hanging_up_at_any_step_leaves_nothing_behind() {
     });
     server.wait_idle();
     for c in server.calls() {
-        assert_eq!(c["end_reason"], "hangup", "{c}");
+        assert_eq!(c["end_reason"], "caller-hangup", "{c}");
     }
     server.wait_until("nothing left in Asterisk", Duration::from_secs(5), || {
         ast.leftovers() == (vec![], vec![])

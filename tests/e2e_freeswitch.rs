@@ -159,7 +159,7 @@ fn a_caller_hanging_up_at_any_step_is_recorded_and_nothing_is_topped_up() {
     });
     server.wait_idle();
     for c in server.calls() {
-        assert_eq!(c["end_reason"], "hangup", "{c}");
+        assert_eq!(c["end_reason"], "caller-hangup", "{c}");
     }
     let topups = cli(&server, &["topups", "list"]);
     assert_eq!(topups.as_array().unwrap().len(), 0, "{topups}");

@@ -336,6 +336,11 @@ impl Sipp {
     }
 
     pub fn command(&self, server: &Server, log_dir: &Path) -> Command {
+        self.command_to(server.sip, log_dir)
+    }
+
+    /// Dials `target` (a proxy in front of servers) instead of a server.
+    pub fn command_to(&self, target: SocketAddr, log_dir: &Path) -> Command {
         let mut c = Command::new("sipp");
         c.arg("-sf")
             .arg(&self.scenario)
@@ -347,7 +352,7 @@ impl Sipp {
             .args(["-trace_err", "-trace_msg", "-trace_logs"])
             .current_dir(log_dir)
             .args(&self.args)
-            .arg(server.sip.to_string())
+            .arg(target.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if !self.args.iter().any(|a| a == "-m") {

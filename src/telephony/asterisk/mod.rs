@@ -222,16 +222,22 @@ fn on_event(
             route(routes, &channel.id, LegEvent::Dtmf(d));
         }
         Event::StasisEnd { channel } => match routes.get(&channel.id) {
-            Some((_, Leg::Caller)) => {
-                route(routes, &channel.id, LegEvent::CallerGone("hangup".into()))
-            }
+            Some((_, Leg::Caller)) => route(
+                routes,
+                &channel.id,
+                LegEvent::CallerGone("caller-hangup".into()),
+            ),
             Some((_, Leg::Media)) => route(routes, &channel.id, LegEvent::MediaGone),
             None => {}
         },
         Event::ChannelDestroyed { channel, cause_txt } => match routes.get(&channel.id) {
             Some((_, Leg::Caller)) => {
                 debug!(cause = %cause_txt, "caller channel destroyed");
-                route(routes, &channel.id, LegEvent::CallerGone("hangup".into()))
+                route(
+                    routes,
+                    &channel.id,
+                    LegEvent::CallerGone("caller-hangup".into()),
+                )
             }
             Some((_, Leg::Media)) => route(routes, &channel.id, LegEvent::MediaGone),
             None => {}

@@ -334,7 +334,7 @@ fn on_frame(
                     };
                     route(LegEvent::Dtmf(d, method));
                 }
-                "CHANNEL_HANGUP_COMPLETE" => route(LegEvent::Gone("hangup".into())),
+                "CHANNEL_HANGUP_COMPLETE" => route(LegEvent::Gone("caller-hangup".into())),
                 "CUSTOM" if ev.get("Event-Subclass") == Some("mod_audio_fork::connect_failed") => {
                     route(LegEvent::MediaFailed(ev.body.clone()))
                 }

@@ -298,6 +298,9 @@ pub struct Endpoint {
     timers: BinaryHeap<Reverse<(Instant, TimerOwner)>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SipEvent>,
+    /// The node is being stopped: OPTIONS pings get 503, so a load balancer (Kamailio's
+    /// dispatcher) takes it out of rotation while its calls finish.
+    draining: bool,
 }
 
 impl Endpoint {
@@ -318,7 +321,13 @@ impl Endpoint {
             timers: BinaryHeap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            draining: false,
         }
+    }
+
+    /// Marks the node as draining (OPTIONS answered 503 with Retry-After) or not.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -535,6 +544,12 @@ impl Endpoint {
                 let ok = self.build_response(from, &req, 200, None);
                 self.respond_non_invite(now, from, key.clone(), ok);
             }),
+            Method::Options if self.draining => {
+                let mut resp = self.build_response(from, &req, 503, None);
+                resp.headers.push("Retry-After", "30");
+                self.respond_non_invite(now, from, key.clone(), resp);
+                Ok(())
+            }
             Method::Options => {
                 let mut resp = self.build_response(from, &req, 200, None);
                 resp.headers.push("Allow", ALLOW);
@@ -1910,6 +1925,12 @@ From: <sip:mon@127.0.0.1>;tag=m\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: o1\r\nCSe
         assert_eq!(codes(&rs), [200]);
         assert_eq!(rs[0].headers.get("Allow"), Some(ALLOW));
         assert!(events(&mut ep).is_empty());
+        // A node being stopped tells load balancers to look elsewhere.
+        ep.set_draining(true);
+        ep.handle_datagram(t0, caller(), opt.replace("z9hG4bKo", "z9hG4bKp").as_bytes());
+        let rs = responses(&mut ep);
+        assert_eq!(codes(&rs), [503]);
+        assert_eq!(rs[0].headers.get("Retry-After"), Some("30"));
     }
 
     #[test]
@@ -2040,6 +2061,48 @@ From: <sip:mon@127.0.0.1>;tag=m\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: o1\r\nCSe
         ep.handle_datagram(t0 + Duration::from_millis(3), caller(), &ok.to_bytes());
         assert!(drain(&mut ep, t0).is_empty());
         assert_eq!(ep.transactions(), 0);
+    }
+
+    #[test]
+    fn behind_a_record_routing_proxy_the_route_set_is_returned_and_used() {
+        let mut ep = ep();
+        let t0 = Instant::now();
+        let inv = invite("z9hG4bK1", "cid1").replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 69\r\nRecord-Route: <sip:10.0.0.1;lr;ftag=ft>\r\nRecord-Route: <sip:10.0.0.2;lr>\r\n",
+        );
+        ep.handle_datagram(t0, caller(), inv.as_bytes());
+        let SipEvent::Incoming(inc) = events(&mut ep).remove(0) else {
+            panic!()
+        };
+        ep.answer(t0, inc.call, b"v=0\r\n".to_vec());
+        let rs = responses(&mut ep);
+        assert_eq!(codes(&rs), [100, 200]);
+        // The 200 carries the route set in order (RFC 3261 12.1.1); the 100 does not need it.
+        assert_eq!(
+            rs[1].headers.list("Record-Route"),
+            ["<sip:10.0.0.1;lr;ftag=ft>", "<sip:10.0.0.2;lr>"]
+        );
+        let tag = NameAddr::parse(rs[1].headers.get("To").unwrap())
+            .unwrap()
+            .tag()
+            .unwrap()
+            .to_string();
+        ep.handle_datagram(
+            t0,
+            caller(),
+            in_dialog("ACK", 1, &tag, "cid1", "", "").as_bytes(),
+        );
+        // Our BYE goes through the proxies, first one first.
+        ep.hangup(t0, inc.call);
+        let msgs = sent(&mut ep);
+        let [Message::Request(bye)] = msgs.as_slice() else {
+            panic!("{msgs:?}")
+        };
+        assert_eq!(
+            bye.headers.list("Route"),
+            ["<sip:10.0.0.1;lr;ftag=ft>", "<sip:10.0.0.2;lr>"]
+        );
     }
 
     #[test]

@@ -526,8 +526,11 @@ impl Response {
     /// tag added when given and the request had none.
     pub fn to_request(req: &Request, code: u16, reason: &str, to_tag: Option<&str>) -> Response {
         let mut headers = Headers::new();
+        // A response that may set up a dialog carries the request's Record-Route in order
+        // (RFC 3261 §12.1.1), so the caller's in-dialog requests pass the same proxies.
+        let dialog = req.method == Method::Invite && (101..300).contains(&code);
         for (n, v) in req.headers.iter() {
-            if matches!(n, "Via" | "From" | "Call-ID" | "CSeq") {
+            if matches!(n, "Via" | "From" | "Call-ID" | "CSeq") || (dialog && n == "Record-Route") {
                 headers.push(n, v);
             } else if n == "To" {
                 let has_tag = NameAddr::parse(v).is_some_and(|a| a.tag().is_some());

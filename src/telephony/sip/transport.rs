@@ -79,6 +79,8 @@ impl Transport {
                         self.flush().await;
                         return;
                     }
+                    let draining = *shutdown.borrow() != Shutdown::Running;
+                    self.endpoint.set_draining(draining);
                 }
             }
             self.flush().await;
