@@ -46,6 +46,85 @@ pub enum BridgeEnd {
 /// Prompt played before the money runs out.
 pub const WARNING_PROMPT: &str = "one-minute-left";
 
+/// The clock of a paid call, sans-IO: it may ring until a deadline; once answered it may last
+/// the budget's `max`, and the caller is warned `warn_before` the end (when the call is long
+/// enough for a warning to make sense). Shared by every edge that places calls.
+#[derive(Debug)]
+pub struct PaidCall {
+    ring_deadline: Instant,
+    max: Duration,
+    warn_before: Duration,
+    answered: Option<Instant>,
+    warned: bool,
+}
+
+/// What the clock says must happen now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaidCallAction {
+    /// Nobody answered in time: give up (nothing to pay).
+    RingTimeout,
+    /// Play [`WARNING_PROMPT`] to the caller.
+    Warn,
+    /// The money is used up: end the outbound leg.
+    Cut,
+}
+
+impl PaidCall {
+    pub fn new(now: Instant, ring_timeout: Duration, max: Duration, warn_before: Duration) -> Self {
+        PaidCall {
+            ring_deadline: now + ring_timeout,
+            max,
+            warn_before,
+            answered: None,
+            warned: false,
+        }
+    }
+
+    pub fn handle_answer(&mut self, now: Instant) {
+        self.answered.get_or_insert(now);
+    }
+
+    pub fn is_answered(&self) -> bool {
+        self.answered.is_some()
+    }
+
+    /// Talk time so far (zero before the answer).
+    pub fn talk(&self, now: Instant) -> Duration {
+        self.answered
+            .map(|a| now.saturating_duration_since(a))
+            .unwrap_or_default()
+    }
+
+    fn warn_at(&self) -> Option<Instant> {
+        let at = self.answered?;
+        (!self.warned && self.max > self.warn_before).then(|| at + self.max - self.warn_before)
+    }
+
+    /// The next moment [`PaidCall::poll`] has something to say.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.answered {
+            None => self.ring_deadline,
+            Some(at) => self.warn_at().unwrap_or(at + self.max),
+        }
+    }
+
+    pub fn poll(&mut self, now: Instant) -> Option<PaidCallAction> {
+        match self.answered {
+            None => (now >= self.ring_deadline).then_some(PaidCallAction::RingTimeout),
+            Some(at) => {
+                if now >= at + self.max {
+                    Some(PaidCallAction::Cut)
+                } else if self.warn_at().is_some_and(|w| now >= w) {
+                    self.warned = true;
+                    Some(PaidCallAction::Warn)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
 /// Places a call to `number` and relays it until one side ends it or the money runs out.
 pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEnd {
     let cfg = &shared.cfg;
@@ -115,11 +194,13 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
     };
     info!(to = %crate::redact::Phone(&e164), max_secs = budget.max.as_secs(), "placing call");
 
-    let started = Instant::now();
-    let ring_deadline = started + cfg.calling_ring_timeout;
-    let mut answered: Option<Instant> = None;
+    let mut clock = PaidCall::new(
+        Instant::now(),
+        cfg.calling_ring_timeout,
+        budget.max,
+        cfg.calling_warning_before,
+    );
     let mut out_remote: Option<SocketAddr> = None;
-    let mut warned = false;
     let mut buf = vec![0u8; 2048];
     let mut out_buf = vec![0u8; 2048];
     let session = leg.session;
@@ -138,39 +219,27 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
         while let Some(pkt) = session.poll_transmit(now) {
             let _ = leg.socket.send_to(&pkt, *leg.remote).await;
         }
-        let mut deadlines = vec![session.poll_timeout()];
-        match answered {
-            None => {
-                if now >= ring_deadline {
-                    debug!("no answer");
-                    let _ = leg.commands.send(SipCommand::Hangup(out)).await;
-                    settle(Duration::ZERO).await;
-                    return finish("no_answer", Duration::ZERO, String::new(), session);
-                }
-                deadlines.push(Some(ring_deadline));
+        match clock.poll(now) {
+            Some(PaidCallAction::RingTimeout) => {
+                debug!("no answer");
+                let _ = leg.commands.send(SipCommand::Hangup(out)).await;
+                settle(Duration::ZERO).await;
+                return finish("no_answer", Duration::ZERO, String::new(), session);
             }
-            Some(at) => {
-                let cut = at + budget.max;
-                if now >= cut {
-                    info!("balance used up: cutting the call");
-                    let _ = leg.commands.send(SipCommand::Hangup(out)).await;
-                    let talk = now - at;
-                    let cost = settle(talk).await;
-                    return finish("cut", talk, cost, session);
-                }
-                deadlines.push(Some(cut));
-                if !warned && budget.max > cfg.calling_warning_before {
-                    let warn_at = cut - cfg.calling_warning_before;
-                    if now >= warn_at {
-                        info!("warning the caller: the money runs out soon");
-                        warned = true;
-                        session.announce(&[WARNING_PROMPT]);
-                    } else {
-                        deadlines.push(Some(warn_at));
-                    }
-                }
+            Some(PaidCallAction::Cut) => {
+                info!("balance used up: cutting the call");
+                let _ = leg.commands.send(SipCommand::Hangup(out)).await;
+                let talk = clock.talk(now);
+                let cost = settle(talk).await;
+                return finish("cut", talk, cost, session);
             }
+            Some(PaidCallAction::Warn) => {
+                info!("warning the caller: the money runs out soon");
+                session.announce(&[WARNING_PROMPT]);
+            }
+            None => {}
         }
+        let deadlines = [session.poll_timeout(), Some(clock.poll_timeout())];
         let wake = deadlines
             .into_iter()
             .flatten()
@@ -186,7 +255,7 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
                             Ok(n) => {
                                 info!("call answered");
                                 out_remote = Some(SocketAddr::new(n.remote_addr, n.remote_port));
-                                answered = Some(now);
+                                clock.handle_answer(now);
                                 session.set_bridged(true);
                             }
                             Err(e) => {
@@ -211,14 +280,13 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
                         }
                     },
                     Some(SipEvent::Ended { call, .. }) if call == out => {
-                        let talk = answered.map(|a| now - a).unwrap_or_default();
+                        let talk = clock.talk(now);
                         let cost = settle(talk).await;
                         return finish("ok", talk, cost, session);
                     }
                     Some(SipEvent::Ended { call, reason }) if call == leg.call => {
                         let _ = leg.commands.send(SipCommand::Hangup(out)).await;
-                        let talk = answered.map(|a| now - a).unwrap_or_default();
-                        settle(talk).await;
+                        settle(clock.talk(now)).await;
                         session.set_bridged(false);
                         return BridgeEnd::CallerGone(reason);
                     }
@@ -229,7 +297,7 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
                     Some(_) => {}
                     None => {
                         let _ = leg.commands.send(SipCommand::Hangup(out)).await;
-                        settle(answered.map(|a| now - a).unwrap_or_default()).await;
+                        settle(clock.talk(now)).await;
                         return BridgeEnd::CallerGone(EndReason::RemoteBye);
                     }
                 }
@@ -259,5 +327,47 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
                 session.handle_timeout(Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn an_unanswered_call_times_out_at_the_ring_deadline() {
+        let t0 = Instant::now();
+        let mut c = PaidCall::new(t0, 45 * S, 300 * S, 60 * S);
+        assert_eq!(c.poll_timeout(), t0 + 45 * S);
+        assert_eq!(c.poll(t0 + 44 * S), None);
+        assert_eq!(c.poll(t0 + 45 * S), Some(PaidCallAction::RingTimeout));
+        assert_eq!(c.talk(t0 + 50 * S), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_answered_call_is_warned_once_then_cut_when_the_money_runs_out() {
+        let t0 = Instant::now();
+        let mut c = PaidCall::new(t0, 45 * S, 300 * S, 60 * S);
+        c.handle_answer(t0 + 5 * S);
+        // The ring deadline no longer matters.
+        assert_eq!(c.poll(t0 + 50 * S), None);
+        assert_eq!(c.poll_timeout(), t0 + 245 * S);
+        assert_eq!(c.poll(t0 + 245 * S), Some(PaidCallAction::Warn));
+        assert_eq!(c.poll(t0 + 246 * S), None, "warned once");
+        assert_eq!(c.poll_timeout(), t0 + 305 * S);
+        assert_eq!(c.poll(t0 + 305 * S), Some(PaidCallAction::Cut));
+        assert_eq!(c.talk(t0 + 305 * S), 300 * S);
+    }
+
+    #[test]
+    fn a_call_shorter_than_the_warning_is_not_warned() {
+        let t0 = Instant::now();
+        let mut c = PaidCall::new(t0, 45 * S, 30 * S, 60 * S);
+        c.handle_answer(t0);
+        assert_eq!(c.poll_timeout(), t0 + 30 * S);
+        assert_eq!(c.poll(t0 + 29 * S), None);
+        assert_eq!(c.poll(t0 + 30 * S), Some(PaidCallAction::Cut));
     }
 }

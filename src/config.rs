@@ -73,6 +73,7 @@ struct RawAsterisk {
     media: Option<String>,
     format: Option<String>,
     escalation_context: Option<String>,
+    calling_endpoint: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -84,6 +85,7 @@ struct RawFreeswitch {
     media_listen: Option<String>,
     media_url: Option<String>,
     escalation_context: Option<String>,
+    calling_gateway: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -320,6 +322,8 @@ pub struct AsteriskConfig {
     pub codec: Codec,
     /// Escalated calls continue in this dialplan context at the plan's transfer target.
     pub escalation_context: String,
+    /// Where the calling service's calls go, e.g. `PJSIP/{number}@trunk`; `None`: off.
+    pub calling_endpoint: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -333,6 +337,8 @@ pub struct FreeswitchConfig {
     pub media_url: String,
     /// Escalated calls are transferred to the plan's target in this XML context.
     pub escalation_context: String,
+    /// Where the calling service's calls go, e.g. `sofia/gateway/trunk/{number}`; `None`: off.
+    pub calling_gateway: Option<String>,
 }
 
 /// The text channel. SMS are written and sent only when at least one SMSC is configured.
@@ -972,6 +978,20 @@ fn asterisk(origin: &str, raw: &RawAsterisk) -> Result<AsteriskConfig, ConfigErr
             format!("`{escalation_context}`: letters, digits, - _ . only"),
         ));
     }
+    let calling_endpoint = match raw.calling_endpoint.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(e)
+            if e.contains("{number}") && e.contains('/') && !e.contains(char::is_whitespace) =>
+        {
+            Some(e.to_string())
+        }
+        Some(e) => {
+            return Err(err(
+                "calling_endpoint",
+                format!("`{e}` is not a dial string with {{number}}, like PJSIP/{{number}}@trunk"),
+            ));
+        }
+    };
     Ok(AsteriskConfig {
         url,
         app,
@@ -980,6 +1000,7 @@ fn asterisk(origin: &str, raw: &RawAsterisk) -> Result<AsteriskConfig, ConfigErr
         media,
         codec,
         escalation_context,
+        calling_endpoint,
     })
 }
 
@@ -1039,12 +1060,29 @@ fn freeswitch(origin: &str, raw: &RawFreeswitch) -> Result<FreeswitchConfig, Con
             format!("`{escalation_context}` is not a context name"),
         ));
     }
+    let calling_gateway = match raw.calling_gateway.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(g)
+            if g.contains("{number}") && g.contains('/') && !g.contains(char::is_whitespace) =>
+        {
+            Some(g.to_string())
+        }
+        Some(g) => {
+            return Err(err(
+                "calling_gateway",
+                format!(
+                    "`{g}` is not a dial string with {{number}}, like sofia/gateway/trunk/{{number}}"
+                ),
+            ));
+        }
+    };
     Ok(FreeswitchConfig {
         esl,
         password,
         media_listen,
         media_url,
         escalation_context,
+        calling_gateway,
     })
 }
 
@@ -1323,6 +1361,14 @@ mod softswitch_tests {
                 "asterisk.password",
             ),
             ("[freeswitch]\n", "freeswitch.password"),
+            (
+                "[asterisk]\nusername = \"u\"\ncalling_endpoint = \"PJSIP/trunk\"\n",
+                "asterisk.calling_endpoint",
+            ),
+            (
+                "[freeswitch]\npassword = \"p\"\ncalling_gateway = \"sofia/gw {number}\"\n",
+                "freeswitch.calling_gateway",
+            ),
             (
                 "[freeswitch]\npassword = \"p\"\nesl = \"fs\"\n",
                 "freeswitch.esl",

@@ -141,6 +141,101 @@ fn a_card_top_up_with_media_over_rtp() {
 }
 
 #[test]
+fn a_wallet_call_is_originated_bridged_warned_and_cut_when_the_money_runs_out() {
+    let (ast, server) = start_with(
+        "calling_endpoint = \"PJSIP/{number}@trunk\"\n[calling]\nwarning_before = \"3s\"\n",
+    );
+    calling_wallet(&server);
+    let ch = ast.call(APP, "+12015550166", "wallet");
+    std::thread::sleep(Duration::from_millis(600));
+    // PIN, 3: minutes to a number, the number, 1: connect.
+    ast.press(&ch, "4321#3447911123456#1");
+    let callee = format!("{ch}-out");
+    server.wait_until("the call is cut", Duration::from_secs(30), || {
+        server.log().contains("balance used up: cutting the call")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!ast.exists(&callee), "the outbound leg was hung up");
+    ast.hangup_caller(&ch);
+    server.wait_idle();
+    let w = cli(&server, &["accounts", "show", "+12015550166"]);
+    assert_eq!(w["wallet"]["balance"], "0.04", "6 s at 0.60/min: {w}");
+    let log = server.log();
+    assert!(log.find("warning the caller").unwrap() < log.find("balance used up").unwrap());
+    // The callee was dialled with the caller's number, answered into the application and
+    // joined to the caller's bridge; the warning reached the caller through that bridge.
+    let reqs = ast.requests();
+    let orig = reqs
+        .iter()
+        .find(|r| r.operation.as_deref() == Some("originate"))
+        .expect("originate");
+    let q = |k: &str| {
+        orig.query
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(q("endpoint"), Some("PJSIP/+447911123456@trunk"));
+    assert_eq!(q("callerId"), Some("+12015550166"));
+    assert!(
+        reqs.iter()
+            .any(|r| r.operation.as_deref() == Some("addChannel")
+                && r.query.iter().any(|(k, v)| k == "channel" && v == &callee))
+    );
+    assert!(heard_prompt(
+        &ast.heard(&ch),
+        &prompts(),
+        "en",
+        "one-minute-left"
+    ));
+    assert_eq!(ast.leftovers(), (vec![], vec![]));
+    assert_conformant(&ast);
+    cli_ok(&server, &["ledger", "check"]);
+}
+
+#[test]
+fn a_busy_callee_costs_nothing() {
+    let (ast, server) = start_with("calling_endpoint = \"PJSIP/{number}@trunk\"\n");
+    calling_wallet(&server);
+    ast.set_callee(
+        "+447911123456",
+        common::asterisk::Callee {
+            busy: true,
+            ..Default::default()
+        },
+    );
+    let ch = ast.call(APP, "+12015550166", "wallet");
+    std::thread::sleep(Duration::from_millis(600));
+    ast.press(&ch, "4321#3447911123456#1");
+    server.wait_until(
+        "the busy callee is reported",
+        Duration::from_secs(20),
+        || {
+            server.log().contains("placing call")
+                && ast
+                    .requests()
+                    .iter()
+                    .any(|r| r.operation.as_deref() == Some("originate"))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !ast.requests()
+            .iter()
+            .any(|r| r.operation.as_deref() == Some("addChannel")
+                && r.query.iter().any(|(_, v)| v.ends_with("-out"))),
+        "a busy callee is never bridged"
+    );
+    ast.hangup_caller(&ch);
+    server.wait_idle();
+    let w = cli(&server, &["accounts", "show", "+12015550166"]);
+    assert_eq!(w["wallet"]["balance"], "0.10", "{w}");
+    assert_eq!(ast.leftovers(), (vec![], vec![]));
+    assert_conformant(&ast);
+    cli_ok(&server, &["ledger", "check"]);
+}
+
+#[test]
 fn an_escalation_continues_in_the_dialplan_with_the_escalation_id() {
     let (ast, server) = start();
     // The telco's number 7001 runs Stasis(topup-ivr,wallet).

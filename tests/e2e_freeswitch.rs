@@ -14,9 +14,13 @@ use topup_ivr::media::g711::Codec;
 use topup_ivr::media::prompts::{LoadOptions, PromptStore};
 
 fn start(fs: &FreeSwitch, password: &str) -> Server {
+    start_with(fs, password, "")
+}
+
+fn start_with(fs: &FreeSwitch, password: &str, extra: &str) -> Server {
     let media = free_tcp_port();
     Server::start(&format!(
-        "[freeswitch]\nesl = \"{}\"\npassword = \"{password}\"\nmedia_listen = \"127.0.0.1:{media}\"\n",
+        "[freeswitch]\nesl = \"{}\"\npassword = \"{password}\"\nmedia_listen = \"127.0.0.1:{media}\"\n{extra}",
         fs.esl
     ))
 }
@@ -208,4 +212,93 @@ fn a_wrong_event_socket_password_is_reported_and_retried() {
         !server.log().contains("Wr0ngPassw0rd"),
         "the password is not logged"
     );
+}
+
+#[test]
+fn a_wallet_call_is_originated_bridged_warned_and_cut_when_the_money_runs_out() {
+    let fs = FreeSwitch::start("pw");
+    let server = start_with(
+        &fs,
+        "pw",
+        "calling_gateway = \"sofia/gateway/trunk/{number}\"\n[calling]\nwarning_before = \"3s\"\n",
+    );
+    calling_wallet(&server);
+    fs.wait_connected(Duration::from_secs(10));
+    let uuid = fs.call("+12015550166", "wallet");
+    std::thread::sleep(Duration::from_millis(700));
+    // PIN, 3: minutes to a number, the number, 1: connect.
+    fs.press(&uuid, "4321#3447911123456#1");
+    let callee = format!("{uuid}-out");
+    server.wait_until("the call is cut", Duration::from_secs(30), || {
+        server.log().contains("balance used up: cutting the call")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!fs.exists(&callee), "the outbound leg was hung up");
+    assert!(
+        fs.exists(&uuid),
+        "the caller went back to the park, still with us"
+    );
+    fs.hangup(&uuid);
+    server.wait_idle();
+    let w = cli(&server, &["accounts", "show", "+12015550166"]);
+    assert_eq!(w["wallet"]["balance"], "0.04", "6 s at 0.60/min: {w}");
+    let log = server.log();
+    assert!(log.find("warning the caller").unwrap() < log.find("balance used up").unwrap());
+    let cmds = fs.commands();
+    assert!(
+        cmds.iter().any(|c| c.starts_with(&format!(
+            "bgapi originate {{origination_uuid={callee},origination_caller_id_number=+12015550166,"
+        )) && c.ends_with("}sofia/gateway/trunk/+447911123456 &park()")),
+        "{cmds:?}"
+    );
+    assert!(
+        cmds.iter()
+            .any(|c| c == &format!("api uuid_bridge {uuid} {callee}"))
+    );
+    assert!(heard_prompt(
+        &fs.heard(&uuid),
+        &prompts(),
+        "one-minute-left"
+    ));
+    assert_clean(&fs);
+    cli_ok(&server, &["ledger", "check"]);
+}
+
+#[test]
+fn a_busy_callee_costs_nothing() {
+    let fs = FreeSwitch::start("pw");
+    let server = start_with(
+        &fs,
+        "pw",
+        "calling_gateway = \"sofia/gateway/trunk/{number}\"\n",
+    );
+    calling_wallet(&server);
+    fs.set_callee(
+        "+447911123456",
+        common::freeswitch::Callee {
+            busy: true,
+            ..Default::default()
+        },
+    );
+    fs.wait_connected(Duration::from_secs(10));
+    let uuid = fs.call("+12015550166", "wallet");
+    std::thread::sleep(Duration::from_millis(700));
+    fs.press(&uuid, "4321#3447911123456#1");
+    server.wait_until("the call is tried", Duration::from_secs(20), || {
+        fs.commands()
+            .iter()
+            .any(|c| c.starts_with("bgapi originate"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !fs.commands()
+            .iter()
+            .any(|c| c.starts_with("api uuid_bridge"))
+    );
+    fs.hangup(&uuid);
+    server.wait_idle();
+    let w = cli(&server, &["accounts", "show", "+12015550166"]);
+    assert_eq!(w["wallet"]["balance"], "0.10", "{w}");
+    assert_clean(&fs);
+    cli_ok(&server, &["ledger", "check"]);
 }

@@ -257,35 +257,7 @@ fn a_wallet_call_through_the_gateway_is_warned_cut_at_zero_and_billed_by_the_inc
     let server = Server::start(&format!(
         "[calling]\ngateway = \"127.0.0.1:{gateway_port}\"\nwarning_before = \"3s\"\n"
     ));
-    // A wallet with 0.10 USD, and a rate of 0.60 USD/min in 6 s increments to +44:
-    // 10 s affordable, 6 s in whole increments.
-    let rates = server.dir.path().join("rates.toml");
-    std::fs::write(
-        &rates,
-        "[[rate]]\nprefix = \"44\"\ncurrency = \"USD\"\nper_minute = \"0.60\"\nincrement = 6\n",
-    )
-    .unwrap();
-    cli_ok(&server, &["carriers", "import", rates.to_str().unwrap()]);
-    let mut pin = Command::new(BIN)
-        .args(["accounts", "create-wallet", "+12015550166", "--config"])
-        .arg(&server.config)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    pin.stdin.take().unwrap().write_all(b"4321\n").unwrap();
-    assert!(pin.wait().unwrap().success());
-    cli_ok(
-        &server,
-        &[
-            "accounts",
-            "credit",
-            "+12015550166",
-            "0.10USD",
-            "--id",
-            "fund",
-        ],
-    );
+    calling_wallet(&server);
 
     // The gateway: a sipp UAS that answers and waits for the service's BYE.
     let gw_logs = tempfile::tempdir().unwrap();
@@ -375,19 +347,5 @@ fn a_wallet_call_through_the_gateway_is_warned_cut_at_zero_and_billed_by_the_inc
         check.status.success(),
         "{}",
         String::from_utf8_lossy(&check.stdout)
-    );
-}
-
-fn cli_ok(server: &Server, args: &[&str]) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(&server.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -28,6 +28,8 @@ pub struct EdgeCall {
     /// Run the in-band detector on [`EdgeEvent::Pcm`] (the softswitch reports keys itself
     /// otherwise).
     pub inband: bool,
+    /// The adapter can place outbound calls ([`EdgeCommand::Dial`]) for the calling service.
+    pub can_dial: bool,
 }
 
 /// What the adapter reports about a call.
@@ -40,6 +42,20 @@ pub enum EdgeEvent {
     Transferred(Result<(), String>),
     /// The caller's channel is gone; the reason is for the CDR.
     Ended(String),
+    /// What became of the outbound leg of [`EdgeCommand::Dial`].
+    Dial(DialEvent),
+}
+
+/// The outbound leg's progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialEvent {
+    /// Answered, and joined with the caller by the softswitch.
+    Answered,
+    Busy,
+    NoAnswer,
+    Failed,
+    /// The callee hung up after answering.
+    Ended,
 }
 
 /// What the call asks of the adapter.
@@ -59,6 +75,11 @@ pub enum EdgeCommand {
     },
     /// End the call (the plan finished, or the service is shutting down).
     Hangup(String),
+    /// Calling service: call `number` (E.164) from `caller` and join it with the caller once
+    /// answered; report with [`EdgeEvent::Dial`].
+    Dial { number: String, caller: String },
+    /// End the outbound leg (the money ran out, nobody answered, the caller left).
+    DropDial,
 }
 
 /// Outgoing audio queued for one call's media connection: about 200 ms. When a connection is
@@ -201,8 +222,28 @@ async fn drive(
         if let Some((op, args)) = session.poll_invoke() {
             op_seq += 1;
             if op == "call" {
-                // Placing a second leg through the softswitch is not offered on this edge.
-                session.handle_result(now, "unavailable".into(), vec![]);
+                let number = args
+                    .iter()
+                    .find(|(k, _)| k == "number")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                let id = format!("{}:{op_seq}", call.call_id);
+                let leg = DialLeg {
+                    session: &mut session,
+                    events: &mut events,
+                    commands,
+                    caller: &caller,
+                    id,
+                };
+                match dial(shared, leg, &number, call.can_dial).await {
+                    Ok((code, mut vars)) => {
+                        if let Ok(b) = shared.core.wallet_balance(&caller).await {
+                            vars.push(("balance".into(), b.to_string()));
+                        }
+                        session.handle_result(Instant::now(), code, vars);
+                    }
+                    Err(reason) => return (reason, session),
+                }
                 continue;
             }
             let request_id = format!("voice:{}:{op_seq}", call.call_id);
@@ -274,6 +315,7 @@ async fn drive(
                         }
                     }
                     Some(EdgeEvent::Ended(reason)) => return (reason, session),
+                    Some(EdgeEvent::Dial(_)) => {}
                     None => break "internal".into(),
                 }
             }
@@ -312,6 +354,160 @@ pub async fn wait_for<T, R>(
             Ok(None) | Err(_) => return None,
         }
     }
+}
+
+/// The caller's side, lent to [`dial`] for the length of an outbound call.
+struct DialLeg<'a> {
+    session: &'a mut CallSession,
+    events: &'a mut mpsc::Receiver<EdgeEvent>,
+    commands: &'a mpsc::Sender<EdgeCommand>,
+    caller: &'a str,
+    /// Unique per call attempt (billing ids).
+    id: String,
+}
+
+/// The calling service on a softswitch edge: reserve the wallet's money, have the softswitch
+/// place and join the call, warn and cut by [`PaidCall`], charge the talk time. Returns the
+/// result for the plan, or `Err(reason)` when the caller hung up.
+async fn dial(
+    shared: &Shared,
+    leg: DialLeg<'_>,
+    number: &str,
+    can_dial: bool,
+) -> Result<crate::services::OpResult, String> {
+    use crate::bridge::{PaidCall, PaidCallAction, WARNING_PROMPT};
+    let cfg = &shared.cfg;
+    if !can_dial {
+        return Ok(("unavailable".into(), vec![]));
+    }
+    let e164 = match crate::topup::numbers::parse_number(number) {
+        Ok(n) => n.e164,
+        Err(_) => return Ok(("invalid_number".into(), vec![])),
+    };
+    let now_ms = crate::topup::books::now_ms;
+    let budget = match shared
+        .core
+        .reserve_call(&leg.id, leg.caller, &e164, cfg.max_call_duration, now_ms())
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => return Ok((e.code().into(), vec![])),
+    };
+    let settle = |talk: Duration| {
+        let id = leg.id.clone();
+        async move {
+            match shared
+                .core
+                .settle_call(&id, leg.caller, &budget, talk, now_ms())
+                .await
+            {
+                Ok(cost) => cost.to_string(),
+                Err(e) => {
+                    // The reservation stays pending: nothing is lost, staff can settle it.
+                    warn!(error = %e, "call not settled");
+                    String::new()
+                }
+            }
+        }
+    };
+    info!(to = %crate::redact::Phone(&e164), max_secs = budget.max.as_secs(), "placing call");
+    let _ = leg
+        .commands
+        .send(EdgeCommand::Dial {
+            number: e164,
+            caller: leg.caller.to_string(),
+        })
+        .await;
+    let session = leg.session;
+    let mut clock = PaidCall::new(
+        Instant::now(),
+        cfg.calling_ring_timeout,
+        budget.max,
+        cfg.calling_warning_before,
+    );
+    let result = |code: &str, talk: Duration, cost: String| {
+        Ok((
+            code.to_string(),
+            vec![
+                ("call_secs".to_string(), talk.as_secs().to_string()),
+                ("call_cost".to_string(), cost),
+            ],
+        ))
+    };
+    let outcome = loop {
+        let now = Instant::now();
+        while let Some(pkt) = session.poll_transmit(now) {
+            let _ = leg.commands.try_send(EdgeCommand::Media(pkt));
+        }
+        match clock.poll(now) {
+            Some(PaidCallAction::RingTimeout) => {
+                let _ = leg.commands.send(EdgeCommand::DropDial).await;
+                settle(Duration::ZERO).await;
+                break result("no_answer", Duration::ZERO, String::new());
+            }
+            Some(PaidCallAction::Cut) => {
+                info!("balance used up: cutting the call");
+                let _ = leg.commands.send(EdgeCommand::DropDial).await;
+                let talk = clock.talk(now);
+                let cost = settle(talk).await;
+                break result("cut", talk, cost);
+            }
+            Some(PaidCallAction::Warn) => {
+                info!("warning the caller: the money runs out soon");
+                session.announce(&[WARNING_PROMPT]);
+            }
+            None => {}
+        }
+        let wake = [session.poll_timeout(), Some(clock.poll_timeout())]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(1))
+            .max(now);
+        tokio::select! {
+            ev = leg.events.recv() => {
+                let now = Instant::now();
+                match ev {
+                    Some(EdgeEvent::Dial(DialEvent::Answered)) => {
+                        info!("call answered");
+                        clock.handle_answer(now);
+                        session.set_bridged(true);
+                    }
+                    Some(EdgeEvent::Dial(DialEvent::Ended)) => {
+                        let talk = clock.talk(now);
+                        let cost = settle(talk).await;
+                        break result("ok", talk, cost);
+                    }
+                    Some(EdgeEvent::Dial(other)) => {
+                        let code = match other {
+                            DialEvent::Busy => "busy",
+                            DialEvent::NoAnswer => "no_answer",
+                            _ => "failed",
+                        };
+                        let talk = clock.talk(now);
+                        let cost = settle(talk).await;
+                        break result(code, talk, cost);
+                    }
+                    Some(EdgeEvent::Ended(reason)) => {
+                        let _ = leg.commands.send(EdgeCommand::DropDial).await;
+                        settle(clock.talk(now)).await;
+                        break Err(reason);
+                    }
+                    // Keys and audio during the call are the callee's business.
+                    Some(_) => {}
+                    None => {
+                        settle(clock.talk(now)).await;
+                        break Err("internal".into());
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                session.handle_timeout(Instant::now());
+            }
+        }
+    };
+    session.set_bridged(false);
+    outcome
 }
 
 /// Which way a key reached an adapter.

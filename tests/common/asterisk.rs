@@ -273,6 +273,27 @@ struct Chan {
     /// Frames the caller heard from the bridge.
     heard: Vec<Vec<u8>>,
     continued: Option<(String, String, String)>,
+    /// In the application (StasisStart sent, StasisEnd not yet).
+    stasis: bool,
+}
+
+/// How an originated callee behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct Callee {
+    pub busy: bool,
+    pub answer_after: Duration,
+    /// Hangs up this long after answering (never when `None`).
+    pub hangup_after: Option<Duration>,
+}
+
+impl Default for Callee {
+    fn default() -> Self {
+        Callee {
+            busy: false,
+            answer_after: Duration::from_millis(300),
+            hangup_after: None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -288,6 +309,8 @@ struct State {
     crashed: bool,
     /// Refuse events websockets (to test reconnecting).
     refuse_events: bool,
+    /// Originated calls by dialled number.
+    callees: HashMap<String, Callee>,
 }
 
 #[derive(Clone)]
@@ -393,6 +416,7 @@ impl Asterisk {
                 bridge: None,
                 heard: vec![],
                 continued: None,
+                stasis: true,
             },
         );
         let ev = json!({"type": "StasisStart", "args": args, "channel": channel_json(&st.channels[&id])});
@@ -440,6 +464,11 @@ impl Asterisk {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// How calls originated to `number` behave.
+    pub fn set_callee(&self, number: &str, callee: Callee) {
+        self.lock().callees.insert(number.into(), callee);
     }
 
     /// The caller hangs up.
@@ -569,6 +598,7 @@ impl Asterisk {
             bridge: None,
             heard: vec![],
             continued: None,
+            stasis: true,
         };
         let v = channel_json(&ch);
         st.channels.insert(id.clone(), ch);
@@ -848,6 +878,7 @@ async fn media_ws(
                 *to_app = Some(tx.clone());
             }
             ch.state = "Up";
+            ch.stasis = true;
             let start = json!({
                 "event": "MEDIA_START", "connection_id": conn, "channel": ch.name, "channel_id": ch.id,
                 "format": "ulaw", "optimal_frame_size": 160, "ptime": 20,
@@ -1122,6 +1153,7 @@ fn handle_rest(
                     m.retain(|x| x != &id);
                 }
                 let cj = channel_json(&c);
+                c.stasis = false;
                 c.continued = Some((
                     q.get("context")
                         .cloned()
@@ -1195,9 +1227,92 @@ fn handle_rest(
                 bridge: None,
                 heard: vec![],
                 continued: None,
+                // Enters the application when its websocket connects.
+                stasis: false,
             };
             let v = channel_json(&ch);
             st.channels.insert(id, ch);
+            axum::Json(v).into_response()
+        }
+        "originate" => {
+            // `PJSIP/<number>@trunk` or `PJSIP/<number>`: the dialled number.
+            let endpoint = q["endpoint"].clone();
+            let Some((_, rest)) = endpoint.split_once('/') else {
+                return message(400, "Invalid endpoint");
+            };
+            let number = rest.split('@').next().unwrap_or("").to_string();
+            let Some(app) = q.get("app").cloned() else {
+                // Originating into the dialplan is not emulated.
+                st.violations.push("originate without app".into());
+                return message(400, "app is required here");
+            };
+            let id = q.get("channelId").cloned().unwrap_or_else(|| {
+                st.next += 1;
+                format!("1795299{:03}.{}", st.next, st.next)
+            });
+            if st.channels.contains_key(&id) || st.destroyed.contains_key(&id) {
+                return message(409, "Channel with the same id already exists");
+            }
+            st.next += 1;
+            let args: Vec<String> = q
+                .get("appArgs")
+                .map(|a| a.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            let ch = Chan {
+                id: id.clone(),
+                name: format!("PJSIP/trunk-{:08x}", st.next),
+                state: "Down",
+                caller: q.get("callerId").cloned().unwrap_or_default(),
+                exten: number.clone(),
+                context: "default".into(),
+                app: Some(app.clone()),
+                vars: HashMap::new(),
+                kind: Kind::Caller,
+                bridge: None,
+                heard: vec![],
+                continued: None,
+                stasis: false,
+            };
+            let v = channel_json(&ch);
+            st.channels.insert(id.clone(), ch);
+            let callee = st.callees.get(&number).copied().unwrap_or_default();
+            let timeout = q
+                .get("timeout")
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(30);
+            let ast2 = ast.clone();
+            ast.rt.spawn(async move {
+                let wait = callee.answer_after.min(Duration::from_secs(timeout));
+                tokio::time::sleep(wait).await;
+                {
+                    let mut st = ast2.lock();
+                    if !st.channels.contains_key(&id) {
+                        return;
+                    }
+                    if callee.busy {
+                        ast2.destroy(&mut st, &id, 17, "User busy");
+                        return;
+                    }
+                    if callee.answer_after > Duration::from_secs(timeout) {
+                        ast2.destroy(&mut st, &id, 19, "No answer");
+                        return;
+                    }
+                    let c = st.channels.get_mut(&id).unwrap();
+                    c.state = "Up";
+                    c.stasis = true;
+                    let cj = channel_json(c);
+                    ast2.emit(
+                        &mut st,
+                        &app,
+                        json!({"type": "StasisStart", "args": args, "channel": cj}),
+                    );
+                }
+                if let Some(after) = callee.hangup_after {
+                    tokio::time::sleep(after).await;
+                    let mut st = ast2.lock();
+                    ast2.destroy(&mut st, &id, 16, "Normal Clearing");
+                }
+            });
             axum::Json(v).into_response()
         }
         "createWithId" => {

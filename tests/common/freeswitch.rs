@@ -52,7 +52,25 @@ struct Fork {
     bugname: String,
 }
 
+/// How an originated callee behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct Callee {
+    pub busy: bool,
+    pub answer_after: Duration,
+}
+
+impl Default for Callee {
+    fn default() -> Self {
+        Callee {
+            busy: false,
+            answer_after: Duration::from_millis(300),
+        }
+    }
+}
+
 struct Chan {
+    /// The channel it is bridged with.
+    bridged: Option<String>,
     uuid: String,
     caller: String,
     dest: String,
@@ -80,6 +98,7 @@ struct State {
     refuse: bool,
     auth_failures: usize,
     next: u64,
+    callees: HashMap<String, Callee>,
 }
 
 #[derive(Clone)]
@@ -161,6 +180,7 @@ impl FreeSwitch {
         st.channels.insert(
             uuid.clone(),
             Chan {
+                bridged: None,
                 uuid: uuid.clone(),
                 caller: caller.into(),
                 dest: dest.into(),
@@ -199,6 +219,18 @@ impl FreeSwitch {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    /// How calls originated to `number` behave.
+    pub fn set_callee(&self, number: &str, callee: Callee) {
+        self.lock().callees.insert(number.into(), callee);
+    }
+
+    pub fn exists(&self, uuid: &str) -> bool {
+        self.lock()
+            .channels
+            .get(uuid)
+            .is_some_and(|c| c.hangup_cause.is_none())
     }
 
     pub fn hangup(&self, uuid: &str) {
@@ -364,11 +396,48 @@ impl FreeSwitch {
                 reply(&format!("+OK event listener enabled {format}"))
             }
             "api" => {
+                if rest.starts_with("originate ") {
+                    st.violations
+                        .push("api originate holds the event socket while it rings".into());
+                }
                 let body = self.api(&mut st, rest);
                 Some(format!(
                     "Content-Type: api/response\nContent-Length: {}\n\n{body}",
                     body.len()
                 ))
+            }
+            "bgapi" => {
+                // The job id is ours if the client sent a Job-UUID header.
+                let job = cmd
+                    .lines()
+                    .skip(1)
+                    .find_map(|l| l.strip_prefix("Job-UUID: "))
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        st.next += 1;
+                        format!("job-{}", st.next)
+                    });
+                let fs = self.clone();
+                let line = rest.to_string();
+                let job2 = job.clone();
+                self.rt.spawn(async move {
+                    let body = if let Some(args) = line.strip_prefix("originate ") {
+                        fs.originate(args).await
+                    } else {
+                        let mut st = fs.lock();
+                        fs.api(&mut st, &line)
+                    };
+                    let mut st = fs.lock();
+                    let (cmd, args) = line.split_once(' ').unwrap_or((&line, ""));
+                    let h = vec![
+                        ("Event-Name".into(), "BACKGROUND_JOB".into()),
+                        ("Job-UUID".into(), job2),
+                        ("Job-Command".into(), cmd.to_string()),
+                        ("Job-Command-Arg".into(), args.to_string()),
+                    ];
+                    emit(&mut st, h, &body);
+                });
+                reply(&format!("+OK Job-UUID: {job}"))
             }
             "exit" => None,
             _ => reply("-ERR command not found"),
@@ -448,8 +517,104 @@ impl FreeSwitch {
             }
             .into(),
             "uuid_break" => "+OK\n".into(),
+            "uuid_bridge" => {
+                let mut a = args.split_whitespace();
+                let (x, y) = (
+                    a.next().unwrap_or("").to_string(),
+                    a.next().unwrap_or("").to_string(),
+                );
+                let live = |st: &State, u: &str| {
+                    st.channels.get(u).is_some_and(|c| c.hangup_cause.is_none())
+                };
+                if !live(st, &x) || !live(st, &y) {
+                    return "-ERR Invalid uuid\n".into();
+                }
+                st.channels.get_mut(&x).unwrap().bridged = Some(y.clone());
+                st.channels.get_mut(&y).unwrap().bridged = Some(x);
+                "+OK\n".into()
+            }
             other => format!("-ERR {other} Command not found!\n"),
         }
+    }
+
+    /// `originate {vars}<dial string> &park()`: rings, then answers (CHANNEL_ANSWER, then the
+    /// park) or fails (hangup with its cause). Returns the job's result.
+    async fn originate(&self, args: &str) -> String {
+        let (vars, rest) = match args.strip_prefix('{').and_then(|r| r.split_once('}')) {
+            Some((v, r)) => (v.to_string(), r.to_string()),
+            None => (String::new(), args.to_string()),
+        };
+        let mut parts = rest.split_whitespace();
+        let dial = parts.next().unwrap_or("").to_string();
+        let app = parts.next().unwrap_or("").to_string();
+        let vars: HashMap<String, String> = vars
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if app != "&park()" {
+            self.lock()
+                .violations
+                .push(format!("originate to {app}, not &park()"));
+        }
+        let number = dial.rsplit('/').next().unwrap_or("").to_string();
+        let uuid = vars
+            .get("origination_uuid")
+            .cloned()
+            .unwrap_or_else(|| "callee".into());
+        let timeout = vars
+            .get("originate_timeout")
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(60);
+        let callee = self
+            .lock()
+            .callees
+            .get(&number)
+            .copied()
+            .unwrap_or_default();
+        self.lock().channels.insert(
+            uuid.clone(),
+            Chan {
+                bridged: None,
+                uuid: uuid.clone(),
+                caller: vars
+                    .get("origination_caller_id_number")
+                    .cloned()
+                    .unwrap_or_default(),
+                dest: number.clone(),
+                vars: HashMap::new(),
+                fork: None,
+                transferred: None,
+                heard: vec![],
+                hangup_cause: None,
+            },
+        );
+        tokio::time::sleep(callee.answer_after.min(Duration::from_secs(timeout))).await;
+        let mut st = self.lock();
+        if st
+            .channels
+            .get(&uuid)
+            .is_none_or(|c| c.hangup_cause.is_some())
+        {
+            return "-ERR ORIGINATOR_CANCEL\n".into();
+        }
+        let failure = if callee.busy {
+            Some("USER_BUSY")
+        } else if callee.answer_after > Duration::from_secs(timeout) {
+            Some("NO_ANSWER")
+        } else {
+            None
+        };
+        if let Some(cause) = failure {
+            hangup(&mut st, &uuid, cause);
+            return format!("-ERR {cause}\n");
+        }
+        let c = &st.channels[&uuid];
+        let h = channel_headers(c, "CHANNEL_ANSWER");
+        let p = channel_headers(c, "CHANNEL_PARK");
+        emit(&mut st, h, "");
+        emit(&mut st, p, "");
+        format!("+OK {uuid}\n")
     }
 
     fn audio_fork(&self, st: &mut State, args: &str) -> String {
@@ -755,6 +920,7 @@ fn hangup(st: &mut State, uuid: &str, cause: &str) {
     {
         let _ = tx.send(Message::Close(None));
     }
+    let peer = c.bridged.take();
     let c = &st.channels[uuid];
     let mut h = channel_headers(c, "CHANNEL_HANGUP");
     h.push(("Hangup-Cause".into(), cause.into()));
@@ -762,6 +928,18 @@ fn hangup(st: &mut State, uuid: &str, cause: &str) {
     h2.push(("Hangup-Cause".into(), cause.into()));
     emit(st, h, "");
     emit(st, h2, "");
+    // The other side of a bridge parks if asked to (park_after_bridge), else hangs up.
+    if let Some(p) = peer
+        && let Some(other) = st.channels.get_mut(&p)
+    {
+        other.bridged = None;
+        if other.vars.get("park_after_bridge").map(String::as_str) == Some("true") {
+            let h = channel_headers(&st.channels[&p], "CHANNEL_PARK");
+            emit(st, h, "");
+        } else {
+            hangup(st, &p, "NORMAL_CLEARING");
+        }
+    }
 }
 
 fn url_encode(s: &str) -> String {

@@ -246,6 +246,52 @@ pub fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Runs a `topup-ivr` command against the server's config; panics if it fails.
+pub fn cli_ok(server: &Server, args: &[&str]) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(&server.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// For the calling service: the wallet +12015550166 (PIN 4321) with 0.10 USD, and a rate of
+/// 0.60 USD/min in 6 s increments to +44 — 10 s affordable, 6 s in whole increments.
+pub fn calling_wallet(server: &Server) {
+    let rates = server.dir.path().join("rates.toml");
+    std::fs::write(
+        &rates,
+        "[[rate]]\nprefix = \"44\"\ncurrency = \"USD\"\nper_minute = \"0.60\"\nincrement = 6\n",
+    )
+    .unwrap();
+    cli_ok(server, &["carriers", "import", rates.to_str().unwrap()]);
+    let mut pin = Command::new(BIN)
+        .args(["accounts", "create-wallet", "+12015550166", "--config"])
+        .arg(&server.config)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    pin.stdin.take().unwrap().write_all(b"4321\n").unwrap();
+    assert!(pin.wait().unwrap().success());
+    cli_ok(
+        server,
+        &[
+            "accounts",
+            "credit",
+            "+12015550166",
+            "0.10USD",
+            "--id",
+            "fund",
+        ],
+    );
+}
+
 /// A sipp caller that presses `digits` (RFC 4733) from `caller` on `service`.
 pub fn keys(scenario: &str, service: &str, caller: &str, digits: &str) -> Sipp {
     Sipp::new(scenario, service)

@@ -83,6 +83,8 @@ pub enum Event {
     },
     ChannelDestroyed {
         #[serde(default)]
+        cause: i64,
+        #[serde(default)]
         cause_txt: String,
         channel: Channel,
     },
@@ -259,6 +261,32 @@ impl Ari {
         serde_json::from_value(v).map_err(|_| AriError::Malformed("externalMedia".into()))
     }
 
+    /// Originates a channel to `endpoint` into the application with our own id; it enters
+    /// with `StasisStart` once answered, or is destroyed (busy, no answer) with a cause.
+    pub async fn originate(
+        &self,
+        endpoint: &str,
+        app: &str,
+        channel_id: &str,
+        caller_id: &str,
+        timeout_secs: &str,
+    ) -> Result<(), AriError> {
+        self.call(
+            reqwest::Method::POST,
+            "/channels",
+            &[
+                ("endpoint", endpoint),
+                ("app", app),
+                ("appArgs", "outbound"),
+                ("channelId", channel_id),
+                ("callerId", caller_id),
+                ("timeout", timeout_secs),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
     /// A mixing bridge with our own id (so it can be found and removed after a reconnect).
     pub async fn create_bridge(&self, bridge_id: &str) -> Result<(), AriError> {
         self.call(
@@ -350,6 +378,7 @@ mod tests {
             media: crate::config::AriMedia::Websocket,
             codec: crate::media::g711::Codec::Pcmu,
             escalation_context: "agents".into(),
+            calling_endpoint: None,
         })
     }
 

@@ -29,7 +29,7 @@ use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
 use crate::server::{Shared, Shutdown};
 use crate::telephony::edge::{
-    self, DtmfDedup, EdgeCall, EdgeCommand, EdgeEvent, KeySource, MEDIA_QUEUE, Refusal,
+    self, DialEvent, DtmfDedup, EdgeCall, EdgeCommand, EdgeEvent, KeySource, MEDIA_QUEUE, Refusal,
 };
 use ari::{Ari, Channel, Event};
 use chan_websocket::Command;
@@ -42,6 +42,10 @@ enum LegEvent {
     CallerGone(String),
     /// The media channel is gone.
     MediaGone,
+    /// The outbound leg answered (it entered the application).
+    CalleeUp,
+    /// The outbound leg is gone, with its Q.850 cause.
+    CalleeGone(i64),
 }
 
 /// The hangup reason, if `e` is the caller's hangup.
@@ -56,6 +60,8 @@ fn caller_gone(e: LegEvent) -> Option<String> {
 enum Leg {
     Caller,
     Media,
+    /// The outbound leg of the calling service.
+    Callee,
 }
 
 type WsStream =
@@ -83,6 +89,7 @@ pub async fn run(shared: Arc<Shared>) {
                 recover(&ari, &routes).await;
                 loop {
                     tokio::select! {
+                        Some(ids) = done_rx.recv() => forget(&mut routes, ids),
                         msg = ws.next() => match msg {
                             Some(Ok(Message::Text(text))) => {
                                 on_event(&shared, &ari, &cfg, &mut routes, &done_tx, &text);
@@ -100,11 +107,6 @@ pub async fn run(shared: Arc<Shared>) {
                                 break;
                             }
                         },
-                        Some(ids) = done_rx.recv() => {
-                            for id in ids {
-                                routes.remove(&id);
-                            }
-                        }
                         _ = shutdown.changed() => {
                             if *shutdown.borrow() == Shutdown::Stop {
                                 let _ = ws.close(None).await;
@@ -121,11 +123,7 @@ pub async fn run(shared: Arc<Shared>) {
         loop {
             tokio::select! {
                 _ = &mut wait => break,
-                Some(ids) = done_rx.recv() => {
-                    for id in ids {
-                        routes.remove(&id);
-                    }
-                }
+                Some(ids) = done_rx.recv() => forget(&mut routes, ids),
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() == Shutdown::Stop {
                         return;
@@ -134,6 +132,13 @@ pub async fn run(shared: Arc<Shared>) {
             }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// A call is over: its channels are no longer routed.
+fn forget(routes: &mut HashMap<String, (mpsc::Sender<LegEvent>, Leg)>, ids: Vec<String>) {
+    for id in ids {
+        routes.remove(&id);
     }
 }
 
@@ -192,14 +197,18 @@ fn on_event(
         };
     match event {
         Event::StasisStart { args, channel } => {
-            if routes.contains_key(&channel.id) {
+            match routes.get(&channel.id) {
+                // The outbound leg answered.
+                Some((_, Leg::Callee)) => return route(routes, &channel.id, LegEvent::CalleeUp),
                 // Our own media channel entering the application.
-                return;
+                Some(_) => return,
+                None => {}
             }
             let (tx, rx) = mpsc::channel(64);
             let media_id = format!("{}-media", channel.id);
             routes.insert(channel.id.clone(), (tx.clone(), Leg::Caller));
-            routes.insert(media_id.clone(), (tx, Leg::Media));
+            routes.insert(media_id.clone(), (tx.clone(), Leg::Media));
+            routes.insert(callee_id(&channel.id), (tx, Leg::Callee));
             let span = tracing::info_span!("call", call_id = %channel.id);
             tokio::spawn(
                 call_task(CallTask {
@@ -228,9 +237,14 @@ fn on_event(
                 LegEvent::CallerGone("caller-hangup".into()),
             ),
             Some((_, Leg::Media)) => route(routes, &channel.id, LegEvent::MediaGone),
-            None => {}
+            // ChannelDestroyed follows with the cause.
+            Some((_, Leg::Callee)) | None => {}
         },
-        Event::ChannelDestroyed { channel, cause_txt } => match routes.get(&channel.id) {
+        Event::ChannelDestroyed {
+            channel,
+            cause,
+            cause_txt,
+        } => match routes.get(&channel.id) {
             Some((_, Leg::Caller)) => {
                 debug!(cause = %cause_txt, "caller channel destroyed");
                 route(
@@ -240,6 +254,7 @@ fn on_event(
                 )
             }
             Some((_, Leg::Media)) => route(routes, &channel.id, LegEvent::MediaGone),
+            Some((_, Leg::Callee)) => route(routes, &channel.id, LegEvent::CalleeGone(cause)),
             None => {}
         },
         Event::Other => {}
@@ -288,7 +303,17 @@ async fn call_task(mut t: CallTask) {
     {
         warn!(error = %e, "caller not hung up");
     }
-    let _ = t.done.send(vec![caller_id, t.media_id.clone()]).await;
+    if state.callee.is_some() {
+        let _ = t.ari.hangup(&callee_id(&caller_id), "normal").await;
+    }
+    let _ = t
+        .done
+        .send(vec![
+            caller_id.clone(),
+            t.media_id.clone(),
+            callee_id(&caller_id),
+        ])
+        .await;
 }
 
 /// What exists in Asterisk for this call and must be removed at the end.
@@ -299,6 +324,13 @@ struct Cleanup {
     caller_gone: bool,
     /// The caller went on in the dialplan (escalation): not ours to hang up.
     left: bool,
+    /// An outbound leg exists: whether it has answered.
+    callee: Option<bool>,
+}
+
+/// The id we give the calling service's outbound channel (one at a time per call).
+fn callee_id(caller: &str) -> String {
+    format!("{caller}-out")
 }
 
 /// Sets the call up and runs it; returns the hangup reason for the caller's channel.
@@ -363,6 +395,7 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
         plan,
         codec: t.cfg.codec,
         inband,
+        can_dial: t.cfg.calling_endpoint.is_some(),
     };
     let driver = tokio::spawn(edge::run_call(
         t.shared.clone(),
@@ -415,6 +448,21 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                     played_out(&mut media).await;
                     break "normal";
                 }
+                Some(EdgeCommand::Dial { number, caller }) => {
+                    if let Err(e) = originate(t, st, &number, &caller).await {
+                        warn!(error = %e, "cannot place the call");
+                        st.callee = None;
+                        let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Failed)).await;
+                    }
+                }
+                Some(EdgeCommand::DropDial) => {
+                    if st.callee.take().is_some()
+                        && let Err(e) = t.ari.hangup(&callee_id(&caller_id), "normal").await
+                        && !e.is_not_found()
+                    {
+                        warn!(error = %e, "outbound leg not hung up");
+                    }
+                }
                 None => break "normal",
             },
             ev = t.events.recv() => match ev {
@@ -427,6 +475,34 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                     st.caller_gone = true;
                     let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
                     break "normal";
+                }
+                Some(LegEvent::CalleeUp) => {
+                    if st.callee.is_some() {
+                        match t.ari.add_channels(bridge_id, &[&callee_id(&caller_id)]).await {
+                            Ok(()) => {
+                                st.callee = Some(true);
+                                let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Answered)).await;
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "cannot join the outbound leg");
+                                let _ = t.ari.hangup(&callee_id(&caller_id), "normal").await;
+                                st.callee = None;
+                                let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Failed)).await;
+                            }
+                        }
+                    }
+                }
+                Some(LegEvent::CalleeGone(cause)) => {
+                    if let Some(answered) = st.callee.take() {
+                        let ev = match (answered, cause) {
+                            (true, _) => DialEvent::Ended,
+                            // Q.850: 17 user busy; 18 no user responding, 19 no answer.
+                            (false, 17) => DialEvent::Busy,
+                            (false, 18 | 19) => DialEvent::NoAnswer,
+                            (false, _) => DialEvent::Failed,
+                        };
+                        let _ = ev_tx.send(EdgeEvent::Dial(ev)).await;
+                    }
                 }
                 Some(LegEvent::MediaGone) | None => {
                     st.media = false;
@@ -595,6 +671,39 @@ async fn open_media(t: &CallTask, format: &str, st: &mut Cleanup) -> Result<Medi
 
 fn http_value(s: &'static str) -> tokio_tungstenite::tungstenite::http::HeaderValue {
     tokio_tungstenite::tungstenite::http::HeaderValue::from_static(s)
+}
+
+/// Places the calling service's outbound leg into the application (it enters with
+/// `StasisStart` once answered; [`LegEvent::CalleeUp`] then joins it to the bridge).
+async fn originate(
+    t: &CallTask,
+    st: &mut Cleanup,
+    number: &str,
+    caller: &str,
+) -> Result<(), ari::AriError> {
+    let Some(template) = &t.cfg.calling_endpoint else {
+        return Err(ari::AriError::Malformed(
+            "no [asterisk] calling_endpoint".into(),
+        ));
+    };
+    let id = callee_id(&t.channel.id);
+    st.callee = Some(false);
+    let ring = t
+        .shared
+        .cfg
+        .calling_ring_timeout
+        .as_secs()
+        .max(1)
+        .to_string();
+    t.ari
+        .originate(
+            &template.replace("{number}", number),
+            &t.cfg.app,
+            &id,
+            caller,
+            &ring,
+        )
+        .await
 }
 
 /// Sends the caller on in the dialplan at `<escalation_context>,<target>,1` with

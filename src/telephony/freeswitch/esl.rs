@@ -172,10 +172,25 @@ fn url_decode(s: &str) -> String {
 /// A command line as sent to FreeSWITCH. Newlines inside would start a new command, so a
 /// command carrying one is refused (arguments come from the network: a caller's number).
 pub fn command(line: &str) -> Option<String> {
-    if line.contains('\n') || line.contains('\r') {
+    command_with(line, &[])
+}
+
+/// A command line with header lines (e.g. `Job-UUID` for `bgapi`).
+pub fn command_with(line: &str, headers: &[(String, String)]) -> Option<String> {
+    let bad = |s: &str| s.contains('\n') || s.contains('\r');
+    if bad(line)
+        || headers
+            .iter()
+            .any(|(k, v)| bad(k) || bad(v) || k.contains(':'))
+    {
         return None;
     }
-    Some(format!("{line}\n\n"))
+    let mut out = format!("{line}\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\n"));
+    }
+    out.push('\n');
+    Some(out)
 }
 
 #[cfg(test)]
@@ -231,5 +246,13 @@ mod tests {
     fn commands_cannot_smuggle_a_second_command() {
         assert_eq!(command("api uuid_kill x").unwrap(), "api uuid_kill x\n\n");
         assert_eq!(command("api uuid_setvar x v 1\n\napi fsctl shutdown"), None);
+        assert_eq!(
+            command_with("bgapi status", &[("Job-UUID".into(), "j1".into())]).unwrap(),
+            "bgapi status\nJob-UUID: j1\n\n"
+        );
+        assert_eq!(
+            command_with("bgapi status", &[("Job-UUID".into(), "j1\n\nexit".into())]),
+            None
+        );
     }
 }

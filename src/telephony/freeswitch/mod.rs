@@ -22,14 +22,16 @@ use crate::config::FreeswitchConfig;
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
 use crate::server::{Shared, Shutdown};
-use crate::telephony::edge::{self, EdgeCall, EdgeCommand, EdgeEvent, MEDIA_QUEUE, Refusal};
+use crate::telephony::edge::{
+    self, DialEvent, EdgeCall, EdgeCommand, EdgeEvent, MEDIA_QUEUE, Refusal,
+};
 
 /// The sub-protocols mod_audio_fork asks for (drachtio's default, jambonz's); the one offered
 /// is echoed back, as libwebsockets requires.
 pub const SUBPROTOCOLS: [&str; 2] = ["audio.drachtio.org", "audio.jambonz.org"];
 
 /// The events we subscribe to.
-const EVENTS: &str = "event json CHANNEL_PARK CHANNEL_HANGUP_COMPLETE DTMF CUSTOM mod_audio_fork::connect mod_audio_fork::connect_failed mod_audio_fork::disconnect";
+const EVENTS: &str = "event json CHANNEL_PARK CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE DTMF BACKGROUND_JOB CUSTOM mod_audio_fork::connect mod_audio_fork::connect_failed mod_audio_fork::disconnect";
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -44,6 +46,16 @@ enum LegEvent {
     Gone(String),
     Media(Box<WebSocket>),
     MediaFailed(String),
+    /// The calling service's outbound leg answered.
+    CalleeUp,
+    /// The outbound leg is gone (or never came), with FreeSWITCH's hangup cause.
+    CalleeGone(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leg {
+    Caller,
+    Callee,
 }
 
 /// The hangup reason, if `e` is the caller's hangup.
@@ -56,7 +68,10 @@ fn caller_gone(e: LegEvent) -> Option<String> {
 
 /// A request to the ESL connection: an `api` command and where its reply goes.
 struct Api {
+    /// The whole command line (`api ...`, `bgapi ...`).
     command: String,
+    /// Extra header lines (`Job-UUID` for bgapi).
+    headers: Vec<(String, String)>,
     reply: oneshot::Sender<Result<String, String>>,
 }
 
@@ -90,7 +105,7 @@ pub async fn run(shared: Arc<Shared>) {
 
     let (api_tx, mut api_rx) = mpsc::channel::<Api>(256);
     let (done_tx, mut done_rx) = mpsc::channel::<String>(64);
-    let mut routes: HashMap<String, mpsc::Sender<LegEvent>> = HashMap::new();
+    let mut routes: HashMap<String, (mpsc::Sender<LegEvent>, Leg)> = HashMap::new();
     let mut shutdown = shared.shutdown.clone();
     let mut backoff = BACKOFF_MIN;
     'outer: loop {
@@ -102,7 +117,10 @@ pub async fn run(shared: Arc<Shared>) {
                 let mut waiting: VecDeque<oneshot::Sender<Result<String, String>>> =
                     VecDeque::new();
                 // Calls whose channel vanished while we were away.
-                for (uuid, tx) in &routes {
+                for (uuid, (tx, leg)) in &routes {
+                    if *leg != Leg::Caller {
+                        continue;
+                    }
                     let (reply, rx) = oneshot::channel();
                     let cmd = format!("api uuid_exists {uuid}");
                     if sock
@@ -145,14 +163,14 @@ pub async fn run(shared: Arc<Shared>) {
                             }
                         }
                         Some(api) = api_rx.recv() => {
-                            match esl::command(&format!("api {}", api.command)) {
+                            match esl::command_with(&api.command, &api.headers) {
                                 Some(line) if sock.write_all(line.as_bytes()).await.is_ok() => waiting.push_back(api.reply),
                                 Some(_) => { let _ = api.reply.send(Err("event socket lost".into())); break; }
                                 None => { let _ = api.reply.send(Err("command with a line break refused".into())); }
                             }
                         }
                         Some((uuid, socket)) = media_rx.recv() => deliver_media(&routes, uuid, socket),
-                        Some(uuid) = done_rx.recv() => { routes.remove(&uuid); }
+                        Some(uuid) = done_rx.recv() => forget(&mut routes, &uuid),
                         _ = shutdown.changed() => {
                             if *shutdown.borrow() == Shutdown::Stop {
                                 break 'outer;
@@ -175,7 +193,7 @@ pub async fn run(shared: Arc<Shared>) {
                 _ = &mut wait => break,
                 Some(api) = api_rx.recv() => { let _ = api.reply.send(Err("event socket down".into())); }
                 Some((uuid, socket)) = media_rx.recv() => deliver_media(&routes, uuid, socket),
-                Some(uuid) = done_rx.recv() => { routes.remove(&uuid); }
+                Some(uuid) = done_rx.recv() => forget(&mut routes, &uuid),
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() == Shutdown::Stop {
                         break 'outer;
@@ -188,16 +206,27 @@ pub async fn run(shared: Arc<Shared>) {
     server.abort();
 }
 
+/// A call is over: its channels are no longer routed.
+fn forget(routes: &mut HashMap<String, (mpsc::Sender<LegEvent>, Leg)>, uuid: &str) {
+    routes.remove(uuid);
+    routes.remove(&callee_uuid(uuid));
+}
+
+/// The UUID we give the calling service's outbound leg (one at a time per call).
+fn callee_uuid(caller: &str) -> String {
+    format!("{caller}-out")
+}
+
 fn deliver_media(
-    routes: &HashMap<String, mpsc::Sender<LegEvent>>,
+    routes: &HashMap<String, (mpsc::Sender<LegEvent>, Leg)>,
     uuid: String,
     socket: WebSocket,
 ) {
     match routes.get(&uuid) {
-        Some(tx) => {
+        Some((tx, Leg::Caller)) => {
             let _ = tx.try_send(LegEvent::Media(Box::new(socket)));
         }
-        None => debug!(%uuid, "media connection for no call of ours"),
+        _ => debug!(%uuid, "media connection for no call of ours"),
     }
 }
 
@@ -268,7 +297,7 @@ fn on_frame(
     cfg: &FreeswitchConfig,
     api: &mpsc::Sender<Api>,
     done: &mpsc::Sender<String>,
-    routes: &mut HashMap<String, mpsc::Sender<LegEvent>>,
+    routes: &mut HashMap<String, (mpsc::Sender<LegEvent>, Leg)>,
     waiting: &mut VecDeque<oneshot::Sender<Result<String, String>>>,
     f: esl::Frame,
 ) {
@@ -286,16 +315,23 @@ fn on_frame(
         "text/disconnect-notice" => debug!("FreeSWITCH disconnect notice"),
         _ => {
             let Some(ev) = esl::event(&f) else { return };
-            let uuid = ev.get("Unique-ID").unwrap_or("").to_string();
+            // A background job carries our id of the channel it created (the callee's).
+            let uuid = ev
+                .get("Unique-ID")
+                .or_else(|| ev.get("Job-UUID"))
+                .unwrap_or("")
+                .to_string();
+            let leg = routes.get(&uuid).map(|(_, l)| *l);
             let route = |ev: LegEvent| {
-                if let Some(tx) = routes.get(&uuid) {
+                if let Some((tx, _)) = routes.get(&uuid) {
                     let _ = tx.try_send(ev);
                 }
             };
-            match ev.name() {
-                "CHANNEL_PARK" if !uuid.is_empty() && !routes.contains_key(&uuid) => {
+            match (ev.name(), leg) {
+                ("CHANNEL_PARK", None) if !uuid.is_empty() => {
                     let (tx, rx) = mpsc::channel(64);
-                    routes.insert(uuid.clone(), tx);
+                    routes.insert(uuid.clone(), (tx.clone(), Leg::Caller));
+                    routes.insert(callee_uuid(&uuid), (tx, Leg::Callee));
                     let call = ParkedCall {
                         uuid: uuid.clone(),
                         caller: ev.get("Caller-Caller-ID-Number").unwrap_or("").to_string(),
@@ -319,7 +355,7 @@ fn on_frame(
                         .instrument(span),
                     );
                 }
-                "DTMF" => {
+                ("DTMF", Some(Leg::Caller)) => {
                     let Some(d) = ev
                         .get("DTMF-Digit")
                         .and_then(|d| d.chars().next())
@@ -334,8 +370,22 @@ fn on_frame(
                     };
                     route(LegEvent::Dtmf(d, method));
                 }
-                "CHANNEL_HANGUP_COMPLETE" => route(LegEvent::Gone("caller-hangup".into())),
-                "CUSTOM" if ev.get("Event-Subclass") == Some("mod_audio_fork::connect_failed") => {
+                ("CHANNEL_HANGUP_COMPLETE", Some(Leg::Caller)) => {
+                    route(LegEvent::Gone("caller-hangup".into()))
+                }
+                ("CHANNEL_HANGUP_COMPLETE", Some(Leg::Callee)) => route(LegEvent::CalleeGone(
+                    ev.get("Hangup-Cause").unwrap_or("").to_string(),
+                )),
+                ("CHANNEL_ANSWER", Some(Leg::Callee)) => route(LegEvent::CalleeUp),
+                // originate failed before a channel existed (or after: the hangup says why too).
+                ("BACKGROUND_JOB", Some(Leg::Callee)) => {
+                    if let Some(cause) = ev.body.trim().strip_prefix("-ERR ") {
+                        route(LegEvent::CalleeGone(cause.trim().to_string()))
+                    }
+                }
+                ("CUSTOM", Some(Leg::Caller))
+                    if ev.get("Event-Subclass") == Some("mod_audio_fork::connect_failed") =>
+                {
                     route(LegEvent::MediaFailed(ev.body.clone()))
                 }
                 _ => {}
@@ -351,10 +401,23 @@ struct ParkedCall {
 }
 
 async fn api_call(api: &mpsc::Sender<Api>, command: String) -> Result<String, String> {
+    esl_call(api, format!("api {command}"), vec![]).await
+}
+
+/// One command on the event socket and its reply (`-ERR ...` is an error).
+async fn esl_call(
+    api: &mpsc::Sender<Api>,
+    command: String,
+    headers: Vec<(String, String)>,
+) -> Result<String, String> {
     let (reply, rx) = oneshot::channel();
-    api.send(Api { command, reply })
-        .await
-        .map_err(|_| "event socket task gone".to_string())?;
+    api.send(Api {
+        command,
+        headers,
+        reply,
+    })
+    .await
+    .map_err(|_| "event socket task gone".to_string())?;
     let r = tokio::time::timeout(Duration::from_secs(10), rx)
         .await
         .map_err(|_| "no reply".to_string())?
@@ -443,6 +506,7 @@ async fn run_leg(
             plan,
             codec: Codec::Pcmu,
             inband,
+            can_dial: cfg.calling_gateway.is_some(),
         },
         ev_rx,
         cmd_tx,
@@ -450,6 +514,8 @@ async fn run_leg(
     ));
     let mut pcm = vec![0i16; 160];
     let mut l16: Vec<u8> = Vec::with_capacity(320);
+    // The calling service's outbound leg, if one exists: whether it has answered.
+    let mut callee: Option<bool> = None;
     let cause = loop {
         tokio::select! {
             cmd = cmd_rx.recv() => match cmd {
@@ -481,6 +547,20 @@ async fn run_leg(
                     played_out(&mut ws).await;
                     break Some("NORMAL_CLEARING");
                 }
+                Some(EdgeCommand::Dial { number, caller }) => {
+                    match originate(api, cfg, &uuid, &number, &caller, shared.cfg.calling_ring_timeout).await {
+                        Ok(()) => callee = Some(false),
+                        Err(e) => {
+                            warn!(error = %e, "cannot place the call");
+                            let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Failed)).await;
+                        }
+                    }
+                }
+                Some(EdgeCommand::DropDial) => {
+                    if callee.take().is_some() {
+                        let _ = api_call(api, format!("uuid_kill {} NORMAL_CLEARING", callee_uuid(&uuid))).await;
+                    }
+                }
                 None => break Some("NORMAL_CLEARING"),
             },
             ev = events.recv() => match ev {
@@ -490,6 +570,38 @@ async fn run_leg(
                 Some(LegEvent::Gone(why)) => {
                     let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
                     break None;
+                }
+                Some(LegEvent::CalleeUp) => {
+                    if callee == Some(false) {
+                        // The caller returns to the park (and to us) when the callee hangs up.
+                        let joined = async {
+                            api_call(api, format!("uuid_setvar {uuid} park_after_bridge true")).await?;
+                            api_call(api, format!("uuid_bridge {uuid} {}", callee_uuid(&uuid))).await
+                        };
+                        match joined.await {
+                            Ok(_) => {
+                                callee = Some(true);
+                                let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Answered)).await;
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "cannot bridge the outbound leg");
+                                callee = None;
+                                let _ = api_call(api, format!("uuid_kill {} NORMAL_CLEARING", callee_uuid(&uuid))).await;
+                                let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Failed)).await;
+                            }
+                        }
+                    }
+                }
+                Some(LegEvent::CalleeGone(cause)) => {
+                    if let Some(answered) = callee.take() {
+                        let ev = match (answered, cause.as_str()) {
+                            (true, _) => DialEvent::Ended,
+                            (false, "USER_BUSY") => DialEvent::Busy,
+                            (false, "NO_ANSWER" | "NO_USER_RESPONSE" | "ALLOTTED_TIMEOUT") => DialEvent::NoAnswer,
+                            (false, _) => DialEvent::Failed,
+                        };
+                        let _ = ev_tx.send(EdgeEvent::Dial(ev)).await;
+                    }
                 }
                 Some(LegEvent::Media(_)) | Some(LegEvent::MediaFailed(_)) => {}
                 None => break Some("NORMAL_CLEARING"),
@@ -519,8 +631,44 @@ async fn run_leg(
     };
     drop(ev_tx);
     let _ = driver.await;
+    if callee.is_some() {
+        let _ = api_call(
+            api,
+            format!("uuid_kill {} NORMAL_CLEARING", callee_uuid(&uuid)),
+        )
+        .await;
+    }
     let _ = ws.send(Message::Close(None)).await;
     cause
+}
+
+/// Places the calling service's outbound leg with `bgapi originate` (a blocking `api` would
+/// hold the event socket for every call while it rings); the leg parks when answered
+/// (`CHANNEL_ANSWER` → bridged with the caller) and its job or hangup reports a failure.
+async fn originate(
+    api: &mpsc::Sender<Api>,
+    cfg: &FreeswitchConfig,
+    uuid: &str,
+    number: &str,
+    caller: &str,
+    ring: Duration,
+) -> Result<(), String> {
+    let Some(template) = &cfg.calling_gateway else {
+        return Err("no [freeswitch] calling_gateway".into());
+    };
+    let callee = callee_uuid(uuid);
+    let caller: String = caller
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '+')
+        .collect();
+    let command = format!(
+        "bgapi originate {{origination_uuid={callee},origination_caller_id_number={caller},originate_timeout={}}}{} &park()",
+        ring.as_secs().max(1),
+        template.replace("{number}", number),
+    );
+    esl_call(api, command, vec![("Job-UUID".into(), callee)])
+        .await
+        .map(drop)
 }
 
 /// Waits until mod_audio_fork has played what we streamed (`mark` → `playout`).
