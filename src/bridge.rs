@@ -239,13 +239,8 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
             }
             None => {}
         }
-        let deadlines = [session.poll_timeout(), Some(clock.poll_timeout())];
-        let wake = deadlines
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now + Duration::from_secs(1))
-            .max(now);
+        let wake =
+            crate::call::next_wake(now, [session.poll_timeout(), Some(clock.poll_timeout())]);
         tokio::select! {
             ev = leg.events.recv() => {
                 let now = Instant::now();

@@ -352,6 +352,16 @@ impl CallSession {
     }
 }
 
+/// When a call loop must wake: the earliest deadline, not in the past, at most a second away.
+pub fn next_wake(now: Instant, deadlines: impl IntoIterator<Item = Option<Instant>>) -> Instant {
+    deadlines
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + Duration::from_secs(1))
+        .max(now)
+}
+
 /// Wall-clock time as RFC 3339 (UTC, milliseconds).
 pub fn timestamp() -> String {
     let now = time::OffsetDateTime::now_utc();
@@ -632,19 +642,15 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
         if hangup_deadline.is_some_and(|d| now >= d) {
             break "shutdown".into();
         }
-        let mut wake = [
-            session.poll_timeout(),
-            Some(started + cfg.max_call_duration),
-            Some(last_rtp + cfg.rtp_timeout),
-            hangup_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(now + Duration::from_secs(1));
-        if wake < now {
-            wake = now;
-        }
+        let wake = next_wake(
+            now,
+            [
+                session.poll_timeout(),
+                Some(started + cfg.max_call_duration),
+                Some(last_rtp + cfg.rtp_timeout),
+                hangup_deadline,
+            ],
+        );
         tokio::select! {
             r = async { op_task.as_mut().expect("guarded").await }, if op_task.is_some() => {
                 op_task = None;

@@ -73,6 +73,10 @@ pub struct Shared {
     pub shutdown: watch::Receiver<Shutdown>,
     /// The SMSC connections and whether each is bound (for `/health`).
     pub sms_links: Arc<std::sync::RwLock<Vec<crate::sms::gateway::LinkStatus>>>,
+    /// Whether the ARI events connection is up (for `/health`).
+    pub asterisk_up: std::sync::atomic::AtomicBool,
+    /// Whether the FreeSWITCH event socket is up (for `/health`).
+    pub freeswitch_up: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -307,6 +311,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         calls: Arc::new(Semaphore::new(cfg.max_calls)),
         calls_total: AtomicU64::new(0),
         sms_links: Default::default(),
+        asterisk_up: Default::default(),
+        freeswitch_up: Default::default(),
         content: std::sync::RwLock::new((Arc::new(prompts), Arc::new(dialplans))),
         store: store.clone(),
         shutdown: shutdown_rx,

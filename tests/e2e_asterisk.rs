@@ -106,6 +106,14 @@ fn a_card_top_up_through_asterisk_credits_the_recipient_and_cleans_up() {
     // The greeting until the first key (600 ms in), then cut off by it.
     assert!(heard_start(&heard, &p, "en", "for-english", 20));
     assert!(!heard_prompt(&heard, &p, "en", "for-english"), "barge-in");
+    let cmds = ast.media_commands();
+    assert!(cmds.iter().any(|c| c == "FLUSH_MEDIA"), "{cmds:?}");
+    // Before hanging up, a mark waits for the last words to be played.
+    assert_eq!(
+        cmds.last().map(String::as_str),
+        Some("MARK_MEDIA"),
+        "{cmds:?}"
+    );
     assert!(heard_prompt(&heard, &p, "en", "thank-you-goodbye"));
     assert_eq!(
         ast.leftovers(),
@@ -312,13 +320,16 @@ fn calls_survive_a_lost_events_connection_and_gone_callers_are_cleaned_up() {
     let leaves = ast.call(APP, "+12015550162", "recharge");
     std::thread::sleep(Duration::from_millis(600));
     ast.press(&stays, "1");
+    assert_eq!(server.health()["asterisk"]["connected"], true);
     // Asterisk restarts its HTTP side: the events connection drops and is refused a while.
     ast.drop_events(true);
     // Keys still arrive over the media connection (DTMF_END) meanwhile.
     ast.press(&stays, "11112222333344#");
     // This caller hangs up while the application cannot hear about it.
     ast.hangup_caller(&leaves);
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_until("/health shows ARI down", Duration::from_secs(5), || {
+        server.health()["asterisk"]["connected"] == false
+    });
     ast.allow_events();
     ast.wait_app(APP, Duration::from_secs(10));
     ast.press(&stays, "12015550150#121");
@@ -400,4 +411,72 @@ fn the_emulator_refuses_what_asterisk_refuses() {
         "/channels/externalMedia?app=a&format=ulaw&transport=websocket&encapsulation=none&connection_type=server&transport_data=f(bogus)",
     );
     assert!(ast.crashed());
+}
+
+#[test]
+fn a_wallet_top_up_through_asterisk_pays_from_the_wallet() {
+    let (ast, server) = start();
+    let ch = ast.call(APP, "+12015550100", "wallet");
+    std::thread::sleep(Duration::from_millis(600));
+    // PIN, 1: top up a number, the number, the first amount, confirm.
+    ast.press(&ch, "1234#1525512345678#111");
+    server.wait_until("the top-up is done", Duration::from_secs(30), || {
+        cli(&server, &["topups", "list"])[0]["state"] == "succeeded"
+    });
+    ast.hangup_caller(&ch);
+    server.wait_idle();
+    let t = &cli(&server, &["topups", "list"])[0];
+    assert_eq!(
+        (t["payer"].as_str(), t["recipient"].as_str()),
+        (Some("+12015550100"), Some("+525512345678"))
+    );
+    let w = cli(&server, &["accounts", "show", "+12015550100"]);
+    assert_eq!(w["wallet"]["balance"], "19.01", "25.00 - 5.99: {w}");
+    assert_eq!(ast.leftovers(), (vec![], vec![]));
+    assert_conformant(&ast);
+}
+
+#[test]
+fn a_media_connection_id_takes_one_connection_only() {
+    use std::io::{Read, Write};
+    let ast = Asterisk::start("u", "p");
+    // externalMedia as the adapter creates it, then two connections to its id.
+    let body = {
+        let mut s = std::net::TcpStream::connect(ast.addr).unwrap();
+        write!(
+            s,
+            "POST /ari/channels/externalMedia?app=a&format=ulaw&transport=websocket&encapsulation=none&connection_type=server&transport_data=f(json) HTTP/1.1\r\nHost: x\r\nAuthorization: Basic dTpw\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let json = &body[body.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    let conn = v["channelvars"]["MEDIA_WEBSOCKET_CONNECTION_ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let upgrade = |s: &mut std::net::TcpStream| {
+        write!(
+            s,
+            "GET /media/{conn} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: media\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let mut first = std::net::TcpStream::connect(ast.addr).unwrap();
+    let head = upgrade(&mut first);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: media"),
+        "{head}"
+    );
+    let mut second = std::net::TcpStream::connect(ast.addr).unwrap();
+    assert!(upgrade(&mut second).starts_with("HTTP/1.1 409"));
+    drop(first);
 }

@@ -95,6 +95,10 @@ fn a_card_top_up_through_freeswitch_credits_the_recipient() {
         !heard_prompt(&heard, &p, "for-english"),
         "barge-in (killAudio)"
     );
+    let types = fs.fork_types();
+    assert!(types.iter().any(|t| t == "killAudio"), "{types:?}");
+    // Before hanging up, a mark waits for the last words to be played.
+    assert_eq!(types.last().map(String::as_str), Some("mark"), "{types:?}");
     assert!(heard_prompt(&heard, &p, "thank-you-goodbye"));
     assert!(
         fs.commands()
@@ -179,10 +183,13 @@ fn the_event_socket_reconnects_and_calls_gone_meanwhile_are_ended() {
     let leaves = fs.call("+12015550162", "recharge");
     std::thread::sleep(Duration::from_millis(700));
     fs.press(&stays, "1");
+    assert_eq!(server.health()["freeswitch"]["connected"], true);
     fs.drop_esl(true);
     // This caller hangs up while nobody listens to the event socket.
     fs.hangup(&leaves);
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_until("/health shows ESL down", Duration::from_secs(5), || {
+        server.health()["freeswitch"]["connected"] == false
+    });
     fs.allow_esl();
     fs.wait_connected(Duration::from_secs(10));
     fs.press(&stays, "11112222333344#12015550150#121");
@@ -301,4 +308,28 @@ fn a_busy_callee_costs_nothing() {
     assert_eq!(w["wallet"]["balance"], "0.10", "{w}");
     assert_clean(&fs);
     cli_ok(&server, &["ledger", "check"]);
+}
+
+#[test]
+fn a_wallet_top_up_through_freeswitch_pays_from_the_wallet() {
+    let fs = FreeSwitch::start("pw");
+    let server = start(&fs, "pw");
+    fs.wait_connected(Duration::from_secs(10));
+    let uuid = fs.call("+12015550100", "wallet");
+    std::thread::sleep(Duration::from_millis(700));
+    // PIN, 1: top up a number, the number, the first amount, confirm.
+    fs.press(&uuid, "1234#1525512345678#111");
+    server.wait_until("the top-up is done", Duration::from_secs(30), || {
+        cli(&server, &["topups", "list"])[0]["state"] == "succeeded"
+    });
+    fs.hangup(&uuid);
+    server.wait_idle();
+    let t = &cli(&server, &["topups", "list"])[0];
+    assert_eq!(
+        (t["payer"].as_str(), t["recipient"].as_str()),
+        (Some("+12015550100"), Some("+525512345678"))
+    );
+    let w = cli(&server, &["accounts", "show", "+12015550100"]);
+    assert_eq!(w["wallet"]["balance"], "19.01", "25.00 - 5.99: {w}");
+    assert_clean(&fs);
 }

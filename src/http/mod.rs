@@ -30,6 +30,9 @@ async fn health(State(s): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::V
         Shutdown::Running => (StatusCode::OK, "ok"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
     };
+    let up = |configured: bool, flag: &std::sync::atomic::AtomicBool| {
+        configured.then(|| json!({ "connected": flag.load(Ordering::Relaxed) }))
+    };
     (
         code,
         Json(json!({
@@ -39,6 +42,8 @@ async fn health(State(s): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::V
             "calls_total": s.calls_total.load(Ordering::Relaxed),
             "services": s.dialplans().plans().iter().map(|p| p.service.clone()).collect::<Vec<_>>(),
             "smsc": s.sms_links.read().map(|l| l.clone()).unwrap_or_default(),
+            "asterisk": up(s.cfg.asterisk.is_some(), &s.asterisk_up),
+            "freeswitch": up(s.cfg.freeswitch.is_some(), &s.freeswitch_up),
         })),
     )
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{Instrument, info, warn};
 
-use crate::call::{CallSession, MediaParams, finish_op, record_escalation, spawn_op, timestamp};
+use crate::call::{
+    CallSession, MediaParams, finish_op, next_wake, record_escalation, spawn_op, timestamp,
+};
 use crate::dialplan::Dialplan;
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
@@ -278,16 +280,14 @@ async fn drive(
         if hangup_deadline.is_some_and(|d| now >= d) {
             break "shutdown".into();
         }
-        let wake = [
-            session.poll_timeout(),
-            Some(started + cfg.max_call_duration),
-            hangup_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(now + Duration::from_secs(1))
-        .max(now);
+        let wake = next_wake(
+            now,
+            [
+                session.poll_timeout(),
+                Some(started + cfg.max_call_duration),
+                hangup_deadline,
+            ],
+        );
         tokio::select! {
             r = async { op_task.as_mut().expect("guarded").await }, if op_task.is_some() => {
                 op_task = None;
@@ -458,12 +458,7 @@ async fn dial(
             }
             None => {}
         }
-        let wake = [session.poll_timeout(), Some(clock.poll_timeout())]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now + Duration::from_secs(1))
-            .max(now);
+        let wake = next_wake(now, [session.poll_timeout(), Some(clock.poll_timeout())]);
         tokio::select! {
             ev = leg.events.recv() => {
                 let now = Instant::now();

@@ -311,6 +311,8 @@ struct State {
     refuse_events: bool,
     /// Originated calls by dialled number.
     callees: HashMap<String, Callee>,
+    /// chan_websocket commands received, in order.
+    media_commands: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -516,6 +518,11 @@ impl Asterisk {
 
     pub fn violations(&self) -> Vec<String> {
         self.lock().violations.clone()
+    }
+
+    /// chan_websocket commands the application sent, in order.
+    pub fn media_commands(&self) -> Vec<String> {
+        self.lock().media_commands.clone()
     }
 
     pub fn crashed(&self) -> bool {
@@ -955,6 +962,8 @@ fn on_control(ast: &Asterisk, id: &str, text: &str, tx: &mpsc::UnboundedSender<M
             .push(format!("control message not JSON: {text}"));
         return false;
     };
+    let name = cmd["command"].as_str().unwrap_or("").to_string();
+    st.media_commands.push(name.clone());
     let Some(Chan {
         kind: Kind::Ws { queue, marks, .. },
         ..
@@ -962,7 +971,7 @@ fn on_control(ast: &Asterisk, id: &str, text: &str, tx: &mpsc::UnboundedSender<M
     else {
         return false;
     };
-    match cmd["command"].as_str().unwrap_or("") {
+    match name.as_str() {
         "FLUSH_MEDIA" => {
             queue.clear();
             for (_, name) in marks.drain(..) {

@@ -99,6 +99,8 @@ struct State {
     auth_failures: usize,
     next: u64,
     callees: HashMap<String, Callee>,
+    /// `type`s of the JSON text frames the server sent on media forks, in order.
+    fork_types: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -283,6 +285,11 @@ impl FreeSwitch {
 
     pub fn violations(&self) -> Vec<String> {
         self.lock().violations.clone()
+    }
+
+    /// `type`s of the JSON messages the server sent down media forks, in order.
+    pub fn fork_types(&self) -> Vec<String> {
+        self.lock().fork_types.clone()
     }
 
     /// Closes every event socket connection; new ones are closed at once while `refuse`.
@@ -791,6 +798,7 @@ impl FreeSwitch {
         };
         let ty = v["type"].as_str().unwrap_or("").to_string();
         let mut st = self.lock();
+        st.fork_types.push(ty.clone());
         let Some(f) = st.channels.get_mut(uuid).and_then(|c| c.fork.as_mut()) else {
             return;
         };

@@ -15,6 +15,7 @@ pub mod chan_websocket;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -85,6 +86,7 @@ pub async fn run(shared: Arc<Shared>) {
         match connect_events(&ari, &cfg.app).await {
             Ok(mut ws) => {
                 info!(url = %ari.events_url(&cfg.app), "ARI connected");
+                shared.asterisk_up.store(true, Ordering::Relaxed);
                 backoff = BACKOFF_MIN;
                 recover(&ari, &routes).await;
                 loop {
@@ -118,6 +120,7 @@ pub async fn run(shared: Arc<Shared>) {
             }
             Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot connect to ARI"),
         }
+        shared.asterisk_up.store(false, Ordering::Relaxed);
         let wait = tokio::time::sleep(backoff);
         tokio::pin!(wait);
         loop {

@@ -9,6 +9,7 @@ pub mod esl;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -112,6 +113,7 @@ pub async fn run(shared: Arc<Shared>) {
         match connect(&cfg).await {
             Ok((mut sock, mut parser)) => {
                 info!(esl = %cfg.esl, "FreeSWITCH event socket connected");
+                shared.freeswitch_up.store(true, Ordering::Relaxed);
                 backoff = BACKOFF_MIN;
                 // Replies come in the order of the commands.
                 let mut waiting: VecDeque<oneshot::Sender<Result<String, String>>> =
@@ -186,6 +188,7 @@ pub async fn run(shared: Arc<Shared>) {
                 warn!(esl = %cfg.esl, error = %e, retry_in = ?backoff, "cannot connect to FreeSWITCH")
             }
         }
+        shared.freeswitch_up.store(false, Ordering::Relaxed);
         let wait = tokio::time::sleep(backoff);
         tokio::pin!(wait);
         loop {
