@@ -102,6 +102,13 @@ enum Command {
         #[command(subcommand)]
         command: topup_cli::SmsCommand,
     },
+    /// API keys of retail terminals and apps (the top-up API under /api/v1).
+    Apikeys {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::ApikeysCommand,
+    },
     /// The double-entry ledger.
     Ledger {
         #[command(flatten)]
@@ -481,6 +488,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Escalations { config, command } => {
             runtime()?.block_on(topup_cli::escalations(&config.load()?, command))?
+        }
+        Command::Apikeys { config, command } => {
+            runtime()?.block_on(topup_cli::apikeys(&config.load()?, command))?
         }
         Command::Sms { config, command } => {
             runtime()?.block_on(topup_cli::sms(&config.load()?, command))?

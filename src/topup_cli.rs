@@ -200,6 +200,99 @@ pub async fn escalations(cfg: &Config, cmd: EscalationsCommand) -> Result<()> {
 }
 
 #[derive(Subcommand)]
+pub enum ApikeysCommand {
+    /// Create a key; the secret is printed once and not stored.
+    Create {
+        /// The terminal or retailer it is for.
+        #[arg(long)]
+        name: String,
+        /// The wallet its top-ups are paid from (E.164).
+        #[arg(long)]
+        wallet: String,
+        /// Comma-separated: lookup, topup, redeem, wallet.
+        #[arg(long, default_value = "lookup,topup")]
+        scopes: String,
+        /// Requests per minute.
+        #[arg(long, default_value_t = 120)]
+        per_minute: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keys (without secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id.
+    Revoke { id: String },
+}
+
+pub async fn apikeys(cfg: &Config, cmd: ApikeysCommand) -> Result<()> {
+    let core = open_core(cfg).await?;
+    let r = async {
+        match cmd {
+            ApikeysCommand::Create {
+                name,
+                wallet,
+                scopes,
+                per_minute,
+                json,
+            } => {
+                let scopes: Vec<String> = scopes
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                let (key, secret) = core
+                    .create_api_key(&name, &wallet, &scopes, per_minute, now_ms())
+                    .await?;
+                if json {
+                    let mut v = serde_json::to_value(&key)?;
+                    v["key"] = serde_json::Value::String(secret);
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    println!("key {} for {} (pays from {})", key.id, key.name, key.wallet);
+                    println!("{secret}");
+                    println!("keep it now: only its hash is stored");
+                }
+                Ok(())
+            }
+            ApikeysCommand::List { json } => {
+                let keys = core.api_keys().await?;
+                print(json, &keys, |ks| {
+                    for k in ks {
+                        let state = if k.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
+                        println!(
+                            "{} {:<8} {:<20} {} {} {}/min",
+                            k.id,
+                            state,
+                            k.name,
+                            k.wallet,
+                            k.scopes.join(","),
+                            k.per_minute
+                        );
+                    }
+                })
+            }
+            ApikeysCommand::Revoke { id } => {
+                if !core.revoke_api_key(&id, now_ms()).await? {
+                    bail!("no active key {id}");
+                }
+                println!("key {id} revoked");
+                Ok(())
+            }
+        }
+    }
+    .await;
+    core.db.close().await;
+    r
+}
+
+#[derive(Subcommand)]
 pub enum SmsCommand {
     /// Recent SMS, newest first.
     List {

@@ -1,4 +1,6 @@
-//! HTTP: health now; the top-up API, agent console and staff pages build on this router.
+//! HTTP: `/health` and the top-up API (`/api/v1`, see [`api`]).
+
+pub mod api;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +16,8 @@ use crate::server::{Shared, Shutdown};
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
-        .with_state(shared)
+        .with_state(shared.clone())
+        .merge(api::router(shared))
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {

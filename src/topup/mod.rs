@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod adapters;
+pub mod apikeys;
 pub mod auth;
 pub mod books;
 pub mod calling;

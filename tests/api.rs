@@ -1,0 +1,320 @@
+//! The top-up API over real HTTP against the running binary with the demo data: keys and
+//! scopes, idempotency, bad input, rate limits, card redemption, and the OpenAPI document.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// One request; (status, JSON body).
+fn call(
+    server: &Server,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut req = client.request(
+            method.parse().unwrap(),
+            format!("http://{}{path}", server.http),
+        );
+        if let Some(k) = key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    })
+}
+
+/// A key paying from the demo wallet +12015550100.
+fn key(server: &Server, scopes: &str, per_minute: u32) -> String {
+    let v = cli(
+        server,
+        &[
+            "apikeys",
+            "create",
+            "--name",
+            "Shop 12",
+            "--wallet",
+            "+12015550100",
+            "--scopes",
+            scopes,
+            "--per-minute",
+            &per_minute.to_string(),
+        ],
+    );
+    v["key"].as_str().unwrap().to_string()
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn a_top_up_is_made_once_per_idempotency_key() {
+    let server = Server::start("");
+    let k = key(&server, "lookup,topup,wallet", 1000);
+    let (s, n) = call(
+        &server,
+        "GET",
+        "/api/v1/numbers/+525512345678",
+        Some(&k),
+        &[],
+        None,
+    );
+    assert_eq!(s, 200, "{n}");
+    assert_eq!(
+        (n["valid"].as_bool(), n["country"].as_str()),
+        (Some(true), Some("MX"))
+    );
+    assert!(n["carrier"]["id"].is_string(), "{n}");
+    let (s, bad) = call(&server, "GET", "/api/v1/numbers/12", Some(&k), &[], None);
+    assert_eq!((s, bad["valid"].as_bool()), (200, Some(false)), "{bad}");
+
+    let (s, p) = call(
+        &server,
+        "GET",
+        "/api/v1/products?number=%2B525512345678",
+        Some(&k),
+        &[],
+        None,
+    );
+    assert_eq!(s, 200, "{p}");
+    let products = p["products"].as_array().unwrap();
+    let first = products[0]["id"].as_str().unwrap().to_string();
+    let second = products[1]["id"].as_str().unwrap().to_string();
+
+    let body = json!({"recipient": "+525512345678", "product_id": first}).to_string();
+    let idem = [("Idempotency-Key", "order-1001")];
+    let (s, r1) = call(
+        &server,
+        "POST",
+        "/api/v1/topups",
+        Some(&k),
+        &idem,
+        Some(&body),
+    );
+    assert_eq!(s, 200, "{r1}");
+    assert_eq!(r1["state"], "succeeded", "{r1}");
+    assert_eq!(r1["channel"], "api");
+    // The same key and body again: the same top-up, not a second one.
+    let (s, r2) = call(
+        &server,
+        "POST",
+        "/api/v1/topups",
+        Some(&k),
+        &idem,
+        Some(&body),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(r2["id"], r1["id"]);
+    let (_, b) = call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
+    assert_eq!(b["balance"], "19.01 USD", "25.00 - 5.99 once: {b}");
+    // The same key with another body is a client bug: 409, nothing charged.
+    let other = json!({"recipient": "+525512345678", "product_id": second}).to_string();
+    let (s, c) = call(
+        &server,
+        "POST",
+        "/api/v1/topups",
+        Some(&k),
+        &idem,
+        Some(&other),
+    );
+    assert_eq!((s, code(&c)), (409, "conflict"), "{c}");
+    let (_, b) = call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
+    assert_eq!(b["balance"], "19.01 USD");
+
+    let id = r1["id"].as_str().unwrap();
+    let (s, r3) = call(
+        &server,
+        "GET",
+        &format!("/api/v1/topups/{id}"),
+        Some(&k),
+        &[],
+        None,
+    );
+    assert_eq!((s, &r3["id"]), (200, &r1["id"]));
+    // Another client cannot read it.
+    let k2 = key(&server, "topup", 1000);
+    let (s, e) = call(
+        &server,
+        "GET",
+        &format!("/api/v1/topups/{id}"),
+        Some(&k2),
+        &[],
+        None,
+    );
+    assert_eq!((s, code(&e)), (404, "not_found"));
+    assert_eq!(
+        cli(&server, &["topups", "list"]).as_array().unwrap().len(),
+        1
+    );
+    cli_ok(&server, &["ledger", "check"]);
+}
+
+#[test]
+fn bad_requests_get_a_clear_error_and_change_nothing() {
+    let server = Server::start("");
+    let k = key(&server, "lookup,topup", 1000);
+    let post = |key: Option<&str>, headers: &[(&str, &str)], body: &str| {
+        call(&server, "POST", "/api/v1/topups", key, headers, Some(body))
+    };
+    let idem = [("Idempotency-Key", "x1")];
+    let ok_body = r#"{"recipient": "+525512345678", "product_id": "p"}"#;
+    let (s, e) = post(None, &idem, ok_body);
+    assert_eq!((s, code(&e)), (401, "unauthorized"));
+    let (s, e) = post(Some("tk_abc_wrong"), &idem, ok_body);
+    assert_eq!((s, code(&e)), (401, "unauthorized"));
+    let (s, e) = call(
+        &server,
+        "POST",
+        "/api/v1/cards/redeem",
+        Some(&k),
+        &[],
+        Some(r#"{"pin":"1","wallet":"+12015550161"}"#),
+    );
+    assert_eq!((s, code(&e)), (403, "forbidden"), "no redeem scope");
+    let (s, e) = post(Some(&k), &[], ok_body);
+    assert_eq!((s, code(&e)), (400, "bad_request"));
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key")
+    );
+    for (body, names) in [
+        ("{not json", "body"),
+        (r#"{"recipient": 52, "product_id": "p"}"#, "recipient"),
+        (r#"{"recipient": "+525512345678"}"#, "product_id"),
+        (
+            r#"{"recipient": "+525512345678", "product_id": "p", "tip": 1}"#,
+            "tip",
+        ),
+        (
+            r#"{"recipient": "+525512345678", "product_id": "p", "amount": "lots"}"#,
+            "amount",
+        ),
+    ] {
+        let (s, e) = post(Some(&k), &idem, body);
+        assert_eq!((s, code(&e)), (400, "bad_request"), "{body}: {e}");
+        let msg = e["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(names), "{body}: {msg}");
+    }
+    let (s, e) = post(
+        Some(&k),
+        &idem,
+        r#"{"recipient": "+99912", "product_id": "p"}"#,
+    );
+    assert_eq!((s, code(&e)), (422, "invalid_number"), "{e}");
+    let (s, e) = call(&server, "GET", "/api/v1/nothing", Some(&k), &[], None);
+    assert_eq!((s, code(&e)), (404, "not_found"));
+    assert_eq!(
+        cli(&server, &["topups", "list"]).as_array().unwrap().len(),
+        0
+    );
+    let log = server.log();
+    assert!(log.contains("API request"), "requests are logged");
+    assert!(!log.contains(&k), "keys are never logged");
+}
+
+#[test]
+fn a_key_over_its_rate_is_told_to_wait() {
+    let server = Server::start("");
+    let k = key(&server, "wallet", 3);
+    for _ in 0..3 {
+        assert_eq!(
+            call(&server, "GET", "/api/v1/balance", Some(&k), &[], None).0,
+            200
+        );
+    }
+    let (s, e) = call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
+    assert_eq!((s, code(&e)), (429, "rate_limited"), "{e}");
+    // Revoked keys stop at once.
+    let id = k.split('_').nth(1).unwrap();
+    cli_ok(&server, &["apikeys", "revoke", id]);
+    assert_eq!(
+        call(&server, "GET", "/api/v1/balance", Some(&k), &[], None).0,
+        401
+    );
+}
+
+#[test]
+fn a_card_is_redeemed_once_into_a_wallet() {
+    let server = Server::start("");
+    let k = key(&server, "redeem", 1000);
+    let body = r#"{"pin": "11112222333344", "wallet": "+12015550161"}"#;
+    let (s, r) = call(
+        &server,
+        "POST",
+        "/api/v1/cards/redeem",
+        Some(&k),
+        &[],
+        Some(body),
+    );
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["serial"], "100000000001");
+    assert_eq!(r["wallet"], "+12015550161");
+    let (s, e) = call(
+        &server,
+        "POST",
+        "/api/v1/cards/redeem",
+        Some(&k),
+        &[],
+        Some(body),
+    );
+    assert_eq!((s, code(&e)), (422, "card_used"), "{e}");
+    let (s, e) = call(
+        &server,
+        "POST",
+        "/api/v1/cards/redeem",
+        Some(&k),
+        &[],
+        Some(r#"{"pin": "99998888777766", "wallet": "+12015550161"}"#),
+    );
+    assert_eq!((s, code(&e)), (422, "invalid_pin"), "{e}");
+    assert!(
+        !server.log().contains("11112222333344"),
+        "PINs are never logged"
+    );
+    cli_ok(&server, &["ledger", "check"]);
+}
+
+#[test]
+fn every_documented_operation_is_served() {
+    let server = Server::start("");
+    let (s, doc) = call(&server, "GET", "/api/v1/openapi.json", None, &[], None);
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 7);
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let url = format!(
+                "/api/v1{}",
+                path.replace("{number}", "+525512345678")
+                    .replace("{id}", "x")
+            );
+            let (s, v) = call(&server, &method.to_uppercase(), &url, None, &[], None);
+            // Served: without a key every operation but the document itself is 401, never 404.
+            let want = if path == "/openapi.json" { 200 } else { 401 };
+            assert_eq!(s, want, "{method} {path}: {v}");
+        }
+    }
+}
