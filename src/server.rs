@@ -343,6 +343,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let sms = tokio::spawn(crate::sms::gateway::run(shared.clone()));
     let asterisk = tokio::spawn(crate::telephony::asterisk::run(shared.clone()));
     let freeswitch = tokio::spawn(crate::telephony::freeswitch::run(shared.clone()));
+    let webhooks = tokio::spawn(crate::http::webhooks::run(shared.clone()));
 
     wait_for_signal().await;
     info!(
@@ -369,6 +370,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     http_task.abort();
     reconciler.abort();
     reloader.abort();
+    webhooks.abort();
     store.close().await;
     info!("stopped");
     Ok(())

@@ -215,6 +215,9 @@ pub enum ApikeysCommand {
         /// Requests per minute.
         #[arg(long, default_value_t = 120)]
         per_minute: i64,
+        /// POST final top-up states here, signed (the signing secret is printed once).
+        #[arg(long)]
+        webhook_url: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -236,6 +239,7 @@ pub async fn apikeys(cfg: &Config, cmd: ApikeysCommand) -> Result<()> {
                 wallet,
                 scopes,
                 per_minute,
+                webhook_url,
                 json,
             } => {
                 let scopes: Vec<String> = scopes
@@ -243,17 +247,31 @@ pub async fn apikeys(cfg: &Config, cmd: ApikeysCommand) -> Result<()> {
                     .map(|s| s.trim().to_string())
                     .filter(|s| !s.is_empty())
                     .collect();
-                let (key, secret) = core
-                    .create_api_key(&name, &wallet, &scopes, per_minute, now_ms())
+                let new = core
+                    .create_api_key(
+                        &name,
+                        &wallet,
+                        &scopes,
+                        per_minute,
+                        webhook_url.as_deref(),
+                        now_ms(),
+                    )
                     .await?;
+                let key = &new.key;
                 if json {
-                    let mut v = serde_json::to_value(&key)?;
-                    v["key"] = serde_json::Value::String(secret);
+                    let mut v = serde_json::to_value(key)?;
+                    v["key"] = serde_json::Value::String(new.secret.clone());
+                    if let Some(w) = &new.webhook_secret {
+                        v["webhook_secret"] = serde_json::Value::String(w.clone());
+                    }
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
                     println!("key {} for {} (pays from {})", key.id, key.name, key.wallet);
-                    println!("{secret}");
-                    println!("keep it now: only its hash is stored");
+                    println!("{}", new.secret);
+                    if let Some(w) = &new.webhook_secret {
+                        println!("webhook signing secret: {w}");
+                    }
+                    println!("keep it now: the key is not shown again (only its hash is stored)");
                 }
                 Ok(())
             }

@@ -318,3 +318,114 @@ fn every_documented_operation_is_served() {
         }
     }
 }
+
+/// A webhook receiver: records each request (headers lowercased, body); answers 500 to the
+/// first `fail` requests, then 200.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+fn receiver(fail: usize) -> (u16, Seen) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut head = String::new();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line.to_ascii_lowercase());
+            }
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            let n = {
+                let mut l = log.lock().unwrap();
+                l.push((head, String::from_utf8_lossy(&body).to_string()));
+                l.len()
+            };
+            let status = if n <= fail {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn final_states_are_posted_signed_and_retried_until_accepted() {
+    use hmac::Mac;
+    let server = Server::start("");
+    let (port, seen) = receiver(1);
+    let v = cli(
+        &server,
+        &[
+            "apikeys",
+            "create",
+            "--name",
+            "App",
+            "--wallet",
+            "+12015550100",
+            "--scopes",
+            "topup",
+            "--webhook-url",
+            &format!("http://127.0.0.1:{port}/hook"),
+        ],
+    );
+    let (k, whsec) = (
+        v["key"].as_str().unwrap(),
+        v["webhook_secret"].as_str().unwrap(),
+    );
+    let body = json!({"recipient": "+525512345678", "product_id": "telcel-mx-100"}).to_string();
+    let (s, r) = call(
+        &server,
+        "POST",
+        "/api/v1/topups",
+        Some(k),
+        &[("Idempotency-Key", "w-1")],
+        Some(&body),
+    );
+    assert_eq!((s, r["state"].as_str()), (200, Some("succeeded")), "{r}");
+    server.wait_until(
+        "the webhook is retried and accepted",
+        std::time::Duration::from_secs(20),
+        || seen.lock().unwrap().len() >= 2,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "one failure, one delivery, nothing after");
+    for (head, body) in &got {
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["event"], "topup.succeeded");
+        assert_eq!(v["topup"]["id"], r["id"]);
+        assert!(head.contains(&format!(
+            "x-topup-delivery: {}:succeeded",
+            r["id"].as_str().unwrap().to_ascii_lowercase()
+        )));
+        // t=<secs>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+        let sig = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-topup-signature: "))
+            .unwrap()
+            .trim();
+        let (t, v1) = sig.split_once(",v1=").unwrap();
+        let t = t.strip_prefix("t=").unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(whsec.as_bytes()).unwrap();
+        mac.update(format!("{t}.{body}").as_bytes());
+        assert_eq!(v1, hex::encode(mac.finalize().into_bytes()), "signature");
+    }
+}

@@ -1,6 +1,7 @@
 //! HTTP: `/health` and the top-up API (`/api/v1`, see [`api`]).
 
 pub mod api;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -19,8 +19,18 @@ pub struct ApiKey {
     /// The wallet top-ups are paid from.
     pub wallet: String,
     pub per_minute: i64,
+    /// Where final top-up states are POSTed.
+    pub webhook_url: Option<String>,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+}
+
+/// A new key: the key itself and its webhook signing secret, both shown once.
+#[derive(Debug)]
+pub struct NewKey {
+    pub key: ApiKey,
+    pub secret: String,
+    pub webhook_secret: Option<String>,
 }
 
 impl ApiKey {
@@ -68,8 +78,9 @@ impl Core {
         wallet: &str,
         scopes: &[String],
         per_minute: i64,
+        webhook_url: Option<&str>,
         now: i64,
-    ) -> Result<(ApiKey, String), TopupError> {
+    ) -> Result<NewKey, TopupError> {
         let bad = |e: KeyError| TopupError::RequestConflict(e.to_string());
         if name.trim().is_empty() {
             return Err(bad(KeyError::Name));
@@ -84,11 +95,21 @@ impl Core {
         if self.wallet(&wallet).await?.is_none() {
             return Err(TopupError::NoWallet);
         }
+        if let Some(u) = webhook_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err(TopupError::RequestConflict(format!(
+                "webhook `{u}` is not an http(s) URL"
+            )));
+        }
         let id = hex::encode(rand::random::<[u8; 6]>());
         let secret = hex::encode(rand::random::<[u8; 32]>());
+        let webhook_secret =
+            webhook_url.map(|_| format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>())));
         sqlx::query(
-            "INSERT INTO api_keys (id, name, secret_hash, scopes, wallet, per_minute, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_keys (id, name, secret_hash, scopes, wallet, per_minute, webhook_url,
+                webhook_secret, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&id)
         .bind(name.trim())
@@ -96,6 +117,8 @@ impl Core {
         .bind(scopes.join(","))
         .bind(&wallet)
         .bind(per_minute)
+        .bind(webhook_url)
+        .bind(&webhook_secret)
         .bind(now)
         .execute(self.db.pool())
         .await?;
@@ -105,10 +128,15 @@ impl Core {
             scopes: scopes.to_vec(),
             wallet,
             per_minute,
+            webhook_url: webhook_url.map(str::to_string),
             created_at: now,
             revoked_at: None,
         };
-        Ok((key, format!("tk_{id}_{secret}")))
+        Ok(NewKey {
+            key,
+            secret: format!("tk_{id}_{secret}"),
+            webhook_secret,
+        })
     }
 
     /// The key a request presented, if it is valid and not revoked.
@@ -120,7 +148,7 @@ impl Core {
             return Ok(None);
         };
         let row = sqlx::query(
-            "SELECT id, name, secret_hash, scopes, wallet, per_minute, created_at, revoked_at
+            "SELECT id, name, secret_hash, scopes, wallet, per_minute, webhook_url, created_at, revoked_at
              FROM api_keys WHERE id = $1",
         )
         .bind(id)
@@ -137,7 +165,7 @@ impl Core {
 
     pub async fn api_keys(&self) -> Result<Vec<ApiKey>, TopupError> {
         let rows = sqlx::query(
-            "SELECT id, name, secret_hash, scopes, wallet, per_minute, created_at, revoked_at
+            "SELECT id, name, secret_hash, scopes, wallet, per_minute, webhook_url, created_at, revoked_at
              FROM api_keys ORDER BY created_at, id",
         )
         .fetch_all(self.db.pool())
@@ -170,6 +198,7 @@ fn row_key(r: &sqlx::any::AnyRow) -> Result<ApiKey, TopupError> {
             .collect(),
         wallet: r.try_get("wallet")?,
         per_minute: r.try_get("per_minute")?,
+        webhook_url: r.try_get("webhook_url")?,
         created_at: r.try_get("created_at")?,
         revoked_at: r.try_get("revoked_at")?,
     })
@@ -184,10 +213,12 @@ mod tests {
     async fn a_key_authenticates_until_revoked_and_only_its_hash_is_stored() {
         for (core, _dir) in cores().await {
             core.seed_demo(1).await.unwrap();
-            let (key, secret) = core
-                .create_api_key("Shop 12", "+12015550100", &["topup".into()], 60, 1)
+            let new = core
+                .create_api_key("Shop 12", "+12015550100", &["topup".into()], 60, None, 1)
                 .await
                 .unwrap();
+            let (key, secret) = (new.key, new.secret);
+            assert_eq!(new.webhook_secret, None);
             assert!(secret.starts_with(&format!("tk_{}_", key.id)));
             let found = core.authenticate_api_key(&secret).await.unwrap().unwrap();
             assert_eq!(found, key);
@@ -214,12 +245,12 @@ mod tests {
         for (core, _dir) in cores().await {
             core.seed_demo(1).await.unwrap();
             let e = core
-                .create_api_key("x", "+12015550100", &["admin".into()], 60, 1)
+                .create_api_key("x", "+12015550100", &["admin".into()], 60, None, 1)
                 .await
                 .unwrap_err();
             assert_eq!(e.code(), "conflict");
             let e = core
-                .create_api_key("x", "+12015550199", &["topup".into()], 60, 1)
+                .create_api_key("x", "+12015550199", &["topup".into()], 60, None, 1)
                 .await
                 .unwrap_err();
             assert_eq!(e.code(), "no_wallet");

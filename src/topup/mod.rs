@@ -18,6 +18,7 @@ pub mod money;
 pub mod numbers;
 pub mod secrets;
 pub mod topups;
+pub mod webhooks;
 
 pub use error::TopupError;
 

@@ -363,6 +363,7 @@ impl Core {
                         .await?;
                 }
                 self.notify_settled(&mut tx, id, true, now).await?;
+                self.enqueue_webhook(&mut tx, id, now).await?;
             }
             Outcome::Failed { reason } => {
                 for t in &transfer_ids {
@@ -380,6 +381,7 @@ impl Core {
                 .execute(&mut *tx)
                 .await?;
                 self.notify_settled(&mut tx, id, false, now).await?;
+                self.enqueue_webhook(&mut tx, id, now).await?;
             }
             Outcome::Unknown { reason } => {
                 sqlx::query("UPDATE topups SET attempts = $1, next_check_at = $2, error = $3, updated_at = $4 WHERE id = $5")
