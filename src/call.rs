@@ -790,6 +790,7 @@ pub async fn record_escalation(
         topup_ids: topup_ids.to_vec(),
         state: "open".into(),
         created_at: crate::topup::books::now_ms(),
+        updated_at: crate::topup::books::now_ms(),
     };
     if let Err(e) = shared.core.record_escalation(&esc, esc.created_at).await {
         warn!(error = %e, "escalation not recorded");

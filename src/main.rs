@@ -109,6 +109,13 @@ enum Command {
         #[command(subcommand)]
         command: topup_cli::ApikeysCommand,
     },
+    /// Call-centre agents (the console at /console).
+    Agents {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: topup_cli::AgentsCommand,
+    },
     /// The double-entry ledger.
     Ledger {
         #[command(flatten)]
@@ -488,6 +495,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Escalations { config, command } => {
             runtime()?.block_on(topup_cli::escalations(&config.load()?, command))?
+        }
+        Command::Agents { config, command } => {
+            runtime()?.block_on(topup_cli::agents(&config.load()?, command))?
         }
         Command::Apikeys { config, command } => {
             runtime()?.block_on(topup_cli::apikeys(&config.load()?, command))?

@@ -200,6 +200,36 @@ pub async fn escalations(cfg: &Config, cmd: EscalationsCommand) -> Result<()> {
 }
 
 #[derive(Subcommand)]
+pub enum AgentsCommand {
+    /// Create an agent; the password is read from standard input (10 characters or more).
+    Create {
+        username: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+pub async fn agents(cfg: &Config, cmd: AgentsCommand) -> Result<()> {
+    let AgentsCommand::Create { username, name } = cmd;
+    eprintln!("password for {username} (then Enter):");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let core = open_core(cfg).await?;
+    let r = core
+        .create_agent(
+            &username,
+            &name,
+            line.trim_end_matches(['\r', '\n']),
+            now_ms(),
+        )
+        .await;
+    core.db.close().await;
+    r?;
+    println!("agent {username} created: log in at /console");
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum ApikeysCommand {
     /// Create a key; the secret is printed once and not stored.
     Create {

@@ -1,6 +1,7 @@
 //! HTTP: `/health` and the top-up API (`/api/v1`, see [`api`]).
 
 pub mod api;
+pub mod console;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
         .with_state(shared.clone())
+        .merge(console::router(shared.clone()))
         .merge(api::router(shared))
 }
 

@@ -20,6 +20,8 @@ pub struct Escalation {
     pub topup_ids: Vec<String>,
     pub state: String,
     pub created_at: i64,
+    /// When it last changed (state, an agent's action).
+    pub updated_at: i64,
 }
 
 impl Core {
@@ -61,11 +63,38 @@ impl Core {
         Ok(())
     }
 
+    /// The most recent escalations, newest first.
     pub async fn escalations(&self, limit: i64) -> Result<Vec<Escalation>, TopupError> {
-        let rows = sqlx::query(
-            "SELECT id, call_id, caller, service, language, node, path, inputs, reason, topup_ids, state, created_at
-             FROM escalations ORDER BY created_at DESC, id LIMIT $1",
+        self.escalations_where("WHERE id <> $1", "", limit).await
+    }
+
+    /// Escalations changed after `after_ms` (the agents' live list), newest first.
+    pub async fn escalations_changed(
+        &self,
+        after_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Escalation>, TopupError> {
+        self.escalations_where(
+            "WHERE updated_at > CAST($1 AS BIGINT)",
+            &after_ms.to_string(),
+            limit,
         )
+        .await
+    }
+
+    /// Escalations matching `filter` (one `$1` parameter, bound to `arg`).
+    pub(crate) async fn escalations_where(
+        &self,
+        filter: &str,
+        arg: &str,
+        limit: i64,
+    ) -> Result<Vec<Escalation>, TopupError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, call_id, caller, service, language, node, path, inputs, reason, topup_ids, state,
+                created_at, updated_at
+             FROM escalations {filter} ORDER BY created_at DESC, id LIMIT $2"
+        )))
+        .bind(arg)
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
@@ -86,6 +115,7 @@ impl Core {
                     topup_ids: serde_json::from_str(&json("topup_ids")?).unwrap_or_default(),
                     state: r.try_get("state")?,
                     created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
                 })
             })
             .collect()

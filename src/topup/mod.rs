@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod adapters;
+pub mod agents;
 pub mod apikeys;
 pub mod auth;
 pub mod books;

@@ -407,6 +407,34 @@ impl Core {
         Ok(())
     }
 
+    /// Asks the carriers about these top-ups now (those still pending; an agent's request).
+    pub async fn check_topups_now(
+        &self,
+        ids: &[String],
+        adapters: &Adapters,
+        now: i64,
+    ) -> Result<String, TopupError> {
+        let mut due = 0;
+        for id in ids {
+            due += sqlx::query(
+                "UPDATE topups SET next_check_at = $1 WHERE id = $2 AND state = 'pending'",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+        }
+        if due == 0 {
+            return Ok("no pending top-up".into());
+        }
+        let r = self.reconcile(adapters, now, 100).await?;
+        Ok(format!(
+            "{} checked: {} succeeded, {} failed, {} still pending",
+            r.checked, r.succeeded, r.failed, r.still_pending
+        ))
+    }
+
     /// Resolves pending top-ups that are due: asks the carrier, resends those it never got.
     pub async fn reconcile(
         &self,

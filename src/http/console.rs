@@ -1,0 +1,290 @@
+//! The agents' console: the escalation screen pop. `/console` is one page; it logs in
+//! (`/console/api/login`, a session cookie), lists escalations live (server-sent events from
+//! `/console/api/events`, polled from the database so every node sees every escalation), shows
+//! one with the caller's account, top-ups and SMS, and acts on it; every action is recorded
+//! with the agent who did it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::server::Shared;
+use crate::topup::books::now_ms;
+
+const PAGE: &str = include_str!("console.html");
+const COOKIE: &str = "topup_agent";
+/// How often the live list looks for changed escalations.
+const POLL: Duration = Duration::from_millis(250);
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/console", get(page))
+        .route("/console/api/login", post(login))
+        .route("/console/api/logout", post(logout))
+        .route("/console/api/escalations", get(list))
+        .route("/console/api/escalations/{id}", get(detail))
+        .route("/console/api/escalations/{id}/{action}", post(act))
+        .route("/console/api/events", get(events))
+        .with_state(shared)
+}
+
+fn err(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "console request failed");
+    err(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the service cannot answer now",
+    )
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The logged-in agent, or the 401 to send.
+async fn agent(s: &Shared, headers: &HeaderMap) -> Result<String, Response> {
+    let Some(token) = session_token(headers) else {
+        return Err(err(StatusCode::UNAUTHORIZED, "unauthorized", "log in"));
+    };
+    match s.core.agent_for_session(&token, now_ms()).await {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(err(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the session has ended: log in again",
+        )),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    username: String,
+    password: String,
+}
+
+async fn login(State(s): State<Arc<Shared>>, Json(l): Json<Login>) -> Response {
+    match s.core.login_agent(&l.username, &l.password, now_ms()).await {
+        Ok(Some(token)) => {
+            tracing::info!(agent = %l.username, "agent logged in");
+            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console");
+            let mut resp = Json(json!({ "agent": l.username })).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Ok(None) => {
+            tracing::info!(agent = %l.username, "agent login refused");
+            err(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "wrong username or password",
+            )
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn logout(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(t) = session_token(&headers) {
+        let _ = s.core.logout_agent(&t).await;
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn list(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(r) = agent(&s, &headers).await {
+        return r;
+    }
+    match s.core.escalations(200).await {
+        Ok(l) => Json(l).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn detail(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = agent(&s, &headers).await {
+        return r;
+    }
+    let core = &s.core;
+    let found = async {
+        let Some(e) = core.escalation(&id).await? else {
+            return Ok::<_, crate::topup::TopupError>(None);
+        };
+        let wallet = core.wallet(&e.caller).await?;
+        let prepaid = core.prepaid(&e.caller).await?;
+        let mut topups = vec![];
+        for t in &e.topup_ids {
+            if let Some(r) = core.topup_receipt(t).await? {
+                topups.push(r);
+            }
+        }
+        let sms = core.list_sms(None, Some(&e.caller), 10).await?;
+        let actions = core.escalation_actions(&id).await?;
+        Ok(Some(json!({
+            "escalation": e,
+            "wallet": wallet,
+            "prepaid": prepaid,
+            "topups": topups,
+            "sms": sms,
+            "actions": actions,
+        })))
+    };
+    match found.await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => err(StatusCode::NOT_FOUND, "not_found", "no such escalation"),
+        Err(e) => unavailable(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// `note`, `resend_sms`, `retry_status`, `unlock` (after the agent checked the caller's
+/// identity), `close`.
+async fn act(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    body: Option<Json<ActionBody>>,
+) -> Response {
+    let who = match agent(&s, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let core = &s.core;
+    let e = match core.escalation(&id).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return err(StatusCode::NOT_FOUND, "not_found", "no such escalation"),
+        Err(e) => return unavailable(e),
+    };
+    let now = now_ms();
+    let text = body.and_then(|b| b.0.text).unwrap_or_default();
+    let detail: Result<String, crate::topup::TopupError> = async {
+        Ok(match action.as_str() {
+            "note" => {
+                if text.trim().is_empty() {
+                    return Ok(String::new());
+                }
+                text.trim().chars().take(2000).collect()
+            }
+            "resend_sms" => {
+                let mut sent = vec![];
+                for t in &e.topup_ids {
+                    if core.resend_confirmation(t, now).await? {
+                        sent.push(t.clone());
+                    }
+                }
+                if sent.is_empty() {
+                    return Ok(String::new());
+                }
+                format!("confirmation of {} sent again", sent.join(", "))
+            }
+            "retry_status" => {
+                let r = core
+                    .check_topups_now(&e.topup_ids, &s.adapters, now)
+                    .await?;
+                format!("status checked: {r}")
+            }
+            "unlock" => {
+                let done = core.unlock(&e.caller).await?;
+                if done {
+                    format!("{} unlocked after an identity check", e.caller)
+                } else {
+                    "nothing was locked".into()
+                }
+            }
+            "close" => text.trim().chars().take(2000).collect(),
+            _ => return Ok("\u{0}".into()),
+        })
+    }
+    .await;
+    let detail = match detail {
+        Ok(d) if d == "\u{0}" => {
+            return err(StatusCode::NOT_FOUND, "not_found", "no such action");
+        }
+        Ok(d) if d.is_empty() && action != "close" => {
+            return err(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "nothing_to_do",
+                match action.as_str() {
+                    "note" => "a note needs text",
+                    _ => "this escalation has no top-up confirmation to send",
+                },
+            );
+        }
+        Ok(d) => d,
+        Err(e) => return unavailable(e),
+    };
+    if let Err(e) = core.record_action(&id, &who, &action, &detail, now).await {
+        return unavailable(e);
+    }
+    tracing::info!(escalation = %id, agent = %who, %action, "agent action");
+    Json(json!({ "ok": true, "detail": detail })).into_response()
+}
+
+/// Server-sent events: each escalation that is new or changed, as JSON, within [`POLL`].
+async fn events(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(r) = agent(&s, &headers).await {
+        return r;
+    }
+    let stream = futures_util::stream::unfold(
+        (s, now_ms() - 1, std::collections::VecDeque::<String>::new()),
+        |(s, mut since, mut queue)| async move {
+            loop {
+                if let Some(ev) = queue.pop_front() {
+                    let event = Event::default().event("escalation").data(ev);
+                    return Some((Ok::<_, Infallible>(event), (s, since, queue)));
+                }
+                tokio::time::sleep(POLL).await;
+                if let Ok(changed) = s.core.escalations_changed(since, 100).await {
+                    for e in changed.iter().rev() {
+                        since = since.max(e.updated_at);
+                        queue.push_back(serde_json::to_string(e).unwrap_or_default());
+                    }
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

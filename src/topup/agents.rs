@@ -1,0 +1,241 @@
+//! Call-centre agents: accounts (argon2 passwords), sessions (the cookie holds a random
+//! token; its SHA-256 is stored), and what they do on escalations, each action recorded with
+//! who did it.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use super::escalations::Escalation;
+use super::secrets::{Pin, hash_pin, verify_pin};
+use super::{Core, TopupError};
+
+/// How long a login lasts.
+pub const SESSION_MS: i64 = 12 * 3600 * 1000;
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Action {
+    pub agent: String,
+    pub action: String,
+    pub detail: String,
+    pub at: i64,
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Core {
+    pub async fn create_agent(
+        &self,
+        username: &str,
+        name: &str,
+        password: &str,
+        now: i64,
+    ) -> Result<(), TopupError> {
+        let ok = !username.is_empty()
+            && username.len() <= 64
+            && username
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return Err(TopupError::RequestConflict(
+                "usernames are letters, digits, . _ - (64 at most)".into(),
+            ));
+        }
+        if password.chars().count() < 10 {
+            return Err(TopupError::RequestConflict(
+                "passwords are 10 characters or more".into(),
+            ));
+        }
+        sqlx::query(
+            "INSERT INTO agents (username, name, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(username)
+        .bind(name)
+        .bind(hash_pin(&Pin::new(password)))
+        .bind(now)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Checks a login; returns a new session token (for the cookie) or `None`.
+    pub async fn login_agent(
+        &self,
+        username: &str,
+        password: &str,
+        now: i64,
+    ) -> Result<Option<String>, TopupError> {
+        let row = sqlx::query("SELECT password_hash FROM agents WHERE username = $1")
+            .bind(username)
+            .fetch_optional(self.db.pool())
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let stored: String = r.try_get("password_hash")?;
+        if !verify_pin(&Pin::new(password), &stored) {
+            return Ok(None);
+        }
+        let token = hex::encode(rand::random::<[u8; 32]>());
+        sqlx::query(
+            "INSERT INTO agent_sessions (token_hash, username, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(token_hash(&token))
+        .bind(username)
+        .bind(now + SESSION_MS)
+        .execute(self.db.pool())
+        .await?;
+        Ok(Some(token))
+    }
+
+    /// The agent a session token belongs to, while it lasts.
+    pub async fn agent_for_session(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<Option<String>, TopupError> {
+        let row = sqlx::query(
+            "SELECT username FROM agent_sessions WHERE token_hash = $1 AND expires_at > $2",
+        )
+        .bind(token_hash(token))
+        .bind(now)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(|r| r.try_get("username")).transpose()?)
+    }
+
+    pub async fn logout_agent(&self, token: &str) -> Result<(), TopupError> {
+        sqlx::query("DELETE FROM agent_sessions WHERE token_hash = $1")
+            .bind(token_hash(token))
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn record_action(
+        &self,
+        escalation: &str,
+        agent: &str,
+        action: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<(), TopupError> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query(
+            "INSERT INTO escalation_actions (id, escalation_id, agent, action, detail, at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(hex::encode(rand::random::<[u8; 8]>()))
+        .bind(escalation)
+        .bind(agent)
+        .bind(action)
+        .bind(detail)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // The list shows what changed: every action touches the escalation.
+        let state = if action == "close" {
+            Some("closed")
+        } else {
+            None
+        };
+        sqlx::query(
+            "UPDATE escalations SET updated_at = $1, state = COALESCE($2, state) WHERE id = $3",
+        )
+        .bind(now)
+        .bind(state)
+        .bind(escalation)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn escalation_actions(&self, escalation: &str) -> Result<Vec<Action>, TopupError> {
+        let rows = sqlx::query(
+            "SELECT agent, action, detail, at FROM escalation_actions WHERE escalation_id = $1 ORDER BY at, id",
+        )
+        .bind(escalation)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Action {
+                    agent: r.try_get("agent")?,
+                    action: r.try_get("action")?,
+                    detail: r.try_get("detail")?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn escalation(&self, id: &str) -> Result<Option<Escalation>, TopupError> {
+        Ok(self
+            .escalations_where("WHERE id = $1", id, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Sends the payer's confirmation of a top-up again (a new outbox row with the same text).
+    pub async fn resend_confirmation(&self, topup: &str, now: i64) -> Result<bool, TopupError> {
+        let orig = format!("{topup}:payer");
+        let resend = format!("{orig}:resend:{now}");
+        let n = sqlx::query(
+            "INSERT INTO sms_outbox (id, kind, destination, language, body, reference, udh_ref, state,
+                attempts, next_attempt_at, created_at, updated_at)
+             SELECT $1, kind, destination, language, body, reference, udh_ref, 'queued', 0, $2, $2, $2
+             FROM sms_outbox WHERE id = $3",
+        )
+        .bind(&resend)
+        .bind(now)
+        .bind(&orig)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topup::testing::cores;
+
+    #[tokio::test]
+    async fn agents_log_in_with_their_password_and_sessions_expire() {
+        for (core, _dir) in cores().await {
+            core.create_agent("ana", "Ana", "correct horse battery", 1)
+                .await
+                .unwrap();
+            assert!(core.create_agent("bob", "Bob", "short", 1).await.is_err());
+            assert_eq!(
+                core.login_agent("ana", "wrong password!", 2).await.unwrap(),
+                None
+            );
+            assert_eq!(
+                core.login_agent("nobody", "correct horse battery", 2)
+                    .await
+                    .unwrap(),
+                None
+            );
+            let t = core
+                .login_agent("ana", "correct horse battery", 2)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                core.agent_for_session(&t, 3).await.unwrap().as_deref(),
+                Some("ana")
+            );
+            assert_eq!(
+                core.agent_for_session(&t, 2 + SESSION_MS).await.unwrap(),
+                None
+            );
+            assert_eq!(core.agent_for_session("forged", 3).await.unwrap(), None);
+            core.logout_agent(&t).await.unwrap();
+            assert_eq!(core.agent_for_session(&t, 3).await.unwrap(), None);
+        }
+    }
+}
