@@ -183,6 +183,7 @@ impl CallSession {
 
     pub fn handle_digit(&mut self, now: Instant, digit: Digit, method: DtmfMethod) {
         debug!(method = method.as_str(), "key received");
+        metrics::counter!("topup_ivr_dtmf_digits_total", "method" => method.as_str()).increment(1);
         self.methods.insert(method.as_str());
         self.interp.handle_event(now, CallEvent::Digit(digit));
         self.pump(now);

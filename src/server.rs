@@ -77,6 +77,8 @@ pub struct Shared {
     pub asterisk_up: std::sync::atomic::AtomicBool,
     /// Whether the FreeSWITCH event socket is up (for `/health`).
     pub freeswitch_up: std::sync::atomic::AtomicBool,
+    /// Renders `/metrics` (None when another recorder was installed first).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 impl Shared {
@@ -269,6 +271,21 @@ async fn reconcile_loop(shared: Arc<Shared>, every: Duration) {
     }
 }
 
+/// The Prometheus recorder behind `/metrics`: latency histograms in seconds with buckets
+/// from 1 ms to 30 s.
+fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let buckets = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+        .ok()?
+        .install_recorder()
+        .map_err(|e| warn!(error = %e, "metrics not recorded"))
+        .ok()
+}
+
 /// Runs the service until a termination signal, then shuts down gracefully.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
@@ -313,6 +330,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         sms_links: Default::default(),
         asterisk_up: Default::default(),
         freeswitch_up: Default::default(),
+        metrics: install_metrics(),
         content: std::sync::RwLock::new((Arc::new(prompts), Arc::new(dialplans))),
         store: store.clone(),
         shutdown: shutdown_rx,

@@ -45,6 +45,35 @@ fn a_card_top_up_by_keypad_alone_credits_the_recipient_and_uses_the_card() {
         !server.log().contains("11112222333344"),
         "the PIN is never logged"
     );
+    // What Prometheus sees of that call.
+    assert_eq!(
+        metric(&server, "topup_ivr_calls_total", &[("edge", "sip")]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&server, "topup_ivr_calls_active", &[]), Some(0.0));
+    let keys = metric(
+        &server,
+        "topup_ivr_dtmf_digits_total",
+        &[("method", "rfc4733")],
+    );
+    assert!(keys.is_some_and(|k| k >= 31.0), "{keys:?}");
+    assert_eq!(
+        metric(
+            &server,
+            "topup_ivr_topups_total",
+            &[("result", "succeeded")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "topup_ivr_topup_seconds_count",
+            &[("channel", "voice")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&server, "topup_ivr_topups_pending", &[]), Some(0.0));
 }
 
 #[test]

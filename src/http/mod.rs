@@ -18,6 +18,7 @@ use crate::server::{Shared, Shutdown};
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .with_state(shared.clone())
         .merge(console::router(shared.clone()))
         .merge(api::router(shared))
@@ -27,6 +28,29 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     if let Err(e) = axum::serve(listener, router(shared)).await {
         tracing::error!(error = %e, "HTTP server stopped");
     }
+}
+
+/// Prometheus text format: counters and histograms recorded as things happen, gauges read
+/// now.
+async fn metrics(State(s): State<Arc<Shared>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(handle) = &s.metrics else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    metrics::gauge!("topup_ivr_calls_active").set(s.active_calls() as f64);
+    if let Ok(q) = s.core.queue_lengths().await {
+        metrics::gauge!("topup_ivr_sms_queued").set(q.sms as f64);
+        metrics::gauge!("topup_ivr_webhooks_queued").set(q.webhooks as f64);
+        metrics::gauge!("topup_ivr_topups_pending").set(q.topups_pending as f64);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 /// 200 while taking calls, 503 while draining (load balancers stop sending calls).

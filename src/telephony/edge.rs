@@ -154,6 +154,7 @@ impl Refusal {
 /// Admission, as for SIP calls: the plan for the dialled number and a call permit.
 pub fn admit(
     shared: &Shared,
+    edge: &'static str,
     dialled: &str,
     caller: &str,
 ) -> Result<(Arc<Dialplan>, OwnedSemaphorePermit), Refusal> {
@@ -172,6 +173,7 @@ pub fn admit(
     shared
         .calls_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics::counter!("topup_ivr_calls_total", "edge" => edge).increment(1);
     Ok((plan, permit))
 }
 

@@ -182,6 +182,24 @@ impl Core {
         req: &TopupRequest,
         now: i64,
     ) -> Result<Receipt, TopupError> {
+        let started = std::time::Instant::now();
+        let r = self.topup_inner(adapters, hlr, req, now).await;
+        let outcome = match &r {
+            Ok(receipt) => receipt.state.clone(),
+            Err(e) => e.code().to_string(),
+        };
+        metrics::histogram!("topup_ivr_topup_seconds", "channel" => req.channel.clone(), "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn topup_inner(
+        &self,
+        adapters: &Adapters,
+        hlr: Option<&Hlr>,
+        req: &TopupRequest,
+        now: i64,
+    ) -> Result<Receipt, TopupError> {
         if req.id.is_empty() || req.id.len() > 128 {
             return Err(TopupError::RequestConflict(
                 "top-up ids are 1 to 128 characters".into(),
@@ -328,16 +346,18 @@ impl Core {
     /// Applies a carrier's answer to a pending top-up. Settling twice is harmless.
     pub async fn settle(&self, id: &str, outcome: &Outcome, now: i64) -> Result<(), TopupError> {
         let mut tx = self.db.begin().await?;
-        let row =
-            sqlx::query("SELECT state, attempts, funding, recipient FROM topups WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| TopupError::Corrupt(format!("no top-up {id}")))?;
+        let row = sqlx::query(
+            "SELECT state, attempts, funding, recipient, carrier_id FROM topups WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| TopupError::Corrupt(format!("no top-up {id}")))?;
         let state: String = row.try_get("state")?;
         if state != "pending" {
             return Ok(());
         }
+        let carrier: String = row.try_get("carrier_id")?;
         let attempts: i64 = row.try_get("attempts")?;
         let transfer_ids = [format!("{id}:pay"), format!("{id}:fx")];
         match outcome {
@@ -404,6 +424,15 @@ impl Core {
             }
         }
         tx.commit().await?;
+        let result = match outcome {
+            Outcome::Succeeded { .. } => Some("succeeded"),
+            Outcome::Failed { .. } => Some("failed"),
+            _ => None,
+        };
+        if let Some(result) = result {
+            metrics::counter!("topup_ivr_topups_total", "result" => result, "carrier" => carrier)
+                .increment(1);
+        }
         Ok(())
     }
 

@@ -41,7 +41,28 @@ pub struct Due {
     pub attempts: i64,
 }
 
+/// Work waiting in the queues (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct QueueLengths {
+    pub sms: i64,
+    pub webhooks: i64,
+    pub topups_pending: i64,
+}
+
 impl Core {
+    pub async fn queue_lengths(&self) -> Result<QueueLengths, TopupError> {
+        let count = |sql: &'static str| async move {
+            let r = sqlx::query(sql).fetch_one(self.db.pool()).await?;
+            Ok::<i64, TopupError>(r.try_get::<i64, _>(0)?)
+        };
+        Ok(QueueLengths {
+            sms: count("SELECT COUNT(*) FROM sms_outbox WHERE state IN ('queued', 'sending')")
+                .await?,
+            webhooks: count("SELECT COUNT(*) FROM webhook_outbox WHERE state = 'queued'").await?,
+            topups_pending: count("SELECT COUNT(*) FROM topups WHERE state = 'pending'").await?,
+        })
+    }
+
     /// In the settling transaction: if top-up `id` was made with an API key that has a
     /// webhook, queue the final state for it.
     pub(crate) async fn enqueue_webhook(

@@ -340,6 +340,23 @@ fn merge_sections(text: &str) -> String {
     out
 }
 
+/// A sample of `/metrics`: the value of `name` with all of `labels` (any order), if present.
+pub fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let (status, text) = http_get(server.http, "/metrics")?;
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (head, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let (n, rest) = head.split_once('{').unwrap_or((head, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
 /// Minimal HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;

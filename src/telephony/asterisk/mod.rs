@@ -346,7 +346,7 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
         .or_else(|| t.channel.dialplan.as_ref().map(|d| d.exten.clone()))
         .unwrap_or_default();
     let caller = t.channel.caller.number.clone();
-    let (plan, permit) = match edge::admit(&t.shared, &dialled, &caller) {
+    let (plan, permit) = match edge::admit(&t.shared, "asterisk", &dialled, &caller) {
         Ok(x) => x,
         Err(r) => {
             info!(reason = r.as_str(), "call refused");

@@ -460,7 +460,7 @@ async fn run_leg(
     api: &mpsc::Sender<Api>,
 ) -> Option<&'static str> {
     let uuid = call.uuid.clone();
-    let (plan, permit) = match edge::admit(shared, &call.dialled, &call.caller) {
+    let (plan, permit) = match edge::admit(shared, "freeswitch", &call.dialled, &call.caller) {
         Ok(x) => x,
         Err(r) => {
             info!(reason = r.as_str(), "call refused");

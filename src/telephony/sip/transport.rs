@@ -184,6 +184,7 @@ impl Transport {
         self.shared
             .calls_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("topup_ivr_calls_total", "edge" => "sip").increment(1);
         let setup = SipCallSetup {
             shared: self.shared.clone(),
             incoming: inc,
