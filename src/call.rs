@@ -406,7 +406,9 @@ pub async fn run_sip_call(setup: SipCallSetup, permit: OwnedSemaphorePermit) {
             digits: None,
         };
         let record_digits = setup.plan.record_digits;
+        let service = setup.plan.service.clone();
         let outcome = drive(setup, &mut cdr).await;
+        shared.core.record_path(&service, &outcome.path).await;
         cdr.end_reason = outcome.reason;
         if record_digits {
             cdr.digits = Some(outcome.digits);
@@ -425,6 +427,8 @@ pub async fn run_sip_call(setup: SipCallSetup, permit: OwnedSemaphorePermit) {
 struct Outcome {
     reason: String,
     digits: String,
+    /// The plan's nodes the caller went through (staff statistics).
+    path: Vec<String>,
 }
 
 impl Outcome {
@@ -432,6 +436,7 @@ impl Outcome {
         Outcome {
             reason: reason.to_string(),
             digits: String::new(),
+            path: vec![],
         }
     }
 }
@@ -583,6 +588,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
                         return Outcome {
                             reason: reason.as_str().into(),
                             digits: session.interpreter().digits().into(),
+                            path: vec![],
                         }
                         .with_methods(cdr, &session);
                     }
@@ -700,7 +706,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
                         }
                     }
                     Some(SipEvent::Ended { reason, .. }) => {
-                        return Outcome { reason: reason.as_str().into(), digits: session.interpreter().digits().into() }
+                        return Outcome { reason: reason.as_str().into(), digits: session.interpreter().digits().into(), path: vec![] }
                             .with_methods(cdr, &session);
                     }
                     Some(_) => {}
@@ -721,6 +727,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
     Outcome {
         reason,
         digits: session.interpreter().digits().into(),
+        path: vec![],
     }
     .with_methods(cdr, &session)
 }
@@ -800,8 +807,9 @@ pub async fn record_escalation(
 }
 
 impl Outcome {
-    fn with_methods(self, cdr: &mut Cdr, session: &CallSession) -> Outcome {
+    fn with_methods(mut self, cdr: &mut Cdr, session: &CallSession) -> Outcome {
         cdr.dtmf_methods = session.dtmf_methods();
+        self.path = session.interpreter().context().path;
         self
     }
 }

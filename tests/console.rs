@@ -1,7 +1,8 @@
 //! The agents' console in a real browser (Debian's Chromium driven by playwright-core,
 //! tests/browser/console.js): an escalation made by a real sipp call appears on the open page
 //! within a second; the agent opens it, resends the confirmation SMS (the SMSC peer receives
-//! it), adds a note and closes it. Screenshots go to target/browser/.
+//! it), adds a note and closes it; then the staff page draws the plan with the call counted.
+//! Screenshots go to target/browser/.
 
 mod common;
 
@@ -85,6 +86,21 @@ fn an_agent_sees_a_live_escalation_and_acts_on_it_in_a_browser() {
         resent["resent"].as_str().unwrap().contains("sent again"),
         "{resent}"
     );
+    let staff = next();
+    assert_eq!(staff["staff"], true);
+    // Every node of the wallet plan is drawn; those the call went through count it.
+    assert!(staff["nodes"].as_u64().unwrap() > 20, "{staff}");
+    assert!(staff["reached"].as_u64().unwrap() >= 10, "{staff}");
+    // The shipped prompts cover what the shipped plans play, in every language they offer.
+    let prompts = staff["prompts"].as_str().unwrap();
+    assert!(!prompts.contains("missing"), "{prompts}");
+    assert!(
+        staff["cdrs"]
+            .as_str()
+            .unwrap()
+            .contains("escalation-failed"),
+        "{staff}"
+    );
     assert_eq!(next()["done"], true);
     assert!(browser.wait().unwrap().success());
 
@@ -114,7 +130,12 @@ fn an_agent_sees_a_live_escalation_and_acts_on_it_in_a_browser() {
         !log.contains("correct horse battery"),
         "passwords are never logged"
     );
-    for shot in ["1-console.png", "2-escalation-arrived.png", "3-closed.png"] {
+    for shot in [
+        "1-console.png",
+        "2-escalation-arrived.png",
+        "3-closed.png",
+        "4-staff-dialplan.png",
+    ] {
         assert!(shots.join(shot).metadata().unwrap().len() > 1000, "{shot}");
     }
 }

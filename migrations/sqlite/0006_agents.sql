@@ -22,3 +22,13 @@ CREATE TABLE escalation_actions (
 );
 CREATE INDEX escalation_actions_by_escalation ON escalation_actions (escalation_id, at);
 CREATE INDEX escalations_updated ON escalations (updated_at);
+
+-- Where callers went in each plan: calls that reached a node, and calls that ended there
+-- (hung up, failed or were transferred) — the staff's dialplan graph shows both.
+CREATE TABLE node_stats (
+    service TEXT NOT NULL,
+    node    TEXT NOT NULL,
+    reached BIGINT NOT NULL,
+    ended   BIGINT NOT NULL,
+    PRIMARY KEY (service, node)
+);

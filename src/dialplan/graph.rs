@@ -62,11 +62,20 @@ pub fn to_dot(plan: &Dialplan) -> String {
 
 const W: f64 = 180.0;
 const H: f64 = 46.0;
+/// Node height when counters are drawn.
+const H_STATS: f64 = 62.0;
 const GAP_X: f64 = 40.0;
 const GAP_Y: f64 = 70.0;
 
 /// A self-contained SVG drawing.
 pub fn to_svg(plan: &Dialplan) -> String {
+    to_svg_with(plan, &HashMap::new())
+}
+
+/// As [`to_svg`], each node also showing how many calls reached it and how many ended there.
+pub fn to_svg_with(plan: &Dialplan, stats: &HashMap<String, (i64, i64)>) -> String {
+    let counted = !stats.is_empty();
+    let h = if counted { H_STATS } else { H };
     // Layers by BFS distance from the start; unreachable nodes last.
     let mut depth: HashMap<&str, usize> = HashMap::new();
     let mut queue = VecDeque::from([(plan.start.as_str(), 0usize)]);
@@ -97,12 +106,12 @@ pub fn to_svg(plan: &Dialplan) -> String {
                 id,
                 (
                     offset + col as f64 * (W + GAP_X),
-                    GAP_Y + row as f64 * (H + GAP_Y),
+                    GAP_Y + row as f64 * (h + GAP_Y),
                 ),
             );
         }
     }
-    let height = GAP_Y + layers.len() as f64 * (H + GAP_Y);
+    let height = GAP_Y + layers.len() as f64 * (h + GAP_Y);
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n\
 <defs><marker id=\"a\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\"><path d=\"M0,0 L10,5 L0,10 z\" fill=\"#555\"/></marker></defs>\n\
@@ -117,7 +126,7 @@ pub fn to_svg(plan: &Dialplan) -> String {
             let Some(&(x2, y2)) = pos.get(to) else {
                 continue;
             };
-            let (sx, sy, ex, ey) = (x1 + W / 2.0, y1 + H, x2 + W / 2.0, y2);
+            let (sx, sy, ex, ey) = (x1 + W / 2.0, y1 + h, x2 + W / 2.0, y2);
             let path = if ey > sy {
                 format!("M{sx:.0},{sy:.0} L{ex:.0},{ey:.0}")
             } else {
@@ -126,11 +135,11 @@ pub fn to_svg(plan: &Dialplan) -> String {
                 format!(
                     "M{:.0},{:.0} C{side:.0},{:.0} {side:.0},{:.0} {:.0},{:.0}",
                     x1 + W,
-                    y1 + H / 2.0,
-                    y1 + H / 2.0,
-                    y2 + H / 2.0,
+                    y1 + h / 2.0,
+                    y1 + h / 2.0,
+                    y2 + h / 2.0,
                     x2 + W,
-                    y2 + H / 2.0
+                    y2 + h / 2.0
                 )
             };
             let _ = writeln!(
@@ -141,7 +150,7 @@ pub fn to_svg(plan: &Dialplan) -> String {
                 let (lx, ly) = if ey > sy {
                     ((sx + ex) / 2.0, (sy + ey) / 2.0)
                 } else {
-                    (x1.max(x2) + W + GAP_X / 2.0, (y1 + y2) / 2.0 + H / 2.0)
+                    (x1.max(x2) + W + GAP_X / 2.0, (y1 + y2) / 2.0 + h / 2.0)
                 };
                 let _ = writeln!(
                     out,
@@ -157,7 +166,7 @@ pub fn to_svg(plan: &Dialplan) -> String {
         let stroke = if *id == plan.start { "#111" } else { "#888" };
         let _ = writeln!(
             out,
-            "<g><rect x=\"{x:.0}\" y=\"{y:.0}\" width=\"{W}\" height=\"{H}\" rx=\"8\" fill=\"{fill}\" stroke=\"{stroke}\"/>\
+            "<g><rect x=\"{x:.0}\" y=\"{y:.0}\" width=\"{W}\" height=\"{h}\" rx=\"8\" fill=\"{fill}\" stroke=\"{stroke}\"/>\
 <text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\
 <text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#555\">{}</text></g>",
             x + W / 2.0,
@@ -167,6 +176,15 @@ pub fn to_svg(plan: &Dialplan) -> String {
             y + 36.0,
             n.kind()
         );
+        if counted {
+            let (reached, ended) = stats.get(id).copied().unwrap_or((0, 0));
+            let _ = writeln!(
+                out,
+                "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#9a3412\" class=\"stats\">{reached} reached · {ended} ended here</text>",
+                x + W / 2.0,
+                y + 54.0
+            );
+        }
     }
     out.push_str("</svg>\n");
     out
@@ -210,5 +228,16 @@ mod tests {
             edges + 1,
             "every edge plus the marker"
         );
+        assert!(!svg.contains("reached"));
+    }
+
+    #[test]
+    fn svg_with_statistics_shows_them_on_every_node() {
+        let p = plan();
+        let stats = HashMap::from([("language".to_string(), (7, 2))]);
+        let svg = to_svg_with(&p, &stats);
+        assert!(svg.contains(">7 reached · 2 ended here<"));
+        assert_eq!(svg.matches(" ended here<").count(), p.nodes.len());
+        assert!(svg.contains(&format!("height=\"{H_STATS}\"")));
     }
 }

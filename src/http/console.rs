@@ -70,7 +70,7 @@ fn session_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The logged-in agent, or the 401 to send.
-async fn agent(s: &Shared, headers: &HeaderMap) -> Result<String, Response> {
+pub(crate) async fn agent(s: &Shared, headers: &HeaderMap) -> Result<String, Response> {
     let Some(token) = session_token(headers) else {
         return Err(err(StatusCode::UNAUTHORIZED, "unauthorized", "log in"));
     };
@@ -96,7 +96,8 @@ async fn login(State(s): State<Arc<Shared>>, Json(l): Json<Login>) -> Response {
     match s.core.login_agent(&l.username, &l.password, now_ms()).await {
         Ok(Some(token)) => {
             tracing::info!(agent = %l.username, "agent logged in");
-            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/console");
+            // Path=/: the staff pages use the same login.
+            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
             let mut resp = Json(json!({ "agent": l.username })).into_response();
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 resp.headers_mut().insert(header::SET_COOKIE, v);

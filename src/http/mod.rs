@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod console;
+pub mod staff;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .with_state(shared.clone())
         .merge(console::router(shared.clone()))
+        .merge(staff::router(shared.clone()))
         .merge(api::router(shared))
 }
 

@@ -189,6 +189,17 @@ impl PromptStore {
         self.langs.get(language)?.get(name).cloned()
     }
 
+    /// The prompt names of one language, sorted.
+    pub fn names(&self, language: &str) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .langs
+            .get(language)
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
     pub fn languages(&self) -> impl Iterator<Item = &str> {
         self.langs.keys().map(String::as_str)
     }

@@ -113,7 +113,12 @@ pub async fn run_call(
             digits: None,
         };
         let record_digits = call.plan.record_digits;
+        let service = call.plan.service.clone();
         let (reason, session) = drive(&shared, call, events, &commands).await;
+        shared
+            .core
+            .record_path(&service, &session.interpreter().context().path)
+            .await;
         cdr.end_reason = reason;
         cdr.dtmf_methods = session.dtmf_methods();
         if record_digits {

@@ -178,6 +178,52 @@ impl Core {
             .next())
     }
 
+    /// Counts a call's way through a plan: each node it reached, and the one it ended at.
+    /// Statistics only: a failure is logged, never passed on.
+    pub async fn record_path(&self, service: &str, path: &[String]) {
+        let Some(last) = path.last() else { return };
+        let mut seen = std::collections::BTreeSet::new();
+        for node in path {
+            if !seen.insert(node.as_str()) {
+                continue;
+            }
+            let ended = i64::from(node == last);
+            let r = sqlx::query(
+                "INSERT INTO node_stats (service, node, reached, ended) VALUES ($1, $2, 1, $3)
+                 ON CONFLICT (service, node) DO UPDATE SET reached = node_stats.reached + 1,
+                    ended = node_stats.ended + $3",
+            )
+            .bind(service)
+            .bind(node)
+            .bind(ended)
+            .execute(self.db.pool())
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "node statistics not written");
+                return;
+            }
+        }
+    }
+
+    /// Per node of a plan: (calls that reached it, calls that ended there).
+    pub async fn node_stats(
+        &self,
+        service: &str,
+    ) -> Result<std::collections::HashMap<String, (i64, i64)>, TopupError> {
+        let rows = sqlx::query("SELECT node, reached, ended FROM node_stats WHERE service = $1")
+            .bind(service)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("node")?,
+                    (r.try_get("reached")?, r.try_get("ended")?),
+                ))
+            })
+            .collect()
+    }
+
     /// Sends the payer's confirmation of a top-up again (a new outbox row with the same text).
     pub async fn resend_confirmation(&self, topup: &str, now: i64) -> Result<bool, TopupError> {
         let orig = format!("{topup}:payer");

@@ -36,6 +36,17 @@ const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
     await page.click("button[data-act=close]");
     await page.waitForFunction(() => document.querySelector("[data-testid=state]")?.textContent === "closed");
     await page.screenshot({ path: shots + "/3-closed.png" });
+    // The staff pages, same login: the wallet plan drawn with where the caller went.
+    await page.goto(base + "/staff");
+    await page.waitForSelector("#graph svg");
+    await page.selectOption("#plan", "wallet");
+    await page.waitForFunction(() => /1 reached/.test(document.querySelector("#graph svg")?.textContent || ""));
+    const nodes = await page.$$eval("#graph svg rect", (r) => r.length);
+    const reached = await page.$$eval("#graph svg text.stats", (t) => t.filter((x) => x.textContent.startsWith("1 reached")).length);
+    await page.screenshot({ path: shots + "/4-staff-dialplan.png", fullPage: true });
+    const prompts = await page.textContent("#prompts");
+    const cdrs = await page.textContent("#cdrs");
+    say({ staff: true, nodes, reached, prompts, cdrs });
     say({ done: true });
   } catch (e) {
     say({ error: String(e && e.message || e) });
