@@ -407,6 +407,7 @@ pub async fn run_sip_call(setup: SipCallSetup, permit: OwnedSemaphorePermit) {
         };
         let record_digits = setup.plan.record_digits;
         let service = setup.plan.service.clone();
+        let _active = shared.call_started(&service);
         let outcome = drive(setup, &mut cdr).await;
         shared.core.record_path(&service, &outcome.path).await;
         cdr.end_reason = outcome.reason;

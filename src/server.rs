@@ -77,6 +77,8 @@ pub struct Shared {
     pub asterisk_up: std::sync::atomic::AtomicBool,
     /// Whether the FreeSWITCH event socket is up (for `/health`).
     pub freeswitch_up: std::sync::atomic::AtomicBool,
+    /// Calls in progress per service (staff pages).
+    pub active_by_service: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
     /// Renders `/metrics` (None when another recorder was installed first).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -104,8 +106,41 @@ impl Shared {
         Ok(())
     }
 
+    /// Counts a call of `service` as in progress until the guard is dropped.
+    pub fn call_started(self: &Arc<Self>, service: &str) -> ActiveCall {
+        self.add_active(service, 1);
+        ActiveCall {
+            shared: self.clone(),
+            service: service.to_string(),
+        }
+    }
+
+    fn add_active(&self, service: &str, n: i64) {
+        let mut m = self
+            .active_by_service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let v = m.entry(service.to_string()).or_default();
+        *v += n;
+        if *v <= 0 {
+            m.remove(service);
+        }
+    }
+
     pub fn active_calls(&self) -> usize {
         self.cfg.max_calls - self.calls.available_permits()
+    }
+}
+
+/// A call in progress, counted per service while it lives.
+pub struct ActiveCall {
+    shared: Arc<Shared>,
+    service: String,
+}
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        self.shared.add_active(&self.service, -1);
     }
 }
 
@@ -331,6 +366,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         asterisk_up: Default::default(),
         freeswitch_up: Default::default(),
         metrics: install_metrics(),
+        active_by_service: Default::default(),
         content: std::sync::RwLock::new((Arc::new(prompts), Arc::new(dialplans))),
         store: store.clone(),
         shutdown: shutdown_rx,

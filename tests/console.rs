@@ -80,6 +80,10 @@ fn an_agent_sees_a_live_escalation_and_acts_on_it_in_a_browser() {
         lag < 1000,
         "the escalation reached the page {lag} ms after it was made"
     );
+    assert_eq!(
+        seen["live"]["wallet"], 1,
+        "the call counts while on the line: {seen}"
+    );
     assert_eq!(next()["caller"], "+12015550100");
     let resent = next();
     assert!(

@@ -78,6 +78,7 @@ async fn overview(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
     Json(json!({
         "calls": {
             "active": s.active_calls(),
+            "by_service": s.active_by_service.lock().map(|m| m.clone()).unwrap_or_default(),
             "max": s.cfg.max_calls,
             "total": s.calls_total.load(Ordering::Relaxed),
         },

@@ -114,6 +114,7 @@ pub async fn run_call(
         };
         let record_digits = call.plan.record_digits;
         let service = call.plan.service.clone();
+        let _active = shared.call_started(&service);
         let (reason, session) = drive(&shared, call, events, &commands).await;
         shared
             .core

@@ -22,7 +22,10 @@ const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
     await page.screenshot({ path: shots + "/1-console.png" });
     say({ ready: true });
     const row = await page.waitForSelector("tr[data-testid=escalation]", { timeout: 90000 });
-    say({ seen: await row.getAttribute("data-id"), at: Date.now() });
+    const at = Date.now();
+    // The call is still on the line (hearing that no agent is free): the staff figures count it.
+    const live = await page.evaluate(async () => (await (await fetch("/staff/api/overview")).json()).calls.by_service);
+    say({ seen: await row.getAttribute("data-id"), at, live });
     await page.screenshot({ path: shots + "/2-escalation-arrived.png" });
     await row.click();
     await page.waitForSelector("[data-testid=detail-id]");
