@@ -177,9 +177,10 @@ impl Interpreter {
                     self.actions.push_back(CallAction::StopPlayback);
                 }
                 self.vars.extend(vars);
-                if code != "ok" {
-                    self.last_failure = Some(code.clone());
-                }
+                // The escalation reason is the last thing that went wrong — unless something
+                // went right since (a caller who asks for an agent after a successful top-up
+                // is asking, not failing).
+                self.last_failure = (code != "ok").then(|| code.clone());
                 let plan = self.plan.clone();
                 if let Some(Node::Invoke { results, .. }) = plan.nodes.get(&self.node) {
                     let next = results

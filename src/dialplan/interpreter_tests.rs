@@ -458,6 +458,69 @@ fn zero_for_an_agent_transfers_with_the_context() {
     assert!(i.is_finished());
 }
 
+const ASK: &str = r##"
+service = "ask"
+numbers = ["ask"]
+language = "en"
+start = "first"
+
+[nodes.first]
+kind = "invoke"
+op = "wallet_balance"
+results = { ok = "menu", default = "second" }
+
+[nodes.second]
+kind = "invoke"
+op = "wallet_balance"
+results = { ok = "menu", default = "menu" }
+
+[nodes.menu]
+kind = "menu"
+prompts = ["m"]
+options = { "0" = "agent" }
+timeout = "5s"
+invalid_prompts = ["m"]
+on_failure = "agent"
+
+[nodes.agent]
+kind = "transfer"
+target = "agents"
+prompts = ["t"]
+"##;
+
+/// The reason an escalation carries after two operation results, then 0 at the menu.
+fn reason_after(first: &str, second: &str) -> String {
+    let t0 = Instant::now();
+    let mut i = Interpreter::new(plan(ASK));
+    i.start(t0);
+    for code in [first, second] {
+        actions(&mut i);
+        i.handle_event(
+            t0,
+            CallEvent::Result {
+                code: code.into(),
+                vars: vec![],
+            },
+        );
+    }
+    keys(&mut i, t0, "0");
+    actions(&mut i);
+    done(&mut i, t0);
+    actions(&mut i)
+        .into_iter()
+        .find_map(|a| match a {
+            CallAction::Transfer { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .expect("a transfer")
+}
+
+#[test]
+fn an_escalation_carries_the_last_failure_unless_something_succeeded_since() {
+    assert_eq!(reason_after("no_carrier", "card_used"), "card_used");
+    assert_eq!(reason_after("none", "ok"), "caller request");
+}
+
 #[test]
 fn an_instant_cycle_is_cut_at_runtime() {
     // Loaded without checks (the checker refuses it), the runtime guard still holds.
