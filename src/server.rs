@@ -398,6 +398,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let asterisk = tokio::spawn(crate::telephony::asterisk::run(shared.clone()));
     let freeswitch = tokio::spawn(crate::telephony::freeswitch::run(shared.clone()));
     let webhooks = tokio::spawn(crate::http::webhooks::run(shared.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), node_id(sip_local.port())));
 
     wait_for_signal().await;
     info!(
@@ -425,9 +426,43 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     reconciler.abort();
     reloader.abort();
     webhooks.abort();
+    heartbeat.abort();
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// This node's name for the staff pages: host and SIP port.
+fn node_id(sip_port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{sip_port}")
+}
+
+/// Publishes this node's live figures every two seconds (nodes quiet for ten drop out of the
+/// staff pages).
+async fn heartbeat_loop(shared: Arc<Shared>, node: String) {
+    loop {
+        let by = shared
+            .active_by_service
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        let total = shared
+            .calls_total
+            .load(std::sync::atomic::Ordering::Relaxed) as i64;
+        if let Err(e) = shared
+            .core
+            .heartbeat(&node, shared.active_calls() as i64, &by, total, now_ms())
+            .await
+        {
+            warn!(error = %e, "node figures not published");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 async fn wait_idle(shared: &Shared, limit: Duration) -> bool {

@@ -84,6 +84,7 @@ fn an_agent_sees_a_live_escalation_and_acts_on_it_in_a_browser() {
         seen["live"]["wallet"], 1,
         "the call counts while on the line: {seen}"
     );
+    assert_eq!(seen["nodes"], 1, "this node publishes its figures: {seen}");
     assert_eq!(next()["caller"], "+12015550100");
     let resent = next();
     assert!(

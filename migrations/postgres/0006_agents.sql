@@ -32,3 +32,12 @@ CREATE TABLE node_stats (
     ended   BIGINT NOT NULL,
     PRIMARY KEY (service, node)
 );
+
+-- Each running node's live figures, refreshed every few seconds (the staff pages' per-node view).
+CREATE TABLE nodes (
+    id           TEXT PRIMARY KEY,      -- host:SIP port
+    active_calls BIGINT NOT NULL,
+    by_service   TEXT NOT NULL,         -- JSON: service -> calls in progress
+    calls_total  BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL
+);

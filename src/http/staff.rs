@@ -69,9 +69,12 @@ async fn overview(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
         let sms = core.list_sms(None, None, 20).await?;
         let pending = core.list_topups(Some("pending"), 50).await?;
         let carriers = core.carriers().await?;
-        Ok::<_, crate::topup::TopupError>((q, sms, pending, carriers))
+        let nodes = core
+            .live_nodes(crate::topup::books::now_ms() - 10_000)
+            .await?;
+        Ok::<_, crate::topup::TopupError>((q, sms, pending, carriers, nodes))
     };
-    let (q, sms, pending, carriers) = match data.await {
+    let (q, sms, pending, carriers, nodes) = match data.await {
         Ok(d) => d,
         Err(e) => return unavailable(e),
     };
@@ -82,6 +85,7 @@ async fn overview(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
             "max": s.cfg.max_calls,
             "total": s.calls_total.load(Ordering::Relaxed),
         },
+        "nodes": nodes,
         "services": s.dialplans().plans().iter().map(|p| json!({"service": p.service, "numbers": p.numbers})).collect::<Vec<_>>(),
         "prompts": inventory,
         "sms": { "queued": q.sms, "recent": sms },

@@ -224,6 +224,51 @@ impl Core {
             .collect()
     }
 
+    /// Publishes this node's live figures (every few seconds).
+    pub async fn heartbeat(
+        &self,
+        node: &str,
+        active: i64,
+        by_service: &std::collections::BTreeMap<String, i64>,
+        total: i64,
+        now: i64,
+    ) -> Result<(), TopupError> {
+        sqlx::query(
+            "INSERT INTO nodes (id, active_calls, by_service, calls_total, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET active_calls = $2, by_service = $3, calls_total = $4, updated_at = $5",
+        )
+        .bind(node)
+        .bind(active)
+        .bind(serde_json::to_string(by_service).unwrap_or_default())
+        .bind(total)
+        .bind(now)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Nodes heard from since `since`: (id, active calls, per service, calls since start).
+    pub async fn live_nodes(&self, since: i64) -> Result<Vec<serde_json::Value>, TopupError> {
+        let rows = sqlx::query(
+            "SELECT id, active_calls, by_service, calls_total, updated_at FROM nodes WHERE updated_at >= $1 ORDER BY id",
+        )
+        .bind(since)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let by: String = r.try_get("by_service")?;
+                Ok(serde_json::json!({
+                    "node": r.try_get::<String, _>("id")?,
+                    "active": r.try_get::<i64, _>("active_calls")?,
+                    "by_service": serde_json::from_str::<serde_json::Value>(&by).unwrap_or_default(),
+                    "total": r.try_get::<i64, _>("calls_total")?,
+                    "updated_at": r.try_get::<i64, _>("updated_at")?,
+                }))
+            })
+            .collect()
+    }
+
     /// Sends the payer's confirmation of a top-up again (a new outbox row with the same text).
     pub async fn resend_confirmation(&self, topup: &str, now: i64) -> Result<bool, TopupError> {
         let orig = format!("{topup}:payer");
@@ -282,6 +327,24 @@ mod tests {
             assert_eq!(core.agent_for_session("forged", 3).await.unwrap(), None);
             core.logout_agent(&t).await.unwrap();
             assert_eq!(core.agent_for_session(&t, 3).await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_publish_their_live_figures_and_quiet_ones_drop_out() {
+        for (core, _dir) in cores().await {
+            let by = std::collections::BTreeMap::from([("wallet".to_string(), 2)]);
+            core.heartbeat("a:5060", 2, &by, 9, 1_000).await.unwrap();
+            core.heartbeat("b:5060", 0, &Default::default(), 4, 1_000)
+                .await
+                .unwrap();
+            core.heartbeat("a:5060", 3, &by, 10, 5_000).await.unwrap();
+            let live = core.live_nodes(2_000).await.unwrap();
+            assert_eq!(live.len(), 1, "b has been quiet: {live:?}");
+            assert_eq!(live[0]["node"], "a:5060");
+            assert_eq!(live[0]["active"], 3);
+            assert_eq!(live[0]["by_service"]["wallet"], 2);
+            assert_eq!(core.live_nodes(0).await.unwrap().len(), 2);
         }
     }
 }

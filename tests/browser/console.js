@@ -24,8 +24,10 @@ const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
     const row = await page.waitForSelector("tr[data-testid=escalation]", { timeout: 90000 });
     const at = Date.now();
     // The call is still on the line (hearing that no agent is free): the staff figures count it.
-    const live = await page.evaluate(async () => (await (await fetch("/staff/api/overview")).json()).calls.by_service);
-    say({ seen: await row.getAttribute("data-id"), at, live });
+    const overview = await page.evaluate(async () => (await fetch("/staff/api/overview")).json());
+    const live = overview.calls.by_service;
+    const nodeCount = overview.nodes.length;
+    say({ seen: await row.getAttribute("data-id"), at, live, nodes: nodeCount });
     await page.screenshot({ path: shots + "/2-escalation-arrived.png" });
     await row.click();
     await page.waitForSelector("[data-testid=detail-id]");
