@@ -34,36 +34,35 @@ pub fn require(program: &str) {
     );
 }
 
-/// A free UDP port (the OS picks it; released before use, so race-prone but fine here).
-pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A free UDP port whose next port is free too (sipp binds media port and port+2).
-pub fn free_udp_pair() -> u16 {
+/// Listening ports for the tests come from 10000-19999, below both the RTP ranges (20000+) and
+/// the ephemeral range the OS hands to `bind(0)` and outgoing connections (32768+): a port the
+/// harness picked, checked and released cannot be taken meanwhile by an SMSC peer or a client
+/// socket of another test. A counter per process (offset by the pid) keeps two tests of one
+/// binary apart; the bind check skips ports still held by anything else.
+fn next_port(free: impl Fn(u16) -> bool) -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
     loop {
-        let p = free_udp_port();
-        if p % 2 == 0
-            && p < 65000
-            && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
-            && UdpSocket::bind(("127.0.0.1", p + 2)).is_ok()
-            && UdpSocket::bind(("127.0.0.1", p + 3)).is_ok()
-        {
-            return p;
+        let slot = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let port = (10000 + (std::process::id() * 53 + slot * 7) % 9990) as u16;
+        if free(port) {
+            return port;
         }
     }
 }
 
+/// A free UDP port.
+pub fn free_udp_port() -> u16 {
+    next_port(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
+}
+
+/// A free UDP port whose next three ports are free too (sipp binds media port and port+2).
+pub fn free_udp_pair() -> u16 {
+    next_port(|p| p % 2 == 0 && (p..p + 4).all(|q| UdpSocket::bind(("127.0.0.1", q)).is_ok()))
+}
+
+/// A free TCP port.
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    next_port(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
 }
 
 /// Distinct RTP ranges per server, below the ephemeral range the OS hands out.
