@@ -123,6 +123,10 @@ enum Command {
         #[command(subcommand)]
         command: topup_cli::LedgerCommand,
     },
+    /// Places many concurrent test calls (SIP + RTP + RFC 4733) against a running service
+    /// and prints call set-up, jitter, loss, key-to-prompt latency and the service's CPU and
+    /// memory. Exits 1 if any call was refused or failed.
+    Loadgen(topup_ivr::loadgen::LoadgenArgs),
     /// Database tools.
     Db {
         #[command(subcommand)]
@@ -406,6 +410,22 @@ fn dialplan(command: DialplanCommand) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Loadgen(args) => {
+            let json = args.json;
+            let report = runtime()?.block_on(topup_ivr::loadgen::run(args))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            if report.errors() > 0 {
+                anyhow::bail!(
+                    "{} of {} calls were refused or failed",
+                    report.errors(),
+                    report.calls
+                );
+            }
+        }
         Command::Serve(args) => {
             let cfg = args.load()?;
             init_logging(&cfg);
