@@ -31,7 +31,7 @@ pub const LATE_AFTER: Duration = Duration::from_millis(40);
 /// Most of our own frames sent back-to-back after a late wake-up; older ones are skipped.
 const MAX_BURST: u32 = 5;
 
-/// The opening sounding frames of every prompt, for each codec, with their place in it:
+/// The opening audible frames of every prompt, for each codec, with their place in it:
 /// seeing one on the wire dates the start of its prompt. A quiet frame can open several
 /// prompts at different places (recordings start with faint noise); such frames say nothing
 /// and are left out, and the next frames of the prompt date it instead.
@@ -41,7 +41,18 @@ pub struct PromptIndex {
     frames: HashMap<(Codec, Box<[u8]>), Option<u32>>,
 }
 
-/// Sounding frames indexed from the start of each prompt.
+/// A frame whose loudest sample reaches this (about −50 dBFS) is heard; quieter ones are the
+/// room noise and dither that recordings carry around their words, and count as silence.
+const AUDIBLE_PEAK: i16 = 100;
+
+/// Whether a G.711 frame carries sound a caller would hear.
+pub fn audible(codec: Codec, payload: &[u8]) -> bool {
+    payload
+        .iter()
+        .any(|&b| codec.decode_sample(b).unsigned_abs() >= AUDIBLE_PEAK as u16)
+}
+
+/// Audible frames indexed from the start of each prompt.
 const INDEXED_FRAMES: usize = 10;
 
 impl PromptIndex {
@@ -53,9 +64,8 @@ impl PromptIndex {
                     continue;
                 };
                 for codec in Codec::ALL {
-                    let silence = codec.silence_byte();
                     let sounding = (0..p.frames())
-                        .filter(|&i| p.frame(codec, i).iter().any(|&b| b != silence))
+                        .filter(|&i| audible(codec, p.frame(codec, i)))
                         .take(INDEXED_FRAMES);
                     for i in sounding {
                         let at = i as u32;
@@ -190,7 +200,10 @@ impl Caller {
             ssrc: seed,
             seq: (seed >> 7) as u16,
             ts: seed.rotate_left(13),
-            next_due: Some(now),
+            // A phone's frame clock has no relation to the service's: start at a random
+            // point of the 20 ms frame, or every key would land at the same phase of the
+            // service's frames and the key-to-prompt figures would be biased.
+            next_due: Some(now + Duration::from_micros((seed % 20_000) as u64)),
             script,
             pin,
             step: None,
@@ -269,7 +282,10 @@ impl Caller {
                 if self.in_loop || matches!(self.phase, Phase::Hold { .. }) {
                     Action::Hangup
                 } else {
-                    Action::Fail("the script did not finish in the call's time".into())
+                    Action::Fail(format!(
+                        "the script did not finish in the call's time (at step {})",
+                        self.step.map_or(0, |s| s + 1)
+                    ))
                 },
             );
             return;
@@ -486,8 +502,7 @@ impl Caller {
                 self.stats.late += 1;
             }
         }
-        let silence = self.codec.silence_byte();
-        let sounding = payload.iter().any(|&b| b != silence);
+        let sounding = audible(self.codec, payload);
         if let Some((down, up)) = self.awaiting
             && sounding
             && let Some(k) = self.index.lookup(self.codec, payload)
