@@ -173,6 +173,7 @@ pub struct Caller {
     index: Arc<PromptIndex>,
     packet: [u8; RTP_HEADER + FRAME_SAMPLES],
     // Receive side.
+    peer_ssrc: Option<u32>,
     first_rx: Option<(Instant, u32)>,
     last_rx: Option<(Instant, u16, u32)>,
     min_offset: Option<i128>,
@@ -216,6 +217,7 @@ impl Caller {
             actions: vec![],
             index,
             packet: [0; RTP_HEADER + FRAME_SAMPLES],
+            peer_ssrc: None,
             first_rx: None,
             last_rx: None,
             min_offset: None,
@@ -464,6 +466,12 @@ impl Caller {
         if rtp.payload_type() != self.codec.payload_type() {
             return;
         }
+        // One stream per call: a packet of another SSRC is a late one from an earlier call
+        // that had this local port (the OS hands ports out again), not ours to count.
+        let ssrc = rtp.ssrc();
+        if *self.peer_ssrc.get_or_insert(ssrc) != ssrc {
+            return;
+        }
         let seq = u16::from(rtp.sequence_number());
         let ts = rtp.timestamp();
         let payload = rtp.payload();
@@ -477,7 +485,11 @@ impl Caller {
             }
             Some((at, last_seq, last_ts)) => {
                 let gap = seq.wrapping_sub(last_seq) as u64;
-                let frames = (ts.wrapping_sub(last_ts) / FRAME_SAMPLES as u32) as u64;
+                // A timestamp that went back says nothing of skipped frames.
+                let frames = match ts.wrapping_sub(last_ts) {
+                    d if (d as i32) < 0 => 0,
+                    d => (d / FRAME_SAMPLES as u32) as u64,
+                };
                 // Missing sequence numbers, or frames the sender skipped in time.
                 self.stats.lost += gap.max(frames).saturating_sub(1);
                 // RFC 3550 §6.4.1 D(i,j): arrival spacing against timestamp spacing.
@@ -710,6 +722,14 @@ mod tests {
         assert_eq!(c.stats().lost, 12);
         c.handle_packet(t0 + ms(411), &pkt(4, 480));
         assert_eq!((c.stats().lost, c.stats().received), (11, 7));
+        // A late packet of an earlier call that had this port (another SSRC) is not ours.
+        let mut foreign = pkt(9, 3_000_000_000);
+        foreign[11] = 10;
+        c.handle_packet(t0 + ms(412), &foreign);
+        assert_eq!((c.stats().lost, c.stats().received), (11, 7));
+        // A timestamp going back with the sequence going on counts no skipped frames.
+        c.handle_packet(t0 + ms(420), &pkt(9, 100));
+        assert_eq!((c.stats().lost, c.stats().received), (11, 8));
     }
 
     #[test]
