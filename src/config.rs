@@ -462,10 +462,22 @@ fn parse_raw(origin: &str, text: &str) -> Result<RawConfig, ConfigError> {
         key: "-".into(),
         reason: one_line(&e.to_string()),
     })?;
-    serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
-        origin: origin.into(),
-        key: e.path().to_string(),
-        reason: one_line(&e.inner().to_string()),
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // A key written as `""` (TOML allows it) is named as it is written, not as nothing.
+        let key = e
+            .path()
+            .iter()
+            .map(|seg| match seg.to_string() {
+                k if k.is_empty() => "\"\"".to_string(),
+                k => k,
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        ConfigError {
+            origin: origin.into(),
+            key,
+            reason: one_line(&e.inner().to_string()),
+        }
     })
 }
 
@@ -1167,6 +1179,9 @@ mod tests {
         assert!(msg.contains("unknown field"), "{msg}");
         let e = load("[media]\n").unwrap_err();
         assert_eq!(e.key, "media");
+        // Found by the config fuzz target: an empty key was named as nothing.
+        assert_eq!(load("\"\" = 4\n").unwrap_err().key, "\"\"");
+        assert_eq!(load("[sip]\n\"\" = 4\n").unwrap_err().key, "sip.\"\"");
     }
 
     #[test]

@@ -6,43 +6,6 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-/// One request; (status, JSON body).
-fn call(
-    server: &Server,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> (u16, Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = reqwest::Client::new();
-        let mut req = client.request(
-            method.parse().unwrap(),
-            format!("http://{}{path}", server.http),
-        );
-        if let Some(k) = key {
-            req = req.header("Authorization", format!("Bearer {k}"));
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        if let Some(b) = body {
-            req = req
-                .header("Content-Type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    })
-}
-
 /// A key paying from the demo wallet +12015550100.
 fn key(server: &Server, scopes: &str, per_minute: u32) -> String {
     let v = cli(
@@ -71,7 +34,7 @@ fn code(v: &Value) -> &str {
 fn a_top_up_is_made_once_per_idempotency_key() {
     let server = Server::start("");
     let k = key(&server, "lookup,topup,wallet", 1000);
-    let (s, n) = call(
+    let (s, n) = api_call(
         &server,
         "GET",
         "/api/v1/numbers/+525512345678",
@@ -85,10 +48,10 @@ fn a_top_up_is_made_once_per_idempotency_key() {
         (Some(true), Some("MX"))
     );
     assert!(n["carrier"]["id"].is_string(), "{n}");
-    let (s, bad) = call(&server, "GET", "/api/v1/numbers/12", Some(&k), &[], None);
+    let (s, bad) = api_call(&server, "GET", "/api/v1/numbers/12", Some(&k), &[], None);
     assert_eq!((s, bad["valid"].as_bool()), (200, Some(false)), "{bad}");
 
-    let (s, p) = call(
+    let (s, p) = api_call(
         &server,
         "GET",
         "/api/v1/products?number=%2B525512345678",
@@ -103,7 +66,7 @@ fn a_top_up_is_made_once_per_idempotency_key() {
 
     let body = json!({"recipient": "+525512345678", "product_id": first}).to_string();
     let idem = [("Idempotency-Key", "order-1001")];
-    let (s, r1) = call(
+    let (s, r1) = api_call(
         &server,
         "POST",
         "/api/v1/topups",
@@ -115,7 +78,7 @@ fn a_top_up_is_made_once_per_idempotency_key() {
     assert_eq!(r1["state"], "succeeded", "{r1}");
     assert_eq!(r1["channel"], "api");
     // The same key and body again: the same top-up, not a second one.
-    let (s, r2) = call(
+    let (s, r2) = api_call(
         &server,
         "POST",
         "/api/v1/topups",
@@ -125,11 +88,11 @@ fn a_top_up_is_made_once_per_idempotency_key() {
     );
     assert_eq!(s, 200);
     assert_eq!(r2["id"], r1["id"]);
-    let (_, b) = call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
+    let (_, b) = api_call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
     assert_eq!(b["balance"], "19.01 USD", "25.00 - 5.99 once: {b}");
     // The same key with another body is a client bug: 409, nothing charged.
     let other = json!({"recipient": "+525512345678", "product_id": second}).to_string();
-    let (s, c) = call(
+    let (s, c) = api_call(
         &server,
         "POST",
         "/api/v1/topups",
@@ -138,11 +101,11 @@ fn a_top_up_is_made_once_per_idempotency_key() {
         Some(&other),
     );
     assert_eq!((s, code(&c)), (409, "conflict"), "{c}");
-    let (_, b) = call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
+    let (_, b) = api_call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
     assert_eq!(b["balance"], "19.01 USD");
 
     let id = r1["id"].as_str().unwrap();
-    let (s, r3) = call(
+    let (s, r3) = api_call(
         &server,
         "GET",
         &format!("/api/v1/topups/{id}"),
@@ -153,7 +116,7 @@ fn a_top_up_is_made_once_per_idempotency_key() {
     assert_eq!((s, &r3["id"]), (200, &r1["id"]));
     // Another client cannot read it.
     let k2 = key(&server, "topup", 1000);
-    let (s, e) = call(
+    let (s, e) = api_call(
         &server,
         "GET",
         &format!("/api/v1/topups/{id}"),
@@ -174,7 +137,7 @@ fn bad_requests_get_a_clear_error_and_change_nothing() {
     let server = Server::start("");
     let k = key(&server, "lookup,topup", 1000);
     let post = |key: Option<&str>, headers: &[(&str, &str)], body: &str| {
-        call(&server, "POST", "/api/v1/topups", key, headers, Some(body))
+        api_call(&server, "POST", "/api/v1/topups", key, headers, Some(body))
     };
     let idem = [("Idempotency-Key", "x1")];
     let ok_body = r#"{"recipient": "+525512345678", "product_id": "p"}"#;
@@ -182,7 +145,7 @@ fn bad_requests_get_a_clear_error_and_change_nothing() {
     assert_eq!((s, code(&e)), (401, "unauthorized"));
     let (s, e) = post(Some("tk_abc_wrong"), &idem, ok_body);
     assert_eq!((s, code(&e)), (401, "unauthorized"));
-    let (s, e) = call(
+    let (s, e) = api_call(
         &server,
         "POST",
         "/api/v1/cards/redeem",
@@ -223,7 +186,7 @@ fn bad_requests_get_a_clear_error_and_change_nothing() {
         r#"{"recipient": "+99912", "product_id": "p"}"#,
     );
     assert_eq!((s, code(&e)), (422, "invalid_number"), "{e}");
-    let (s, e) = call(&server, "GET", "/api/v1/nothing", Some(&k), &[], None);
+    let (s, e) = api_call(&server, "GET", "/api/v1/nothing", Some(&k), &[], None);
     assert_eq!((s, code(&e)), (404, "not_found"));
     assert_eq!(
         cli(&server, &["topups", "list"]).as_array().unwrap().len(),
@@ -240,17 +203,17 @@ fn a_key_over_its_rate_is_told_to_wait() {
     let k = key(&server, "wallet", 3);
     for _ in 0..3 {
         assert_eq!(
-            call(&server, "GET", "/api/v1/balance", Some(&k), &[], None).0,
+            api_call(&server, "GET", "/api/v1/balance", Some(&k), &[], None).0,
             200
         );
     }
-    let (s, e) = call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
+    let (s, e) = api_call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
     assert_eq!((s, code(&e)), (429, "rate_limited"), "{e}");
     // Revoked keys stop at once.
     let id = k.split('_').nth(1).unwrap();
     cli_ok(&server, &["apikeys", "revoke", id]);
     assert_eq!(
-        call(&server, "GET", "/api/v1/balance", Some(&k), &[], None).0,
+        api_call(&server, "GET", "/api/v1/balance", Some(&k), &[], None).0,
         401
     );
 }
@@ -260,7 +223,7 @@ fn a_card_is_redeemed_once_into_a_wallet() {
     let server = Server::start("");
     let k = key(&server, "redeem", 1000);
     let body = r#"{"pin": "11112222333344", "wallet": "+12015550161"}"#;
-    let (s, r) = call(
+    let (s, r) = api_call(
         &server,
         "POST",
         "/api/v1/cards/redeem",
@@ -271,7 +234,7 @@ fn a_card_is_redeemed_once_into_a_wallet() {
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["serial"], "100000000001");
     assert_eq!(r["wallet"], "+12015550161");
-    let (s, e) = call(
+    let (s, e) = api_call(
         &server,
         "POST",
         "/api/v1/cards/redeem",
@@ -280,7 +243,7 @@ fn a_card_is_redeemed_once_into_a_wallet() {
         Some(body),
     );
     assert_eq!((s, code(&e)), (422, "card_used"), "{e}");
-    let (s, e) = call(
+    let (s, e) = api_call(
         &server,
         "POST",
         "/api/v1/cards/redeem",
@@ -299,7 +262,7 @@ fn a_card_is_redeemed_once_into_a_wallet() {
 #[test]
 fn every_documented_operation_is_served() {
     let server = Server::start("");
-    let (s, doc) = call(&server, "GET", "/api/v1/openapi.json", None, &[], None);
+    let (s, doc) = api_call(&server, "GET", "/api/v1/openapi.json", None, &[], None);
     assert_eq!(s, 200);
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
@@ -311,7 +274,7 @@ fn every_documented_operation_is_served() {
                 path.replace("{number}", "+525512345678")
                     .replace("{id}", "x")
             );
-            let (s, v) = call(&server, &method.to_uppercase(), &url, None, &[], None);
+            let (s, v) = api_call(&server, &method.to_uppercase(), &url, None, &[], None);
             // Served: without a key every operation but the document itself is 401, never 404.
             let want = if path == "/openapi.json" { 200 } else { 401 };
             assert_eq!(s, want, "{method} {path}: {v}");
@@ -391,7 +354,7 @@ fn final_states_are_posted_signed_and_retried_until_accepted() {
         v["webhook_secret"].as_str().unwrap(),
     );
     let body = json!({"recipient": "+525512345678", "product_id": "telcel-mx-100"}).to_string();
-    let (s, r) = call(
+    let (s, r) = api_call(
         &server,
         "POST",
         "/api/v1/topups",

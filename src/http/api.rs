@@ -241,6 +241,16 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Reads `bytes` as each JSON body the API takes (top-up, card redemption) with the same strict
+/// reader the handlers use: what a client would be told, per body. For the fuzz target.
+pub fn check_bodies(bytes: &[u8]) -> [Result<(), String>; 2] {
+    let msg = |e: ApiError| e.message;
+    [
+        body::<NewTopup>(bytes).map(|_| ()).map_err(msg),
+        body::<Redeem>(bytes).map(|_| ()).map_err(msg),
+    ]
+}
+
 async fn number(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
