@@ -220,3 +220,76 @@ fn sms_retry_of_an_unknown_message_says_so() {
     assert!(!ok);
     assert!(err.contains("no SMS nope"), "{err}");
 }
+
+/// A tmpfs mounted at `dir` with `opts` (needs root; `None` where mounting is not allowed).
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn new(dir: &std::path::Path, opts: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn serve_on_an_unusable_data_directory_says_why_once_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |data: &std::path::Path| {
+        run(&[
+            "serve",
+            "--sip-listen",
+            &format!("127.0.0.1:{}", free_udp_port()),
+            "--http-listen",
+            &format!("127.0.0.1:{}", free_tcp_port()),
+            "--prompts-dir",
+            repo().join("prompts").to_str().unwrap(),
+            "--dialplans-dir",
+            repo().join("dialplans").to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+    };
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let (ok, _, err) = start(&file.join("data"));
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: data directory {}: Not a directory (os error 20)",
+            file.join("data").display()
+        )
+    );
+    // Read-only and full file systems, where this machine lets us mount them (as root).
+    match Mount::new(&dir.path().join("ro"), "ro,size=1m") {
+        Some(m) => {
+            let (ok, _, err) = start(&m.0.join("data"));
+            assert!(!ok);
+            assert!(err.contains("Read-only file system"), "{err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+        None => eprintln!("not root: the read-only case is not run"),
+    }
+    match Mount::new(&dir.path().join("full"), "size=64k") {
+        Some(m) => {
+            let (ok, _, err) = start(&m.0.join("data"));
+            assert!(!ok);
+            assert!(err.contains("database or disk is full"), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+        None => eprintln!("not root: the disk-full case is not run"),
+    }
+}
