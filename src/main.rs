@@ -275,6 +275,15 @@ enum PromptsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command's output piped into `head` ends quietly when the reader goes, as Unix
+        // tools do, instead of panicking on a broken pipe. (The service keeps ignoring SIGPIPE:
+        // a peer that goes away must never stop it.)
+        // SAFETY: called before any thread is started; SIG_DFL is always a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -73,6 +73,21 @@ fn rtp_range() -> (u16, u16) {
     (base as u16, base as u16 + 398)
 }
 
+fn spawn_server(dir: &Path, config: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .unwrap();
+    Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start topup-ivr")
+}
+
 /// A running server.
 pub struct Server {
     child: Option<Child>,
@@ -105,14 +120,7 @@ impl Server {
         // Later tables in `extra` may repeat a section: merge by letting extra override keys.
         let text = merge_sections(&text);
         std::fs::write(&config, text).unwrap();
-        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start topup-ivr");
+        let child = spawn_server(dir.path(), &config);
         let server = Server {
             child: Some(child),
             sip,
@@ -189,6 +197,22 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Kills the process with SIGKILL: no shutdown, nothing flushed.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the service again on the same configuration and data (after `kill9` or an
+    /// exit); its log goes on in the same file.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.child = Some(spawn_server(self.dir.path(), &self.config));
+        self.wait_ready();
     }
 
     /// Sends SIGTERM.

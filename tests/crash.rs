@@ -1,0 +1,215 @@
+//! The service killed with SIGKILL again and again while retail terminals top up through the
+//! API: each terminal retries an unanswered request with the same Idempotency-Key, as the API
+//! asks. Afterwards, with the reconciler run: every key made exactly one top-up, each one
+//! settled (posted or voided) exactly once, the wallet paid exactly for the successful ones,
+//! the books balance, and every successful top-up has its confirmation SMS recorded.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// POST over plain HTTP/1.0; `None` when the service died before answering.
+fn post(
+    server_http: std::net::SocketAddr,
+    key: &str,
+    idem: &str,
+    body: &str,
+) -> Option<(u16, Value)> {
+    let mut s = TcpStream::connect_timeout(&server_http, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "POST /api/v1/topups HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+Idempotency-Key: {idem}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let json = serde_json::from_str(resp.split_once("\r\n\r\n")?.1).ok()?;
+    Some((code, json))
+}
+
+#[test]
+fn top_ups_killed_at_random_points_are_made_once_and_the_books_balance() {
+    // SMS configured, its SMSC away: confirmations wait in the outbox, where they are counted.
+    let mut server = Server::start(
+        "[sms]\nsender = \"TopUp\"\n[[sms.smsc]]\nname = \"main\"\naddress = \"127.0.0.1:9\"\n\
+         system_id = \"topup\"\npassword = \"x\"\n",
+    );
+    let wallet = "+12015550100";
+    cli_ok(
+        &server,
+        &[
+            "accounts",
+            "credit",
+            wallet,
+            "100000.00USD",
+            "--id",
+            "crash-fund",
+        ],
+    );
+    let before = cli(&server, &["accounts", "show", wallet]);
+    let key = cli(
+        &server,
+        &[
+            "apikeys",
+            "create",
+            "--name",
+            "Shop",
+            "--wallet",
+            wallet,
+            "--scopes",
+            "topup",
+            "--per-minute",
+            "100000",
+        ],
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let products = cli(&server, &["products", "list", "--number", "+525512345678"]);
+    let product = products[0]["id"].as_str().unwrap().to_string();
+    let body = json!({"recipient": "+525512345678", "product_id": product}).to_string();
+
+    // Answers per key: the last final answer a terminal got.
+    let answers: Arc<Mutex<BTreeMap<String, (u16, Value)>>> = Arc::default();
+    let unanswered: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut rng = 0x2545F4914F6CDD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let rounds = 5;
+    let terminals = 3;
+    for round in 0..rounds {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = vec![];
+        for t in 0..terminals {
+            let (http, key, body) = (server.http, key.clone(), body.clone());
+            let (answers, unanswered, stop) = (answers.clone(), unanswered.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let idem = format!("r{round}-t{t}-{i}");
+                    match post(http, &key, &idem, &body) {
+                        Some(a) => {
+                            answers.lock().unwrap().insert(idem, a);
+                        }
+                        None => unanswered.lock().unwrap().push(idem),
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        // Let the stream run, then kill the service without warning.
+        std::thread::sleep(Duration::from_millis(400 + next() % 1200));
+        server.kill9();
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        server.restart();
+        // Every terminal retries what went unanswered, with the same key and body.
+        for idem in unanswered.lock().unwrap().drain(..) {
+            let a = post(server.http, &key, &idem, &body).expect("the restarted service answers");
+            answers.lock().unwrap().insert(idem, a);
+        }
+    }
+    let left = cli(&server, &["topups", "list", "--limit", "100000"]);
+    let pending = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "pending")
+        .count();
+    cli_ok(&server, &["topups", "reconcile", "--all"]);
+    cli_ok(&server, &["ledger", "check"]);
+
+    let answers = answers.lock().unwrap();
+    assert!(
+        answers.len() >= rounds * terminals,
+        "{} requests",
+        answers.len()
+    );
+    for (idem, (code, v)) in answers.iter() {
+        assert!(
+            *code == 200 || *code == 201 || *code == 202,
+            "{idem}: {code} {v}"
+        );
+    }
+    // One top-up per key, each in a final state after the reconciler.
+    let topups = cli(&server, &["topups", "list", "--limit", "100000"]);
+    let topups = topups.as_array().unwrap();
+    let ids: std::collections::HashSet<&str> = answers
+        .values()
+        .map(|(_, v)| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), answers.len(), "each key its own top-up");
+    let api: Vec<&Value> = topups
+        .iter()
+        .filter(|t| ids.contains(t["id"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(api.len(), answers.len(), "no top-up lost, none made twice");
+    assert!(
+        topups.len() == answers.len(),
+        "no top-up without a key: {} vs {}",
+        topups.len(),
+        answers.len()
+    );
+    let succeeded: Vec<&&Value> = api.iter().filter(|t| t["state"] == "succeeded").collect();
+    assert!(
+        api.iter()
+            .all(|t| t["state"] == "succeeded" || t["state"] == "failed"),
+        "{api:#?}"
+    );
+    eprintln!(
+        "{} top-ups over {rounds} kills; {pending} left pending by a kill and settled by the \
+         reconciler; {} succeeded",
+        answers.len(),
+        succeeded.len()
+    );
+    // The wallet paid exactly the price of each successful top-up, once.
+    let after = cli(&server, &["accounts", "show", wallet]);
+    let cents = |s: &str| -> i64 {
+        let amount = s.split_whitespace().next().unwrap();
+        let (units, frac) = amount.split_once('.').unwrap();
+        units.parse::<i64>().unwrap() * 100 + frac.parse::<i64>().unwrap()
+    };
+    let balance = |v: &Value| cents(v["wallet"]["balance"].as_str().unwrap());
+    let price = cents(succeeded[0]["sent"].as_str().unwrap());
+    assert!(
+        succeeded
+            .iter()
+            .all(|t| cents(t["sent"].as_str().unwrap()) == price)
+    );
+    assert_eq!(
+        balance(&before) - balance(&after),
+        price * succeeded.len() as i64,
+        "{} top-ups succeeded",
+        succeeded.len()
+    );
+    // Every successful top-up has its confirmation recorded in the SMS outbox.
+    let sms = cli(&server, &["sms", "list", "--limit", "100000"]);
+    for t in &succeeded {
+        let id = t["id"].as_str().unwrap();
+        assert!(
+            sms.as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["reference"].as_str() == Some(id)),
+            "no SMS recorded for {id}"
+        );
+    }
+}
