@@ -83,7 +83,10 @@ impl Pepper {
             reason,
         };
         match std::fs::read_to_string(file) {
-            Ok(text) => Pepper::new(text.trim().as_bytes()),
+            Ok(text) => {
+                check_private(file).map_err(err)?;
+                Pepper::new(text.trim().as_bytes())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let value = hex::encode(rand::random::<[u8; 32]>());
                 if let Some(dir) = file.parent() {
@@ -103,6 +106,31 @@ impl Pepper {
         mac.update(pin.expose().as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
+}
+
+/// Refuses a secret file that others than its owner may read or change (as ssh does with a
+/// private key): anyone who can read the pepper can test card PINs offline against a copy of
+/// the database.
+#[cfg(unix)]
+fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "others may read or change it (mode {:o}); run `chmod 600 {}`",
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_: &Path) -> Result<(), String> {
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -210,6 +238,17 @@ mod tests {
             assert_eq!(
                 std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
                 0o600
+            );
+            // A pepper file others may read is refused, naming the fix.
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = Pepper::load(&f).unwrap_err().to_string();
+            assert!(e.contains("mode 644") && e.contains("chmod 600"), "{e}");
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o620)).unwrap();
+            assert!(Pepper::load(&f).is_err());
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o400)).unwrap();
+            assert_eq!(
+                Pepper::load(&f).unwrap().card_pin_hash(&pin),
+                a.card_pin_hash(&pin)
             );
         }
     }
