@@ -464,15 +464,26 @@ fn parse_raw(origin: &str, text: &str) -> Result<RawConfig, ConfigError> {
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         // A key written as `""` (TOML allows it) is named as it is written, not as nothing.
-        let key = e
-            .path()
-            .iter()
-            .map(|seg| match seg.to_string() {
-                k if k.is_empty() => "\"\"".to_string(),
-                k => k,
-            })
-            .collect::<Vec<_>>()
-            .join(".");
+        let mut key = String::new();
+        for seg in e.path().iter() {
+            match seg {
+                serde_path_to_error::Segment::Seq { index } => {
+                    key.push_str(&format!("[{index}]"));
+                }
+                other => {
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    match other.to_string() {
+                        k if k.is_empty() => key.push_str("\"\""),
+                        k => key.push_str(&k),
+                    }
+                }
+            }
+        }
+        if key.is_empty() {
+            key.push('.');
+        }
         ConfigError {
             origin: origin.into(),
             key,
