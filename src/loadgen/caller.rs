@@ -84,14 +84,6 @@ impl PromptIndex {
         PromptIndex { frames }
     }
 
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
     /// How many frames into its prompt `payload` is, if it dates one.
     fn lookup(&self, codec: Codec, payload: &[u8]) -> Option<u32> {
         // Keyed by boxed slices: building the key costs one small copy, only while a key
@@ -658,40 +650,33 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_wait_without_any_prompt_fails_the_call() {
-        let store = Arc::new(PromptStore::default());
-        let t0 = Instant::now();
-        let mut c = Caller::new(
+    /// A caller with no prompts to recognise, started at `t0`.
+    fn bare(t0: Instant, script: &str, length: Duration) -> Caller {
+        Caller::new(
             t0,
             Codec::Pcmu,
             101,
-            Arc::new(Script::parse("wait bye").unwrap()),
+            Arc::new(Script::parse(script).unwrap()),
             None,
-            Arc::new(PromptIndex::new(&store)),
+            Arc::new(PromptIndex::new(&PromptStore::default())),
             Duration::from_millis(200),
-            Duration::from_secs(120),
+            length,
             1,
-        );
+        )
+    }
+
+    #[test]
+    fn a_wait_without_any_prompt_fails_the_call() {
+        let t0 = Instant::now();
+        let mut c = bare(t0, "wait bye", Duration::from_secs(120));
         c.handle_timeout(t0 + PROMPT_LIMIT);
         assert!(matches!(c.poll_action(), Some(Action::Fail(r)) if r.contains("no prompt")));
     }
 
     #[test]
     fn gaps_skips_and_late_frames_are_counted() {
-        let store = Arc::new(PromptStore::default());
         let t0 = Instant::now();
-        let mut c = Caller::new(
-            t0,
-            Codec::Pcmu,
-            101,
-            Arc::new(Script::parse("hold:10s").unwrap()),
-            None,
-            Arc::new(PromptIndex::new(&store)),
-            Duration::from_millis(200),
-            Duration::from_secs(20),
-            1,
-        );
+        let mut c = bare(t0, "hold:10s", Duration::from_secs(20));
         let pkt = |seq: u16, ts: u32| {
             let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
             p[2..4].copy_from_slice(&seq.to_be_bytes());

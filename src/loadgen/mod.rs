@@ -25,7 +25,7 @@ use crate::media::g711::Codec;
 use crate::media::prompts::{LoadOptions, PromptStore};
 use crate::telephony::sip::endpoint::{CallHandle, Endpoint, EndpointConfig, SipEvent};
 use crate::telephony::sip::sdp::{self, Direction, Negotiated};
-use crate::telephony::sip::transport::SipCommand;
+use crate::telephony::sip::transport::{SipCommand, sleep_until};
 use caller::{Action, Caller, PromptIndex};
 use report::{Outcome, Report};
 use script::Script;
@@ -295,13 +295,6 @@ async fn uac(socket: UdpSocket, mut endpoint: Endpoint, mut commands: mpsc::Rece
         if !open && endpoint.active_calls() == 0 && endpoint.transactions() == 0 {
             return;
         }
-    }
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }
 
