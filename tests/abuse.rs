@@ -8,7 +8,6 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -91,13 +90,9 @@ fn drain(sock: &UdpSocket) -> Vec<String> {
 fn calls_in_progress_survive_torture_floods_and_rtp_spray_untouched() {
     // Room for the generator's ten calls and no more: the flood meets a full house.
     let server = Server::start("[sip]\nmax_calls = 10\n");
-    let generator = Command::new(BIN)
-        .args([
-            "loadgen", "--calls", "10", "--rate", "20", "--length", "14s", "--json",
-        ])
-        .args(["--number", "echo", "--target", &server.sip.to_string()])
-        .arg("--prompts")
-        .arg(repo().join("prompts"))
+    let generator = loadgen_command(&server)
+        .args(["--calls", "10", "--rate", "20", "--length", "14s", "--json"])
+        .args(["--number", "echo"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

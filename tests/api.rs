@@ -8,22 +8,7 @@ use serde_json::{Value, json};
 
 /// A key paying from the demo wallet +12015550100.
 fn key(server: &Server, scopes: &str, per_minute: u32) -> String {
-    let v = cli(
-        server,
-        &[
-            "apikeys",
-            "create",
-            "--name",
-            "Shop 12",
-            "--wallet",
-            "+12015550100",
-            "--scopes",
-            scopes,
-            "--per-minute",
-            &per_minute.to_string(),
-        ],
-    );
-    v["key"].as_str().unwrap().to_string()
+    api_key(server, "+12015550100", scopes, per_minute)
 }
 
 fn code(v: &Value) -> &str {

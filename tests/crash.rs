@@ -59,24 +59,7 @@ fn top_ups_killed_at_random_points_are_made_once_and_the_books_balance() {
         ],
     );
     let before = cli(&server, &["accounts", "show", wallet]);
-    let key = cli(
-        &server,
-        &[
-            "apikeys",
-            "create",
-            "--name",
-            "Shop",
-            "--wallet",
-            wallet,
-            "--scopes",
-            "topup",
-            "--per-minute",
-            "100000",
-        ],
-    )["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = api_key(&server, wallet, "topup", 100_000);
     let products = cli(&server, &["products", "list", "--number", "+525512345678"]);
     let product = products[0]["id"].as_str().unwrap().to_string();
     let body = json!({"recipient": "+525512345678", "product_id": product}).to_string();

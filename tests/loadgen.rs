@@ -9,12 +9,7 @@ use std::process::Command;
 use common::*;
 
 fn loadgen(server: &Server, args: &[&str]) -> (bool, serde_json::Value, String) {
-    let out = Command::new(BIN)
-        .arg("loadgen")
-        .arg("--target")
-        .arg(server.sip.to_string())
-        .arg("--prompts")
-        .arg(repo().join("prompts"))
+    let out = loadgen_command(server)
         .arg("--pid")
         .arg(server.pid().to_string())
         .arg("--json")
@@ -69,19 +64,14 @@ fn fifty_echo_calls_for_ten_seconds_all_complete_with_every_key_answered() {
 #[test]
 fn card_top_ups_follow_the_recharge_plan_with_one_card_per_call() {
     let server = Server::start("");
-    let out = Command::new(BIN)
-        .args(["cards", "generate", "--batch", "LOAD", "--count", "4"])
-        .args(["--value", "10.00USD", "--config"])
-        .arg(&server.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let cards = cli_text(
+        &server,
+        &[
+            "cards", "generate", "--batch", "LOAD", "--count", "4", "--value", "10.00USD",
+        ],
     );
     let pins = server.dir.path().join("cards.csv");
-    std::fs::write(&pins, &out.stdout).unwrap();
+    std::fs::write(&pins, cards).unwrap();
     let (ok, r, err) = loadgen(
         &server,
         &[

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 /// Every file under the data directory, as bytes (SQLite database, its WAL).
@@ -34,14 +32,12 @@ fn pins_used_by_voice_and_api_appear_nowhere_the_service_writes() {
     let server = Server::start("");
     // Two cards: one topped up by voice (the load generator's card script), one redeemed over
     // the API; a wrong PIN tried over the API too.
-    let out = Command::new(BIN)
-        .args(["cards", "generate", "--batch", "SEC", "--count", "2"])
-        .args(["--value", "10.00USD", "--config"])
-        .arg(&server.config)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let csv = String::from_utf8(out.stdout).unwrap();
+    let csv = cli_text(
+        &server,
+        &[
+            "cards", "generate", "--batch", "SEC", "--count", "2", "--value", "10.00USD",
+        ],
+    );
     let pins: Vec<String> = csv
         .lines()
         .skip(1)
@@ -50,13 +46,9 @@ fn pins_used_by_voice_and_api_appear_nowhere_the_service_writes() {
     assert_eq!(pins.len(), 2);
     let voice_file = server.dir.path().join("voice.csv");
     std::fs::write(&voice_file, format!("{}\n", pins[0])).unwrap();
-    let lg = Command::new(BIN)
-        .args([
-            "loadgen", "--calls", "1", "--length", "90s", "--number", "recharge",
-        ])
-        .args(["--script", "card", "--target", &server.sip.to_string()])
-        .arg("--prompts")
-        .arg(repo().join("prompts"))
+    let lg = loadgen_command(&server)
+        .args(["--calls", "1", "--length", "90s", "--number", "recharge"])
+        .args(["--script", "card"])
         .arg("--pins")
         .arg(&voice_file)
         .output()
@@ -66,22 +58,7 @@ fn pins_used_by_voice_and_api_appear_nowhere_the_service_writes() {
         "{}",
         String::from_utf8_lossy(&lg.stdout)
     );
-    let key = cli(
-        &server,
-        &[
-            "apikeys",
-            "create",
-            "--name",
-            "Shop",
-            "--wallet",
-            "+12015550100",
-            "--scopes",
-            "redeem",
-        ],
-    )["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = api_key(&server, "+12015550100", "redeem", 1000);
     let body = format!(r#"{{"pin": "{}", "wallet": "+12015550161"}}"#, pins[1]);
     let (s, _) = api_call(
         &server,
@@ -113,14 +90,7 @@ fn pins_used_by_voice_and_api_appear_nowhere_the_service_writes() {
         &["escalations", "list", "--json"][..],
         &["topups", "list", "--json"][..],
     ] {
-        let out = Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(&server.config)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}");
-        places.push((args.join(" "), out.stdout));
+        places.push((args.join(" "), cli_text(&server, args).into_bytes()));
     }
     let secrets = [pins[0].as_str(), pins[1].as_str(), wrong];
     for (place, bytes) in &places {

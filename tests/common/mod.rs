@@ -252,13 +252,13 @@ impl Drop for Server {
     }
 }
 
-/// Runs a `topup-ivr` command against the server's config with `--json`; its parsed output.
-pub fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
+/// Runs a `topup-ivr` command against the server's config; its standard output. Panics with
+/// the command's error if it fails.
+pub fn cli_text(server: &Server, args: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(args)
         .arg("--config")
         .arg(&server.config)
-        .arg("--json")
         .output()
         .unwrap();
     assert!(
@@ -266,22 +266,49 @@ pub fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a `topup-ivr` command against the server's config with `--json`; its parsed output.
+pub fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
+    let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+    serde_json::from_str(&cli_text(server, &args)).unwrap()
 }
 
 /// Runs a `topup-ivr` command against the server's config; panics if it fails.
 pub fn cli_ok(server: &Server, args: &[&str]) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(&server.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_text(server, args);
+}
+
+/// An API key of a terminal paying from `wallet`, with `scopes`; its secret.
+pub fn api_key(server: &Server, wallet: &str, scopes: &str, per_minute: u32) -> String {
+    let v = cli(
+        server,
+        &[
+            "apikeys",
+            "create",
+            "--name",
+            "Shop 12",
+            "--wallet",
+            wallet,
+            "--scopes",
+            scopes,
+            "--per-minute",
+            &per_minute.to_string(),
+        ],
     );
+    v["key"].as_str().unwrap().to_string()
+}
+
+/// `topup-ivr loadgen` aimed at the server, recognising the shipped prompts; add the rest.
+pub fn loadgen_command(server: &Server) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("loadgen")
+        .arg("--target")
+        .arg(server.sip.to_string())
+        .arg("--prompts")
+        .arg(repo().join("prompts"));
+    c
 }
 
 /// For the calling service: the wallet +12015550166 (PIN 4321) with 0.10 USD, and a rate of
