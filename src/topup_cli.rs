@@ -841,7 +841,10 @@ pub async fn topups(cfg: &Config, cmd: TopupsCommand) -> Result<()> {
             print(true, &r, |_| {})?;
         }
         TopupsCommand::Reconcile { all } => {
-            let now = if all { i64::MAX / 2 } else { now_ms() };
+            let now = now_ms();
+            if all {
+                core.make_pending_due(now).await?;
+            }
             let r = core.reconcile(&adapters, now, 10_000).await?;
             println!(
                 "checked {}: {} succeeded, {} failed, {} still pending",

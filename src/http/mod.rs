@@ -1,6 +1,8 @@
-//! HTTP: `/health` and the top-up API (`/api/v1`, see [`api`]).
+//! HTTP: `/health`, `/metrics`, the top-up API (`/api/v1`, see [`api`]), carriers' status
+//! notices ([`carriers`]), the agent console and the staff pages.
 
 pub mod api;
+pub mod carriers;
 pub mod console;
 pub mod staff;
 pub mod webhooks;
@@ -23,6 +25,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared.clone())
         .merge(console::router(shared.clone()))
         .merge(staff::router(shared.clone()))
+        .merge(carriers::router(shared.clone()))
         .merge(api::router(shared))
 }
 

@@ -73,6 +73,19 @@ pub const MESSAGES: &[(&str, &[&str], &str)] = &[
         "to the payer when the carrier refused a top-up (the money is returned)",
     ),
     (
+        "topup_reversed",
+        &[
+            "amount",
+            "price",
+            "currency",
+            "recipient",
+            "carrier",
+            "reference",
+            "balance",
+        ],
+        "to the payer when the carrier took back a delivered top-up (the money is returned)",
+    ),
+    (
         "topup_pending",
         &["amount", "currency", "recipient", "carrier", "reference"],
         "reply to an SMS top-up that the carrier has not confirmed yet",

@@ -10,7 +10,8 @@
 //! adapter = "http"              # builtin | http | sandbox
 //! mccmnc = ["334020"]           # to map HLR answers
 //! prefixes = ["52155", "52331"]
-//! http = { base_url = "https://api.example.com", operator_id = "174", api_key_env = "AGG_KEY", timeout = "15s" }
+//! http = { base_url = "https://api.example.com", operator_id = "174", api_key_env = "AGG_KEY", timeout = "15s",
+//!          webhook_secret_env = "AGG_NOTICE_SECRET" }   # optional: status notices (topup::notices)
 //!
 //! [[carrier.product]]
 //! id = "telcel-100"
@@ -93,6 +94,10 @@ pub struct HttpSettings {
     pub api_key_env: Option<String>,
     #[serde(default = "default_timeout")]
     pub timeout: String,
+    /// Name of the environment variable holding the secret that signs the carrier's status
+    /// notices (`POST /carriers/{id}/notices`); without it the carrier's notices are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret_env: Option<String>,
 }
 
 fn default_timeout() -> String {

@@ -376,6 +376,22 @@ pub fn resolution(
     }
 }
 
+/// The compensating transfer that undoes a posted one (a carrier reversed a delivered top-up):
+/// the same amount back the other way, posted at once, with an id derived from the original so
+/// applying the reversal twice moves nothing the second time. A ledger never deletes or edits a
+/// posted transfer; it adds the opposite one. `None` for a transfer that is not posted (a
+/// pending one is voided instead; a voided one moved nothing).
+pub fn reversal(original: &Transfer) -> Option<TransferSpec> {
+    (original.state == TransferState::Posted).then(|| TransferSpec {
+        id: format!("{}:reversal", original.id),
+        debit: original.credit.clone(),
+        credit: original.debit.clone(),
+        amount: original.amount,
+        kind: "reversal".into(),
+        pending: false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +418,40 @@ mod tests {
         m.open("w", c, AccountKind::Wallet);
         m.open("carrier", c, AccountKind::Carrier);
         m
+    }
+
+    #[test]
+    fn a_reversal_returns_a_posted_transfer_and_nothing_else() {
+        let mut m = model();
+        m.transfer(&spec("fund", "float", "w", 1000, false))
+            .unwrap();
+        let t = m.transfer(&spec("t1", "w", "carrier", 600, true)).unwrap();
+        assert_eq!(
+            reversal(&t),
+            None,
+            "a pending transfer is voided, not reversed"
+        );
+        m.post("t1").unwrap();
+        let posted = m.transfers["t1"].clone();
+        let back = reversal(&posted).unwrap();
+        assert_eq!(
+            (
+                back.debit.as_str(),
+                back.credit.as_str(),
+                back.amount,
+                back.pending
+            ),
+            ("carrier", "w", usd(600), false)
+        );
+        m.transfer(&back).unwrap();
+        assert_eq!(m.accounts["w"].balance(), 1000);
+        assert_eq!(m.accounts["carrier"].balance(), 0);
+        // Applied again (a duplicate notice): the same id, nothing moves.
+        m.transfer(&back).unwrap();
+        assert_eq!(m.accounts["w"].balance(), 1000);
+        let voided = m.transfer(&spec("t2", "w", "carrier", 100, true)).unwrap();
+        m.void(&voided.id).unwrap();
+        assert_eq!(reversal(&m.transfers["t2"]), None);
     }
 
     #[test]

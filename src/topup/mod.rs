@@ -16,6 +16,7 @@ pub mod error;
 pub mod escalations;
 pub mod ledger;
 pub mod money;
+pub mod notices;
 pub mod numbers;
 pub mod secrets;
 pub mod topups;

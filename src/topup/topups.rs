@@ -75,7 +75,7 @@ pub const MAX_MESSAGE_CHARS: usize = 100;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Receipt {
     pub id: String,
-    /// pending, succeeded, failed
+    /// pending, succeeded, failed, reversed
     pub state: String,
     pub recipient: String,
     pub carrier_id: String,
@@ -382,7 +382,8 @@ impl Core {
                     self.remember_recipient(&mut tx, wallet, &recipient, now)
                         .await?;
                 }
-                self.notify_settled(&mut tx, id, true, now).await?;
+                self.notify_settled(&mut tx, id, Final::Succeeded, now)
+                    .await?;
                 self.enqueue_webhook(&mut tx, id, now).await?;
             }
             Outcome::Failed { reason } => {
@@ -400,7 +401,7 @@ impl Core {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-                self.notify_settled(&mut tx, id, false, now).await?;
+                self.notify_settled(&mut tx, id, Final::Failed, now).await?;
                 self.enqueue_webhook(&mut tx, id, now).await?;
             }
             Outcome::Unknown { reason } => {
@@ -436,6 +437,67 @@ impl Core {
         Ok(())
     }
 
+    /// Undoes a delivered top-up that the carrier reversed afterwards (the recipient's credit
+    /// was taken back): a compensating transfer returns each posted movement of the top-up to
+    /// where it came from, the top-up becomes `reversed`, the payer gets an SMS and the API
+    /// client its webhook, all in one transaction. A pending top-up that the carrier reverses
+    /// simply failed; a failed or already reversed one is left alone. Returns whether this
+    /// call changed anything (a repeated notice does not).
+    pub async fn reverse(&self, id: &str, reason: &str, now: i64) -> Result<bool, TopupError> {
+        let row = sqlx::query("SELECT state, carrier_id FROM topups WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?
+            .ok_or_else(|| TopupError::Corrupt(format!("no top-up {id}")))?;
+        let state: String = row.try_get("state")?;
+        let carrier: String = row.try_get("carrier_id")?;
+        match state.as_str() {
+            "pending" => {
+                self.settle(
+                    id,
+                    &Outcome::Failed {
+                        reason: reason.to_string(),
+                    },
+                    now,
+                )
+                .await?;
+                return Ok(true);
+            }
+            "succeeded" => {}
+            _ => return Ok(false),
+        }
+        let mut tx = self.db.begin().await?;
+        // Claim the change first: of two racing notices, one finds nothing left to do.
+        let claimed = sqlx::query(
+            "UPDATE topups SET state = 'reversed', error = $1, updated_at = $2
+             WHERE id = $3 AND state = 'succeeded'",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            return Ok(false);
+        }
+        for t in [format!("{id}:pay"), format!("{id}:fx")] {
+            let Some(original) = super::books::transfer_by_id(&mut tx, &t).await? else {
+                continue;
+            };
+            if let Some(back) = super::ledger::reversal(&original) {
+                transfer(&mut tx, &back, now).await?;
+            }
+        }
+        self.notify_settled(&mut tx, id, Final::Reversed, now)
+            .await?;
+        self.enqueue_webhook(&mut tx, id, now).await?;
+        tx.commit().await?;
+        metrics::counter!("topup_ivr_topups_total", "result" => "reversed", "carrier" => carrier)
+            .increment(1);
+        Ok(true)
+    }
+
     /// Asks the carriers about these top-ups now (those still pending; an agent's request).
     pub async fn check_topups_now(
         &self,
@@ -462,6 +524,17 @@ impl Core {
             "{} checked: {} succeeded, {} failed, {} still pending",
             r.checked, r.succeeded, r.failed, r.still_pending
         ))
+    }
+
+    /// Makes every pending top-up due now, whatever its backoff (`topups reconcile --all`).
+    pub async fn make_pending_due(&self, now: i64) -> Result<u64, TopupError> {
+        Ok(
+            sqlx::query("UPDATE topups SET next_check_at = $1 WHERE state = 'pending'")
+                .bind(now)
+                .execute(self.db.pool())
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// Resolves pending top-ups that are due: asks the carrier, resends those it never got.
@@ -522,9 +595,10 @@ impl Core {
         &self,
         conn: &mut AnyConnection,
         id: &str,
-        succeeded: bool,
+        outcome: Final,
         now: i64,
     ) -> Result<(), TopupError> {
+        let succeeded = outcome == Final::Succeeded;
         if !self.sms_on() {
             return Ok(());
         }
@@ -580,15 +654,19 @@ impl Core {
         };
         use crate::sms::outbox::Notice;
         if let Some(p) = &payer_number {
-            let kind = match (succeeded, funding.starts_with("funding:") && to_self) {
-                (true, true) => "account_recharged",
-                (true, false) => "topup_sent",
-                (false, _) => "topup_failed",
+            let kind = match (outcome, funding.starts_with("funding:") && to_self) {
+                (Final::Succeeded, true) => "account_recharged",
+                (Final::Succeeded, false) => "topup_sent",
+                (Final::Failed, _) => "topup_failed",
+                (Final::Reversed, _) => "topup_reversed",
             };
             self.enqueue_sms(
                 conn,
                 Notice {
-                    id: format!("{id}:payer"),
+                    id: match outcome {
+                        Final::Reversed => format!("{id}:payer:reversed"),
+                        _ => format!("{id}:payer"),
+                    },
                     kind,
                     to: p.clone(),
                     language: None,
@@ -684,6 +762,14 @@ impl Core {
         }
         Ok(out)
     }
+}
+
+/// How a top-up ended, for the messages it causes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Final {
+    Succeeded,
+    Failed,
+    Reversed,
 }
 
 /// The pending transfers that reserve a top-up's money: payer → carrier in one currency, or
@@ -898,6 +984,138 @@ receive = "5.00USD"
                     ["+525512345678"]
                 );
                 balanced(&core).await;
+            }
+        }
+
+        #[tokio::test]
+        async fn carrier_notices_settle_late_successes_and_reversals_return_the_money_once() {
+            use crate::topup::notices::{Applied, Notice, Status};
+            let notice = |event: &str, id: &str, status| Notice {
+                event_id: event.into(),
+                external_id: id.into(),
+                status,
+                transaction_id: Some("TX-1".into()),
+                message: None,
+            };
+            for (core, _g) in cores().await {
+                let a = Adapters::new();
+                funded(&core, "+12015550107", "10.00USD").await;
+                let w = "+12015550107";
+                let balance = |core: &Core| {
+                    let core = core.clone();
+                    async move { core.wallet_balance(w).await.unwrap().to_string() }
+                };
+                // Delivered, then reversed: both movements come back, once.
+                let r = core
+                    .topup(&a, None, &req("r1", w, "+525512345678", "telcel-100"), NOW)
+                    .await
+                    .unwrap();
+                assert_eq!(r.state, "succeeded");
+                assert_eq!(balance(&core).await, "4.01 USD");
+                let rev = notice("ev-1", "r1", Status::Reversed);
+                assert_eq!(
+                    core.carrier_notice("telcel-mx", &rev, NOW + 10)
+                        .await
+                        .unwrap(),
+                    Applied::Reversed
+                );
+                assert_eq!(balance(&core).await, "10.00 USD");
+                let receipt = core.topup_receipt("r1").await.unwrap().unwrap();
+                assert_eq!(receipt.state, "reversed");
+                for t in ["r1:pay:reversal", "r1:fx:reversal"] {
+                    let mut conn = core.db.pool().acquire().await.unwrap();
+                    let t = crate::topup::books::transfer_by_id(&mut conn, t)
+                        .await
+                        .unwrap()
+                        .unwrap_or_else(|| panic!("{t} missing"));
+                    assert_eq!(t.kind, "reversal");
+                }
+                // The same notice again, and the same news under another event id.
+                assert_eq!(
+                    core.carrier_notice("telcel-mx", &rev, NOW + 11)
+                        .await
+                        .unwrap(),
+                    Applied::Duplicate
+                );
+                assert_eq!(
+                    core.carrier_notice(
+                        "telcel-mx",
+                        &notice("ev-2", "r1", Status::Reversed),
+                        NOW + 12
+                    )
+                    .await
+                    .unwrap(),
+                    Applied::Ignored
+                );
+                // A success after the reversal contradicts it: recorded, nothing moves.
+                assert_eq!(
+                    core.carrier_notice(
+                        "telcel-mx",
+                        &notice("ev-3", "r1", Status::Succeeded),
+                        NOW + 13
+                    )
+                    .await
+                    .unwrap(),
+                    Applied::Conflict
+                );
+                assert_eq!(balance(&core).await, "10.00 USD");
+                // Another carrier cannot touch it; an unknown id is unknown.
+                assert_eq!(
+                    core.carrier_notice("ivr-mobile", &notice("ev-4", "r1", Status::Reversed), NOW)
+                        .await
+                        .unwrap(),
+                    Applied::UnknownTopup
+                );
+                assert_eq!(
+                    core.carrier_notice("telcel-mx", &notice("ev-5", "nope", Status::Failed), NOW)
+                        .await
+                        .unwrap(),
+                    Applied::UnknownTopup
+                );
+                // A top-up left pending by a timeout, settled by a late success notice.
+                let p = core
+                    .topup(&a, None, &req("p1", w, "+525512349999", "telcel-100"), NOW)
+                    .await
+                    .unwrap();
+                assert_eq!(p.state, "pending");
+                assert_eq!(
+                    core.carrier_notice(
+                        "telcel-mx",
+                        &notice("ev-6", "p1", Status::Succeeded),
+                        NOW + 20
+                    )
+                    .await
+                    .unwrap(),
+                    Applied::Settled
+                );
+                let p = core.topup_receipt("p1").await.unwrap().unwrap();
+                assert_eq!(
+                    (p.state.as_str(), p.carrier_ref.as_deref()),
+                    ("succeeded", Some("TX-1"))
+                );
+                assert_eq!(balance(&core).await, "4.01 USD");
+                balanced(&core).await;
+                let results: Vec<(String, String)> =
+                    sqlx::query("SELECT event_id, result FROM carrier_events ORDER BY event_id")
+                        .fetch_all(core.db.pool())
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| (r.try_get("event_id").unwrap(), r.try_get("result").unwrap()))
+                        .collect();
+                let got: Vec<(&str, &str)> = results
+                    .iter()
+                    .map(|(a, b)| (a.as_str(), b.as_str()))
+                    .collect();
+                assert_eq!(
+                    got,
+                    [
+                        ("ev-1", "reversed"),
+                        ("ev-2", "ignored"),
+                        ("ev-3", "conflict"),
+                        ("ev-6", "settled")
+                    ]
+                );
             }
         }
 

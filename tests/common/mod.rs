@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod asterisk;
+pub mod carrier;
 pub mod freeswitch;
 pub mod smsc;
 
@@ -73,7 +74,7 @@ fn rtp_range() -> (u16, u16) {
     (base as u16, base as u16 + 398)
 }
 
-fn spawn_server(dir: &Path, config: &Path) -> Child {
+fn spawn_server(dir: &Path, config: &Path, env: &[(String, String)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -82,6 +83,7 @@ fn spawn_server(dir: &Path, config: &Path) -> Child {
     Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -96,12 +98,23 @@ pub struct Server {
     pub rtp: (u16, u16),
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Environment variables the service is started with (secrets named by the config).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts the service with the shipped prompts and dialplans; `extra` is appended to the
     /// generated config file (TOML).
     pub fn start(extra: &str) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    /// As [`Server::start`], with these environment variables set for the service.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
@@ -120,7 +133,7 @@ impl Server {
         // Later tables in `extra` may repeat a section: merge by letting extra override keys.
         let text = merge_sections(&text);
         std::fs::write(&config, text).unwrap();
-        let child = spawn_server(dir.path(), &config);
+        let child = spawn_server(dir.path(), &config, &env);
         let server = Server {
             child: Some(child),
             sip,
@@ -128,6 +141,7 @@ impl Server {
             rtp,
             dir,
             config,
+            env,
         };
         server.wait_ready();
         server
@@ -211,7 +225,7 @@ impl Server {
     /// exit); its log goes on in the same file.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
-        self.child = Some(spawn_server(self.dir.path(), &self.config));
+        self.child = Some(spawn_server(self.dir.path(), &self.config, &self.env));
         self.wait_ready();
     }
 
