@@ -757,7 +757,25 @@ pub fn spawn_op(
             channel: "voice",
             language: Some(&language),
         };
-        crate::services::run(&ctx, &op, &args).await
+        let result = crate::services::run(&ctx, &op, &args).await;
+        debug!(op = %op, result = %result.0, "operation done");
+        // A wrong (or refused) PIN is answered ever more slowly: a dialler guessing PINs
+        // gets few tries per hour. The call's media goes on meanwhile.
+        if crate::services::PIN_FAILURES.contains(&result.0.as_str()) {
+            let now = crate::topup::books::now_ms();
+            match shared.core.pin_failure_delay(&caller, now).await {
+                Ok(d) if !d.is_zero() => {
+                    debug!(
+                        delay_ms = d.as_millis() as u64,
+                        "pausing after a PIN failure"
+                    );
+                    tokio::time::sleep(d).await;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "PIN failure delay unknown"),
+            }
+        }
+        result
     })
 }
 

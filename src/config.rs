@@ -142,6 +142,8 @@ struct RawSecurity {
     max_pin_failures: Option<u32>,
     ani_failures_per_hour: Option<u32>,
     global_failures_per_minute: Option<u32>,
+    failure_delay: Option<String>,
+    max_failure_delay: Option<String>,
     pin_pepper_file: Option<String>,
 }
 
@@ -661,6 +663,12 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
             .security
             .global_failures_per_minute
             .unwrap_or(defaults.global_failures_per_minute),
+        failure_delay: dur("security.failure_delay", &raw.security.failure_delay, "1s")?,
+        max_failure_delay: dur(
+            "security.max_failure_delay",
+            &raw.security.max_failure_delay,
+            "30s",
+        )?,
     };
     if auth.max_pin_failures == 0
         || auth.ani_failures_per_hour == 0

@@ -10,6 +10,9 @@ use crate::topup::secrets::Pin;
 use crate::topup::topups::{Funding, TopupRequest};
 use crate::topup::{Core, TopupError};
 
+/// Result codes of a failed or refused PIN attempt (answered ever more slowly in a call).
+pub const PIN_FAILURES: [&str; 3] = ["invalid_pin", "locked", "rate_limited"];
+
 /// What an operation needs besides its arguments.
 pub struct OpContext<'a> {
     pub core: &'a Core,

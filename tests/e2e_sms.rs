@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::smsc::{Smsc, smsc_config};
@@ -429,17 +428,7 @@ fn a_call_the_wallet_cannot_pay_for_is_answered_by_sms_and_a_card_recharges_it()
     let server = Server::start(&sms_extra(smsc.port, "secret"));
     bound(&smsc);
     let caller = "+12015550177";
-    let mut pin = Command::new(BIN)
-        .args(["accounts", "create-wallet", caller, "--config"])
-        .arg(&server.config)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    pin.stdin.take().unwrap().write_all(b"4321\n").unwrap();
-    assert!(pin.wait().unwrap().success());
+    create_wallet(&server, caller, "4321");
     // PIN, 3: minutes to a number, a Mexican number: the empty wallet pays for no minute.
     keys("keys_then_bye.xml", "wallet", caller, "4321#3525512345678#")
         .arg("-d")

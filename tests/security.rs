@@ -162,3 +162,75 @@ fn private_pages_and_apis_refuse_requests_without_credentials() {
         assert_eq!(s, 200, "GET {path}");
     }
 }
+
+/// One call to the wallet line from `caller` entering one wrong PIN; seconds from the PIN's
+/// last key to the prompt that answers it.
+fn wrong_pin_answer_secs(server: &Server, caller: &str) -> f64 {
+    let out = loadgen_command(server)
+        .args([
+            "--calls", "1", "--length", "30s", "--number", "wallet", "--json",
+        ])
+        .args([
+            "--caller",
+            caller,
+            "--script",
+            "hold:1s keys:9753# hold:3s bye",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let q = &r["key_down_to_prompt"];
+    assert_eq!(q["n"], 1, "one answered key press: {r}");
+    q["p50"].as_f64().unwrap() / 1000.0
+}
+
+#[test]
+fn wrong_pins_are_answered_ever_more_slowly_per_caller_until_refused() {
+    // 0.5 s after a caller's 2nd failure, doubling, at most 1 s; a 4th attempt within the hour
+    // is refused before its PIN is checked (and answered after the longest pause).
+    let server = Server::start(
+        "[security]\nfailure_delay = \"500ms\"\nmax_failure_delay = \"1s\"\nani_failures_per_hour = 3\nmax_pin_failures = 10\n",
+    );
+    let caller = "+12015550100";
+    create_wallet(&server, "+12015550177", "4321");
+    let mut got: Vec<f64> = (0..3)
+        .map(|_| wrong_pin_answer_secs(&server, caller))
+        .collect();
+    // Another caller, meanwhile, is not slowed by the first one's failures.
+    let other = std::thread::scope(|s| {
+        let other = s.spawn(|| wrong_pin_answer_secs(&server, "+12015550177"));
+        got.push(wrong_pin_answer_secs(&server, caller));
+        other.join().unwrap()
+    });
+    // Without the pause a prompt answers within a few tens of milliseconds.
+    let want = [0.0, 0.5, 1.0, 1.0];
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            *g >= w && *g < w + 0.4,
+            "attempt {}: answered after {g:.3} s, expected {w} s (all: {got:?})",
+            i + 1
+        );
+    }
+    assert!(other < 0.4, "another caller waited {other:.3} s");
+    // Three wrong PINs checked for the first caller, one for the other; the first caller's
+    // fourth attempt refused unchecked.
+    let log = server.log();
+    let count = |result: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("operation done op=wallet_auth")
+                    && l.contains(&format!("result={result}"))
+            })
+            .count()
+    };
+    assert_eq!(
+        (count("invalid_pin"), count("rate_limited")),
+        (4, 1),
+        "{log}"
+    );
+}

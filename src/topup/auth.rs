@@ -1,8 +1,13 @@
 //! Brute-force defences: a subject (wallet, funding account, card by serial) locks after N
 //! wrong PINs in a row; every failure is also recorded against the caller's number, and too
 //! many per caller per hour, or too many on the whole platform per minute, refuse further
-//! attempts before any PIN is checked. The policy is pure; recording is in the caller's
-//! transaction, committed even when the attempt fails.
+//! attempts before any PIN is checked. In a call, each failure after a caller's first is also
+//! answered more slowly (1 s, 2 s, 4 s ... by default), so a dialler guessing PINs gets few
+//! tries per hour even across many calls, while a caller who mistypes once waits for nothing.
+//! The policy is pure; recording is in the caller's transaction, committed even when the
+//! attempt fails.
+
+use std::time::Duration;
 
 use sqlx::{AnyConnection, Row};
 
@@ -16,6 +21,11 @@ pub struct AuthPolicy {
     pub ani_failures_per_hour: u32,
     /// Failed attempts on the whole platform per minute.
     pub global_failures_per_minute: u32,
+    /// The pause in a call after a caller's second failure in an hour; it doubles with each
+    /// further failure.
+    pub failure_delay: Duration,
+    /// The longest such pause.
+    pub max_failure_delay: Duration,
 }
 
 impl Default for AuthPolicy {
@@ -24,6 +34,8 @@ impl Default for AuthPolicy {
             max_pin_failures: 5,
             ani_failures_per_hour: 10,
             global_failures_per_minute: 300,
+            failure_delay: Duration::from_secs(1),
+            max_failure_delay: Duration::from_secs(30),
         }
     }
 }
@@ -45,9 +57,48 @@ pub fn velocity(
     Ok(())
 }
 
+/// Pure: how long a call waits before answering a failed (or refused) PIN attempt, given the
+/// caller's failures in the last hour (counting this one): nothing for the first, then
+/// `failure_delay` doubling up to `max_failure_delay`.
+pub fn failure_delay(ani_failures_last_hour: i64, p: &AuthPolicy) -> Duration {
+    if ani_failures_last_hour <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = (ani_failures_last_hour - 2).min(30) as u32;
+    p.failure_delay
+        .saturating_mul(1u32 << doublings)
+        .min(p.max_failure_delay)
+}
+
 /// Pure: after one more wrong PIN, is the subject locked?
 pub fn locks_after(failed_before: i64, p: &AuthPolicy) -> bool {
     failed_before + 1 >= p.max_pin_failures as i64
+}
+
+/// Failed attempts by `ani` in the hour before `now`.
+pub async fn ani_failures(
+    conn: &mut AnyConnection,
+    ani: &str,
+    now: i64,
+) -> Result<i64, TopupError> {
+    Ok(sqlx::query(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM auth_failures WHERE ani = $1 AND at > $2",
+    )
+    .bind(ani)
+    .bind(now - HOUR_MS)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get("n")?)
+}
+
+impl super::Core {
+    /// How long a call waits before answering a failed PIN attempt of `ani` (see
+    /// [`failure_delay`]).
+    pub async fn pin_failure_delay(&self, ani: &str, now: i64) -> Result<Duration, TopupError> {
+        let mut conn = self.db.pool().acquire().await?;
+        let n = ani_failures(&mut conn, ani, now).await?;
+        Ok(failure_delay(n, &self.policy))
+    }
 }
 
 /// Refuses a caller over the velocity limits.
@@ -57,14 +108,7 @@ pub async fn check_velocity(
     now: i64,
     p: &AuthPolicy,
 ) -> Result<(), TopupError> {
-    let ani_count: i64 = sqlx::query(
-        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM auth_failures WHERE ani = $1 AND at > $2",
-    )
-    .bind(ani)
-    .bind(now - HOUR_MS)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get("n")?;
+    let ani_count = ani_failures(conn, ani, now).await?;
     let global: i64 =
         sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM auth_failures WHERE at > $1")
             .bind(now - MINUTE_MS)
@@ -106,6 +150,21 @@ mod tests {
         assert!(velocity(9, 299, &p).is_ok());
         assert!(matches!(velocity(10, 0, &p), Err(TopupError::RateLimited)));
         assert!(matches!(velocity(0, 300, &p), Err(TopupError::RateLimited)));
+    }
+
+    #[test]
+    fn failures_are_answered_ever_more_slowly_up_to_the_cap() {
+        let p = AuthPolicy::default();
+        let secs: Vec<f64> = (0..=8)
+            .map(|n| failure_delay(n, &p).as_secs_f64())
+            .collect();
+        assert_eq!(secs, [0.0, 0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]);
+        assert_eq!(failure_delay(i64::MAX, &p), p.max_failure_delay);
+        let off = AuthPolicy {
+            failure_delay: Duration::ZERO,
+            ..p
+        };
+        assert_eq!(failure_delay(9, &off), Duration::ZERO);
     }
 
     #[test]

@@ -335,14 +335,7 @@ pub fn calling_wallet(server: &Server) {
     )
     .unwrap();
     cli_ok(server, &["carriers", "import", rates.to_str().unwrap()]);
-    let mut pin = Command::new(BIN)
-        .args(["accounts", "create-wallet", "+12015550166", "--config"])
-        .arg(&server.config)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    pin.stdin.take().unwrap().write_all(b"4321\n").unwrap();
-    assert!(pin.wait().unwrap().success());
+    create_wallet(server, "+12015550166", "4321");
     cli_ok(
         server,
         &[
@@ -354,6 +347,24 @@ pub fn calling_wallet(server: &Server) {
             "fund",
         ],
     );
+}
+
+/// Creates an empty wallet for `number` with `pin` (typed on standard input, as staff do).
+pub fn create_wallet(server: &Server, number: &str, pin: &str) {
+    let mut child = Command::new(BIN)
+        .args(["accounts", "create-wallet", number, "--config"])
+        .arg(&server.config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{pin}\n").as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "create-wallet {number}");
 }
 
 /// A sipp caller that presses `digits` (RFC 4733) from `caller` on `service`.
