@@ -580,6 +580,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
                 };
                 match crate::bridge::call(&shared, leg, &number).await {
                     crate::bridge::BridgeEnd::Result((code, mut vars)) => {
+                        debug!(op = %"call", result = %code, "operation done");
                         if let Ok(b) = shared.core.wallet_balance(&caller).await {
                             vars.push(("balance".into(), b.to_string()));
                         }

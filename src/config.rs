@@ -122,6 +122,10 @@ struct RawCalling {
     gateway: Option<String>,
     ring_timeout: Option<String>,
     warning_before: Option<String>,
+    blocked_prefixes: Option<Vec<String>>,
+    max_calls_per_wallet: Option<u32>,
+    max_cost_per_call: Option<Vec<String>>,
+    max_cost_per_day: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -292,6 +296,8 @@ pub struct Config {
     pub calling_ring_timeout: Duration,
     /// How long before the money runs out the caller is warned.
     pub calling_warning_before: Duration,
+    /// The calling service's toll-fraud limits.
+    pub calling_limits: crate::topup::calling::CallLimits,
     /// Where escalated calls are transferred (REFER), e.g. `sip:agents@pbx.example.com`.
     pub agent_uri: Option<String>,
     /// SMS language files (`<lang>.toml`).
@@ -772,6 +778,7 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
             origin,
         )?,
         calling_warning_before: dur("calling.warning_before", &raw.calling.warning_before, "60s")?,
+        calling_limits: call_limits(origin, &raw.calling)?,
         agent_uri: match raw
             .escalation
             .agent_uri
@@ -1137,6 +1144,81 @@ fn check_sender(s: &str) -> Result<(), String> {
     }
 }
 
+fn call_limits(
+    origin: &str,
+    raw: &RawCalling,
+) -> Result<crate::topup::calling::CallLimits, ConfigError> {
+    use crate::topup::money::Money;
+    let err = |key: &str, reason: String| ConfigError {
+        origin: origin.into(),
+        key: key.into(),
+        reason,
+    };
+    let defaults = crate::topup::calling::CallLimits::default();
+    let moneys = |key: &str, v: &Option<Vec<String>>, default: Vec<Money>| {
+        let Some(list) = v else {
+            return Ok(default);
+        };
+        let mut out: Vec<Money> = vec![];
+        for s in list {
+            let m = Money::parse(s).map_err(|e| {
+                err(
+                    key,
+                    format!("`{s}`: {e} (write an amount with its currency, like \"20.00USD\")"),
+                )
+            })?;
+            if m.minor <= 0 {
+                return Err(err(key, format!("`{s}` must be more than zero")));
+            }
+            if out.iter().any(|o| o.currency == m.currency) {
+                return Err(err(key, format!("{} is listed twice", m.currency.code())));
+            }
+            out.push(m);
+        }
+        Ok(out)
+    };
+    let blocked_prefixes = match &raw.blocked_prefixes {
+        None => defaults.blocked_prefixes,
+        Some(list) => {
+            for p in list {
+                let digits = p.trim_start_matches('+');
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(err(
+                        "calling.blocked_prefixes",
+                        format!("`{p}` is not a number prefix (digits, country code first)"),
+                    ));
+                }
+            }
+            list.iter()
+                .map(|p| p.trim_start_matches('+').to_string())
+                .collect()
+        }
+    };
+    let max_calls_per_wallet = raw
+        .max_calls_per_wallet
+        .unwrap_or(defaults.max_calls_per_wallet);
+    if max_calls_per_wallet == 0 {
+        return Err(err(
+            "calling.max_calls_per_wallet",
+            "must be at least 1".into(),
+        ));
+    }
+    Ok(crate::topup::calling::CallLimits {
+        blocked_prefixes,
+        max_calls_per_wallet,
+        max_cost_per_call: moneys(
+            "calling.max_cost_per_call",
+            &raw.max_cost_per_call,
+            defaults.max_cost_per_call,
+        )?,
+        max_cost_per_day: moneys(
+            "calling.max_cost_per_day",
+            &raw.max_cost_per_day,
+            defaults.max_cost_per_day,
+        )?,
+    })
+}
+
 fn nonzero(d: Duration, key: &str, origin: &str) -> Result<Duration, ConfigError> {
     if d.is_zero() {
         Err(ConfigError {
@@ -1418,6 +1500,69 @@ mod softswitch_tests {
         ] {
             let e = load(text).unwrap_err();
             assert_eq!(e.key, key, "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn calling_limits_and_pin_pauses_are_read_and_checked() {
+        let c = load(
+            "[calling]\nblocked_prefixes = [\"+979\", \"4470\"]\nmax_calls_per_wallet = 1\n\
+             max_cost_per_call = [\"5.00USD\", \"100000VND\"]\nmax_cost_per_day = [\"9.00USD\"]\n\
+             [security]\nfailure_delay = \"250ms\"\nmax_failure_delay = \"4s\"\n",
+        )
+        .unwrap();
+        let l = &c.calling_limits;
+        assert_eq!(l.blocked_prefixes, ["979", "4470"]);
+        assert_eq!(l.max_calls_per_wallet, 1);
+        assert_eq!(l.max_cost_per_call.len(), 2);
+        assert_eq!(l.max_cost_per_day[0].to_string(), "9.00 USD");
+        assert_eq!(c.auth.failure_delay, Duration::from_millis(250));
+        assert_eq!(c.auth.max_failure_delay, Duration::from_secs(4));
+        let d = load("").unwrap();
+        assert_eq!(
+            d.calling_limits,
+            crate::topup::calling::CallLimits::default()
+        );
+        for (text, key, says) in [
+            (
+                "[calling]\nblocked_prefixes = [\"44x\"]\n",
+                "calling.blocked_prefixes",
+                "44x",
+            ),
+            (
+                "[calling]\nblocked_prefixes = [\"\"]\n",
+                "calling.blocked_prefixes",
+                "prefix",
+            ),
+            (
+                "[calling]\nmax_calls_per_wallet = 0\n",
+                "calling.max_calls_per_wallet",
+                "at least 1",
+            ),
+            (
+                "[calling]\nmax_cost_per_call = [\"5\"]\n",
+                "calling.max_cost_per_call",
+                "currency",
+            ),
+            (
+                "[calling]\nmax_cost_per_day = [\"0USD\"]\n",
+                "calling.max_cost_per_day",
+                "more than zero",
+            ),
+            (
+                "[calling]\nmax_cost_per_day = [\"1USD\", \"2USD\"]\n",
+                "calling.max_cost_per_day",
+                "twice",
+            ),
+            (
+                "[security]\nfailure_delay = \"soon\"\n",
+                "security.failure_delay",
+                "soon",
+            ),
+        ] {
+            let e = load(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(e.to_string().contains(says), "{text}: {e}");
         }
     }
 }

@@ -412,7 +412,8 @@ fn dialplan(command: DialplanCommand) -> Result<()> {
                         hex::encode(rand::random::<[u8; 16]>()).as_bytes(),
                     )?,
                     cfg.auth,
-                );
+                )
+                .with_call_limits(cfg.calling_limits.clone());
                 core.seed_demo(topup_ivr::topup::books::now_ms()).await?;
                 let adapters = topup_ivr::topup::adapters::Adapters::new();
                 let sim = topup_ivr::simulate::Simulation {

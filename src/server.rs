@@ -201,7 +201,7 @@ pub async fn open_core(cfg: &Config) -> Result<Core, ServeError> {
         None => Db::open(&cfg.data_dir).await?,
     };
     let pepper = Pepper::load(&cfg.pin_pepper_file)?;
-    let core = Core::new(db, pepper, cfg.auth);
+    let core = Core::new(db, pepper, cfg.auth).with_call_limits(cfg.calling_limits.clone());
     Ok(match load_sms(cfg)? {
         Some(m) => core.with_sms(Arc::new(m)),
         None => core,

@@ -170,6 +170,9 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
             }
             "minutes_left" => {
                 let e164 = crate::topup::numbers::parse_number(arg(args, "number"))?.e164;
+                if crate::topup::calling::blocked(&e164, &core.call_limits) {
+                    return Err(TopupError::DestinationBlocked);
+                }
                 let balance = core.wallet_balance(ctx.caller).await?;
                 let Some((per_minute, increment)) = core.rate_for(&e164, balance.currency).await?
                 else {

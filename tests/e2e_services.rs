@@ -378,3 +378,51 @@ fn a_wallet_call_through_the_gateway_is_warned_cut_at_zero_and_billed_by_the_inc
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+#[test]
+fn the_toll_fraud_guard_refuses_blocked_destinations_and_the_days_limit() {
+    require("sipp");
+    // A gateway is configured (nothing answers there: no call may get that far).
+    let server = Server::start(&format!(
+        "[calling]\ngateway = \"127.0.0.1:{}\"\nblocked_prefixes = [\"4479\"]\nmax_cost_per_day = [\"0.05USD\"]\n",
+        free_udp_port()
+    ));
+    calling_wallet(&server); // 0.10 USD; +44 at 0.60/min in 6 s increments (0.06 each)
+    // PIN, 3: minutes to a number: a blocked mobile range.
+    keys(
+        "keys_then_bye.xml",
+        "wallet",
+        "+12015550166",
+        "4321#3447911123456#",
+    )
+    .arg("-d")
+    .arg("12000")
+    .run(&server);
+    // Then another UK mobile: minutes are announced, 1 connects, the day's limit refuses.
+    keys(
+        "keys_then_bye.xml",
+        "wallet",
+        "+12015550166",
+        "4321#3447400123456#1",
+    )
+    .arg("-d")
+    .arg("18000")
+    .run(&server);
+    server.wait_idle();
+    let log = server.log();
+    let result = |op: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains(&format!("operation done op={op} ")))
+            .filter_map(|l| l.rsplit_once("result=").map(|(_, r)| r.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        result("minutes_left"),
+        ["blocked_destination", "under_a_minute"],
+        "{log}"
+    );
+    assert_eq!(result("call"), ["call_limit"], "{log}");
+    assert!(!log.contains("placing call"), "no call left the service");
+    let w = cli(&server, &["accounts", "show", "+12015550166"]);
+    assert_eq!(w["wallet"]["balance"], "0.10", "nothing charged: {w}");
+}

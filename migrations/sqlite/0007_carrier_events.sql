@@ -14,3 +14,4 @@ CREATE TABLE carrier_events (
 CREATE INDEX carrier_events_topup ON carrier_events (topup_id);
 -- topups.state may now also be 'reversed': delivered, then taken back by the carrier; the
 -- payer's money was returned by compensating transfers (<transfer id>:reversal).
+

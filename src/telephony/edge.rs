@@ -247,6 +247,7 @@ async fn drive(
                 };
                 match dial(shared, leg, &number, call.can_dial).await {
                     Ok((code, mut vars)) => {
+                        tracing::debug!(op = %"call", result = %code, "operation done");
                         if let Ok(b) = shared.core.wallet_balance(&caller).await {
                             vars.push(("balance".into(), b.to_string()));
                         }

@@ -622,6 +622,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn many_callers_guessing_at_once_trip_the_platform_limit() {
+        use crate::topup::auth::AuthPolicy;
+        for (core, _g) in cores().await {
+            let core = Core {
+                policy: AuthPolicy {
+                    global_failures_per_minute: 20,
+                    ..AuthPolicy::default()
+                },
+                ..core
+            };
+            let c = core
+                .generate_cards("B5", 1, usd("5"), NOW + DAY_MS, NOW)
+                .await
+                .unwrap();
+            // Twenty callers, one wrong guess each: no caller is over its own limit.
+            for i in 0..20 {
+                let e = core
+                    .redeem_card(
+                        &Pin::new("55550000"),
+                        None,
+                        &format!("+1555700{i:04}"),
+                        NOW + i,
+                    )
+                    .await
+                    .unwrap_err();
+                assert!(matches!(e, TopupError::InvalidPin), "{e}");
+            }
+            // The platform is: even a new caller with the right PIN waits for the minute to pass.
+            let e = core
+                .redeem_card(&c[0].pin, None, "+15557999999", NOW + 30)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, TopupError::RateLimited), "{e}");
+            core.redeem_card(&c[0].pin, None, "+15557999999", NOW + 61_000)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
     async fn import_is_all_or_nothing_and_names_the_line() {
         for (core, _g) in cores().await {
             let good = "serial,pin,value,currency,batch,expires\nS1,12345678,10.00,USD,IMP,2099-12-31\nS2,87654321,50000,VND,,\n";

@@ -52,6 +52,10 @@ pub enum TopupError {
     NoRate,
     #[error("the balance does not pay for a call")]
     NoFunds,
+    #[error("calls to this destination are not allowed")]
+    DestinationBlocked,
+    #[error("calling limit: {0}")]
+    CallLimit(&'static str),
     // --- ours ---
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
@@ -85,6 +89,8 @@ impl TopupError {
             TopupError::NoCarrier => "no_carrier",
             TopupError::NoRate => "no_rate",
             TopupError::NoFunds => "no_funds",
+            TopupError::DestinationBlocked => "blocked_destination",
+            TopupError::CallLimit(_) => "call_limit",
             TopupError::Corrupt(_) | TopupError::Db(_) | TopupError::Store(_) => "unavailable",
         }
     }

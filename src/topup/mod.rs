@@ -32,12 +32,14 @@ use auth::AuthPolicy;
 use secrets::Pepper;
 
 /// The top-up core as every channel uses it: the database, the PIN pepper, the brute-force
-/// policy and, when SMS are on, the texts that confirmations and alerts are written in.
+/// policy, the calling limits and, when SMS are on, the texts that confirmations and alerts are written in.
 #[derive(Clone, Debug)]
 pub struct Core {
     pub db: Db,
     pub pepper: Pepper,
     pub policy: AuthPolicy,
+    /// The calling service's toll-fraud limits.
+    pub call_limits: calling::CallLimits,
     /// `Some` when an SMSC is configured: changes write their SMS into the outbox.
     pub sms: Option<Arc<Messages>>,
 }
@@ -48,8 +50,15 @@ impl Core {
             db,
             pepper,
             policy,
+            call_limits: calling::CallLimits::default(),
             sms: None,
         }
+    }
+
+    /// Sets the calling service's toll-fraud limits.
+    pub fn with_call_limits(mut self, limits: calling::CallLimits) -> Core {
+        self.call_limits = limits;
+        self
     }
 
     /// Turns on SMS: confirmations, notices and alerts are written with `messages`.
