@@ -259,6 +259,11 @@ impl std::fmt::Debug for Secret {
 /// The resolved configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Keys of the file that hold a secret written inline (a password, a database URL with
+    /// its password) rather than named by `password_env` / the environment.
+    pub inline_secrets: Vec<String>,
+    /// What is wrong but not fatal about the configuration (logged when the service starts).
+    pub warnings: Vec<String>,
     pub sip_listen: SocketAddr,
     /// Address written into Via, Contact and SDP.
     pub advertise: IpAddr,
@@ -451,7 +456,19 @@ impl Config {
             }
             None => ("defaults".to_string(), RawConfig::default()),
         };
-        resolve(&origin, raw, overrides)
+        let mut cfg = resolve(&origin, raw, overrides)?;
+        #[cfg(unix)]
+        if let Some(path) = file {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path) {
+                cfg.warnings.extend(exposed_secrets(
+                    &path.display().to_string(),
+                    meta.permissions().mode(),
+                    &cfg.inline_secrets,
+                ));
+            }
+        }
+        Ok(cfg)
     }
 
     /// Parses TOML text (for tests and `config check`).
@@ -462,6 +479,50 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         resolve(origin, parse_raw(origin, text)?, overrides)
     }
+}
+
+/// Keys of `raw` that carry a secret inline.
+fn inline_secrets(raw: &RawConfig) -> Vec<String> {
+    let mut keys = vec![];
+    // postgres://user:password@host/db
+    let url_has_password = |u: &str| {
+        u.split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    };
+    if raw.database.url.as_deref().is_some_and(url_has_password) {
+        keys.push("database.url".to_string());
+    }
+    if raw.asterisk.as_ref().is_some_and(|a| a.password.is_some()) {
+        keys.push("asterisk.password".to_string());
+    }
+    if raw
+        .freeswitch
+        .as_ref()
+        .is_some_and(|f| f.password.is_some())
+    {
+        keys.push("freeswitch.password".to_string());
+    }
+    for (i, smsc) in raw.sms.smsc.iter().enumerate() {
+        if smsc.password.is_some() {
+            keys.push(format!("sms.smsc[{i}].password"));
+        }
+    }
+    keys
+}
+
+/// Pure: the warning for a config file of permission bits `mode` that holds `secrets` inline
+/// and that users other than its owner may read (as ssh warns of a readable private key).
+pub fn exposed_secrets(path: &str, mode: u32, secrets: &[String]) -> Option<String> {
+    if secrets.is_empty() || mode & 0o077 == 0 {
+        return None;
+    }
+    Some(format!(
+        "{path} holds {} and others may read it (mode {:03o}): run `chmod 600 {path}`, or \
+         name environment variables instead (password_env, TOPUP_IVR_DATABASE_URL)",
+        secrets.join(", "),
+        mode & 0o777
+    ))
 }
 
 fn parse_raw(origin: &str, text: &str) -> Result<RawConfig, ConfigError> {
@@ -710,6 +771,8 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
     };
 
     Ok(Config {
+        inline_secrets: inline_secrets(&raw),
+        warnings: vec![],
         sip_listen,
         advertise,
         max_calls,
@@ -1564,5 +1627,37 @@ mod softswitch_tests {
             assert_eq!(e.key, key, "{text}: {e}");
             assert!(e.to_string().contains(says), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn inline_secrets_in_a_file_others_may_read_are_warned_of() {
+        let c = load(
+            "[database]\nurl = \"postgres://ivr:hunter2@db/ivr\"\n\
+             [asterisk]\nurl = \"http://127.0.0.1:8088\"\nusername = \"ivr\"\npassword = \"x\"\n\
+             [[sms.smsc]]\naddress = \"127.0.0.1:2775\"\nsystem_id = \"a\"\npassword = \"y\"\n",
+        );
+        let c = c.unwrap();
+        assert_eq!(
+            c.inline_secrets,
+            ["database.url", "asterisk.password", "sms.smsc[0].password"]
+        );
+        let w = exposed_secrets("/etc/t.toml", 0o100644, &c.inline_secrets).unwrap();
+        assert!(
+            w.contains("chmod 600 /etc/t.toml") && w.contains("mode 644"),
+            "{w}"
+        );
+        assert!(w.contains("database.url"), "{w}");
+        assert!(
+            !w.contains("hunter2"),
+            "the warning never shows the secret: {w}"
+        );
+        assert_eq!(
+            exposed_secrets("/etc/t.toml", 0o100600, &c.inline_secrets),
+            None
+        );
+        assert_eq!(exposed_secrets("/etc/t.toml", 0o100644, &[]), None);
+        // Secrets from the environment are not inline.
+        let env = load("[database]\nurl = \"postgres://ivr@db/ivr\"\n").unwrap();
+        assert!(env.inline_secrets.is_empty());
     }
 }

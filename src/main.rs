@@ -456,6 +456,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => {
             let cfg = args.load()?;
             init_logging(&cfg);
+            for w in &cfg.warnings {
+                tracing::warn!("{w}");
+            }
             runtime()?.block_on(topup_ivr::server::serve(cfg))?;
         }
         Command::Calls {

@@ -234,3 +234,43 @@ fn wrong_pins_are_answered_ever_more_slowly_per_caller_until_refused() {
         "{log}"
     );
 }
+
+#[test]
+fn a_config_file_with_a_password_that_others_may_read_is_warned_of_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    // An SMSC password written in the file (nothing listens there; the gateway retries).
+    let password = "pw7731x";
+    let mut server = Server::start(&common::smsc::smsc_config(
+        "main",
+        free_tcp_port(),
+        password,
+        "",
+    ));
+    let mode = std::fs::metadata(&server.config)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_ne!(
+        mode & 0o077,
+        0,
+        "the test's config is readable by others ({mode:o})"
+    );
+    let log = server.log();
+    let config = server.config.display().to_string();
+    assert!(
+        log.contains("sms.smsc[0].password and others may read it")
+            && log.contains(&format!("chmod 600 {config}")),
+        "{log}"
+    );
+    assert!(
+        !log.contains(password),
+        "the warning never shows the secret"
+    );
+    // After the chmod it names, the next start is quiet.
+    std::fs::set_permissions(&server.config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    server.kill9();
+    let before = server.log().len();
+    server.restart();
+    assert!(!server.log()[before..].contains("others may read it"));
+}
