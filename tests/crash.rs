@@ -196,3 +196,226 @@ fn top_ups_killed_at_random_points_are_made_once_and_the_books_balance() {
         );
     }
 }
+
+/// A Postgres server of the test's own (scripts/test-postgres on a private port and
+/// directory), which the test stops and starts.
+struct PrivatePostgres {
+    env: [(String, String); 2],
+    url: String,
+}
+
+impl PrivatePostgres {
+    fn script(&self, arg: Option<&str>) -> String {
+        let out = std::process::Command::new(repo().join("scripts/test-postgres"))
+            .args(arg)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn start() -> PrivatePostgres {
+        let port = free_tcp_port();
+        let mut pg = PrivatePostgres {
+            // Under /tmp itself: the server runs as the postgres user when the tests run as root.
+            env: [
+                ("TOPUP_IVR_TEST_PG_PORT".into(), port.to_string()),
+                (
+                    "TOPUP_IVR_TEST_PG_DIR".into(),
+                    format!("/tmp/topup-ivr-pg-outage-{}", std::process::id()),
+                ),
+            ],
+            url: String::new(),
+        };
+        // The test user may create databases, not tables in `postgres`: a database of its own.
+        let admin = pg.script(None);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::query("DROP DATABASE IF EXISTS outage")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            sqlx::query("CREATE DATABASE outage")
+                .execute(&mut c)
+                .await
+                .unwrap();
+        });
+        pg.url = format!("{}/outage", admin.rsplit_once('/').unwrap().0);
+        pg
+    }
+
+    fn stop(&self) {
+        self.script(Some("stop"));
+    }
+
+    fn restart(&self) {
+        self.script(None);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| self.stop());
+        let dir = &self.env[1].1;
+        let _ = std::fs::remove_dir_all(dir);
+        for f in ["initdb.log", "check.log"] {
+            let _ = std::fs::remove_file(format!("{dir}.{f}"));
+        }
+    }
+}
+
+#[test]
+fn a_database_outage_mid_load_charges_nobody_and_the_service_recovers_by_itself() {
+    require("sipp");
+    let pg = PrivatePostgres::start();
+    let server = Server::start(&format!("[database]\nurl = \"{}\"\n", pg.url));
+    let wallet = "+12015550100";
+    cli_ok(
+        &server,
+        &[
+            "accounts",
+            "credit",
+            wallet,
+            "100000.00USD",
+            "--id",
+            "outage-fund",
+        ],
+    );
+    let before = cli(&server, &["accounts", "show", wallet]);
+    let key = api_key(&server, wallet, "topup", 100_000);
+    let body = json!({"recipient": "+525512345678", "product_id": "telcel-mx-100"}).to_string();
+
+    // Two terminals top up without pause; a request that fails (503, or no answer) is retried
+    // with its key until it gets a final answer, as the API asks.
+    let answers: Arc<Mutex<BTreeMap<String, (u16, Value)>>> = Arc::default();
+    let refused = Arc::new(Mutex::new(0usize));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = vec![];
+    for t in 0..2 {
+        let (http, key, body) = (server.http, key.clone(), body.clone());
+        let (answers, refused, stop) = (answers.clone(), refused.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let idem = format!("t{t}-{i}");
+                loop {
+                    match post(http, &key, &idem, &body) {
+                        Some((code, v)) if code < 500 => {
+                            answers.lock().unwrap().insert(idem, (code, v));
+                            break;
+                        }
+                        Some((code, v)) => {
+                            assert_eq!(code, 503, "{v}");
+                            assert!(
+                                v["error"]["message"]
+                                    .as_str()
+                                    .unwrap()
+                                    .contains("nothing was charged"),
+                                "{v}"
+                            );
+                            *refused.lock().unwrap() += 1;
+                        }
+                        None => {}
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                i += 1;
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    pg.stop();
+
+    // A caller during the outage: the wallet PIN cannot be checked; they are told so.
+    let caller = keys("keys_then_bye.xml", "wallet", wallet, "1234#")
+        .arg("-d")
+        .arg("14000");
+    let cap_dir = tempfile::tempdir().unwrap();
+    let capture = Capture::start(
+        cap_dir.path(),
+        &format!("udp and dst port {}", caller.media_port),
+    );
+    caller.run(&server);
+    let heard: Vec<Vec<u8>> = capture
+        .stop()
+        .into_iter()
+        .filter_map(|(_, p)| (p.len() > 12).then(|| p[12..].to_vec()))
+        .collect();
+    assert!(
+        heard_prompt(&heard, &prompts(), "en", "service-trouble"),
+        "the caller was not told: {}",
+        server.log()
+    );
+    let ok_during = answers.lock().unwrap().len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        answers.lock().unwrap().len(),
+        ok_during,
+        "nothing completes without a database"
+    );
+
+    // The database comes back; the service recovers on its own.
+    pg.restart();
+    let recovered = std::time::Instant::now();
+    server.wait_until("top-ups complete again", Duration::from_secs(30), || {
+        answers.lock().unwrap().len() > ok_during + 20
+    });
+    eprintln!(
+        "recovered {:?} after the database was back",
+        recovered.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(*refused.lock().unwrap() > 0, "the outage was felt");
+    let caller = keys("keys_then_bye.xml", "wallet", wallet, "1234#")
+        .arg("-d")
+        .arg("3000");
+    caller.run(&server);
+    server.wait_idle();
+    assert!(
+        server
+            .log()
+            .contains("operation done op=wallet_auth result=ok")
+    );
+
+    cli_ok(&server, &["topups", "reconcile", "--all"]);
+    assert!(cli_text(&server, &["ledger", "check"]).contains("the books balance"));
+    let answers = answers.lock().unwrap();
+    let topups = cli(&server, &["topups", "list", "--limit", "100000"]);
+    let topups = topups.as_array().unwrap();
+    assert_eq!(
+        topups.len(),
+        answers.len(),
+        "one top-up per key, none from a refused request"
+    );
+    let succeeded = topups.iter().filter(|t| t["state"] == "succeeded").count();
+    assert_eq!(succeeded, topups.len(), "{topups:#?}");
+    let cents = |v: &Value| -> i64 {
+        let s = v["wallet"]["balance"].as_str().unwrap();
+        let (units, frac) = s.split_once('.').unwrap();
+        units.parse::<i64>().unwrap() * 100 + frac.parse::<i64>().unwrap()
+    };
+    let after = cli(&server, &["accounts", "show", wallet]);
+    assert_eq!(
+        cents(&before) - cents(&after),
+        599 * succeeded as i64,
+        "5.99 per top-up, once each"
+    );
+    eprintln!(
+        "{} top-ups; {} requests refused during the outage",
+        answers.len(),
+        refused.lock().unwrap()
+    );
+}

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use common::asterisk::Asterisk;
 use common::*;
-use topup_ivr::media::g711::Codec;
-use topup_ivr::media::prompts::{LoadOptions, PromptStore};
 
 const APP: &str = "topup-ivr";
 
@@ -51,32 +49,6 @@ fn assert_conformant(ast: &Asterisk) {
     }
     assert_eq!(ast.violations(), Vec::<String>::new());
     assert!(!ast.crashed());
-}
-
-/// Whether `frames` holds the whole prompt, frame for frame, in order.
-fn heard_prompt(frames: &[Vec<u8>], prompts: &PromptStore, lang: &str, name: &str) -> bool {
-    heard_start(frames, prompts, lang, name, usize::MAX)
-}
-
-/// Whether `frames` holds the first `n` frames of a prompt (one cut off by a key).
-fn heard_start(
-    frames: &[Vec<u8>],
-    prompts: &PromptStore,
-    lang: &str,
-    name: &str,
-    n: usize,
-) -> bool {
-    let p = prompts.get(lang, name).unwrap();
-    let want: Vec<&[u8]> = (0..p.frames().min(n))
-        .map(|i| p.frame(Codec::Pcmu, i))
-        .collect();
-    frames
-        .windows(want.len())
-        .any(|w| w.iter().zip(&want).all(|(a, b)| a.as_slice() == *b))
-}
-
-fn prompts() -> PromptStore {
-    PromptStore::load(&repo().join("prompts"), LoadOptions::default()).unwrap()
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::freeswitch::FreeSwitch;
 use common::*;
 use topup_ivr::media::g711::Codec;
-use topup_ivr::media::prompts::{LoadOptions, PromptStore};
+use topup_ivr::media::prompts::PromptStore;
 
 fn start(fs: &FreeSwitch, password: &str) -> Server {
     start_with(fs, password, "")
@@ -23,10 +23,6 @@ fn start_with(fs: &FreeSwitch, password: &str, extra: &str) -> Server {
         "[freeswitch]\nesl = \"{}\"\npassword = \"{password}\"\nmedia_listen = \"127.0.0.1:{media}\"\n{extra}",
         fs.esl
     ))
-}
-
-fn prompts() -> PromptStore {
-    PromptStore::load(&repo().join("prompts"), LoadOptions::default()).unwrap()
 }
 
 /// Whether `heard` holds the first `n` frames of a prompt, as G.711 µ-law carries it.

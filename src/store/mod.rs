@@ -55,6 +55,9 @@ pub struct Db {
 /// Kept for call sites that predate the top-up core.
 pub type Store = Db;
 
+/// The longest a request waits for a database connection.
+pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Db {
     /// Opens (creating if needed) `<data_dir>/topup-ivr.db`.
     pub async fn open(data_dir: &Path) -> Result<Db, StoreError> {
@@ -67,6 +70,9 @@ impl Db {
     }
 
     /// Opens `sqlite://PATH` or `postgres://...` and applies migrations.
+    ///
+    /// The pool reconnects by itself: after a database restart the next request gets a new
+    /// connection, so the service recovers without being restarted.
     pub async fn connect(url: &str) -> Result<Db, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -86,6 +92,9 @@ impl Db {
         let opts = AnyConnectOptions::from_str(url)?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            // When the database is down, a caller hears "we cannot complete your request now"
+            // after this long, not after sqlx's default 30 s of silence.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(opts)
             .await?;
         if backend == Backend::Sqlite {

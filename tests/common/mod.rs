@@ -625,6 +625,39 @@ impl Capture {
     }
 }
 
+/// The shipped prompts.
+pub fn prompts() -> topup_ivr::media::prompts::PromptStore {
+    topup_ivr::media::prompts::PromptStore::load(&repo().join("prompts"), Default::default())
+        .unwrap()
+}
+
+/// Whether `frames` (µ-law RTP payloads) hold the whole prompt, frame for frame, in order.
+pub fn heard_prompt(
+    frames: &[Vec<u8>],
+    prompts: &topup_ivr::media::prompts::PromptStore,
+    lang: &str,
+    name: &str,
+) -> bool {
+    heard_start(frames, prompts, lang, name, usize::MAX)
+}
+
+/// Whether `frames` hold the first `n` frames of a prompt (one cut off by a key).
+pub fn heard_start(
+    frames: &[Vec<u8>],
+    prompts: &topup_ivr::media::prompts::PromptStore,
+    lang: &str,
+    name: &str,
+    n: usize,
+) -> bool {
+    let p = prompts.get(lang, name).unwrap();
+    let want: Vec<&[u8]> = (0..p.frames().min(n))
+        .map(|i| p.frame(topup_ivr::media::g711::Codec::Pcmu, i))
+        .collect();
+    frames
+        .windows(want.len())
+        .any(|w| w.iter().zip(&want).all(|(a, b)| a.as_slice() == *b))
+}
+
 /// UDP payloads of an Ethernet (or Linux cooked) IPv4 pcap.
 pub fn read_pcap_udp(data: &[u8]) -> Vec<(f64, Vec<u8>)> {
     let mut out = vec![];
