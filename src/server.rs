@@ -375,6 +375,8 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         core,
         cfg,
     });
+    // What loading left free goes back to the system: the idle figure is the real one.
+    release_free_memory();
     let services: Vec<String> = shared
         .dialplans()
         .plans()
@@ -445,6 +447,7 @@ fn node_id(sip_port: u16) -> String {
 /// Publishes this node's live figures every two seconds (nodes quiet for ten drop out of the
 /// staff pages).
 async fn heartbeat_loop(shared: Arc<Shared>, node: String) {
+    let mut trimmed_at_total = 0;
     loop {
         let by = shared
             .active_by_service
@@ -461,7 +464,23 @@ async fn heartbeat_loop(shared: Arc<Shared>, node: String) {
         {
             warn!(error = %e, "node figures not published");
         }
+        // Idle again after calls: hand the memory they used back to the system, so the
+        // service's footprint returns to its idle figure instead of staying at its peak.
+        if shared.active_calls() == 0 && total != trimmed_at_total {
+            trimmed_at_total = total;
+            release_free_memory();
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Returns the allocator's free pages to the system (glibc keeps them in its arenas, one per
+/// thread that allocated, so a burst of calls would otherwise fix the process at its peak).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only works on the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
