@@ -419,3 +419,131 @@ fn a_database_outage_mid_load_charges_nobody_and_the_service_recovers_by_itself(
         refused.lock().unwrap()
     );
 }
+
+/// Minor units of "12.34 USD" or "12.34".
+fn minor_units(s: &str) -> i64 {
+    let amount = s.split_whitespace().next().unwrap();
+    let (units, frac) = amount.split_once('.').unwrap_or((amount, "0"));
+    units.parse::<i64>().unwrap() * 100 + format!("{frac:0<2}")[..2].parse::<i64>().unwrap()
+}
+
+#[test]
+fn voice_card_top_ups_killed_mid_call_redeem_each_card_once_and_lose_nothing() {
+    let mut server = Server::start("");
+    let wallet = "+12015550100";
+    let recipient = "+12015550150"; // the card script's recipient: a prepaid account of ours
+    let balance = |server: &Server, number: &str, kind: &str| {
+        let v = cli(server, &["accounts", "show", number]);
+        minor_units(v[kind]["balance"].as_str().unwrap_or_else(|| panic!("{v}")))
+    };
+    let wallet_before = balance(&server, wallet, "wallet");
+    let recipient_before = balance(&server, recipient, "prepaid");
+    let csv = cli_text(
+        &server,
+        &[
+            "cards", "generate", "--batch", "KILL", "--count", "12", "--value", "10.00USD",
+        ],
+    );
+    let cards: Vec<(String, String)> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), f[1].to_string())
+        })
+        .collect();
+    let mut rng = 0x9E3779B97F4A7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // Two rounds: six callers a second apart redeem a card each and top up by voice (a call
+    // redeems about 15 s in and tops up about 40 s in); the service is killed between the
+    // redemptions and the top-ups in the first round, among the top-ups in the second.
+    for round in 0..2 {
+        let pins = server.dir.path().join(format!("pins-{round}.txt"));
+        let mine: Vec<&str> = cards[round * 6..round * 6 + 6]
+            .iter()
+            .map(|(_, pin)| pin.as_str())
+            .collect();
+        std::fs::write(&pins, mine.join("\n")).unwrap();
+        let mut generator = loadgen_command(&server)
+            .args(["--calls", "6", "--rate", "1", "--length", "90s"])
+            .args(["--number", "recharge", "--script", "card", "--pins"])
+            .arg(&pins)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let at = if round == 0 {
+            14_000 + next() % 16_000
+        } else {
+            36_000 + next() % 10_000
+        };
+        std::thread::sleep(Duration::from_millis(at));
+        server.kill9();
+        let _ = generator.kill();
+        let _ = generator.wait();
+        server.restart();
+    }
+    cli_ok(&server, &["topups", "reconcile", "--all"]);
+    assert!(cli_text(&server, &["ledger", "check"]).contains("the books balance"));
+
+    let redeemed = cards
+        .iter()
+        .filter(|(serial, _)| {
+            let show = cli_text(&server, &["cards", "show", serial]);
+            let state = show
+                .lines()
+                .find_map(|l| l.strip_prefix("state"))
+                .unwrap()
+                .trim()
+                .to_string();
+            assert!(["active", "redeemed"].contains(&state.as_str()), "{show}");
+            state == "redeemed"
+        })
+        .count() as i64;
+    let topups = cli(&server, &["topups", "list", "--limit", "1000"]);
+    let topups = topups.as_array().unwrap();
+    assert!(
+        topups
+            .iter()
+            .all(|t| t["state"] == "succeeded" || t["state"] == "failed"),
+        "every top-up settled once the reconciler ran: {topups:#?}"
+    );
+    let succeeded: Vec<&Value> = topups
+        .iter()
+        .filter(|t| t["state"] == "succeeded")
+        .collect();
+    let paid: i64 = succeeded
+        .iter()
+        .map(|t| minor_units(t["sent"].as_str().unwrap()))
+        .sum();
+    let received: i64 = succeeded
+        .iter()
+        .map(|t| minor_units(t["received"].as_str().unwrap()))
+        .sum();
+    eprintln!(
+        "{redeemed} of 12 cards redeemed, {} top-ups ({} delivered) over two kills",
+        topups.len(),
+        succeeded.len()
+    );
+    assert!(
+        redeemed > 0 && !succeeded.is_empty(),
+        "the calls got that far"
+    );
+    // Each redeemed card credited the wallet once; each delivered top-up was paid once from it
+    // and arrived once; nothing else moved.
+    assert_eq!(
+        balance(&server, wallet, "wallet"),
+        wallet_before + redeemed * 1000 - paid,
+        "wallet: {redeemed} cards in, {} top-ups out",
+        succeeded.len()
+    );
+    assert_eq!(
+        balance(&server, recipient, "prepaid"),
+        recipient_before + received
+    );
+}
