@@ -221,28 +221,6 @@ fn sms_retry_of_an_unknown_message_says_so() {
     assert!(err.contains("no SMS nope"), "{err}");
 }
 
-/// A tmpfs mounted at `dir` with `opts` (needs root; `None` where mounting is not allowed).
-struct Mount(std::path::PathBuf);
-
-impl Mount {
-    fn new(dir: &std::path::Path, opts: &str) -> Option<Mount> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Mount(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn serve_on_an_unusable_data_directory_says_why_once_and_exits() {
     let dir = tempfile::tempdir().unwrap();

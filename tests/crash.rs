@@ -547,3 +547,84 @@ fn voice_card_top_ups_killed_mid_call_redeem_each_card_once_and_lose_nothing() {
         recipient_before + received
     );
 }
+
+#[test]
+fn a_disk_that_fills_up_while_running_refuses_cleanly_and_recovers_when_freed() {
+    let mount_dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Mount::new(mount_dir.path(), "size=24m") else {
+        eprintln!("not root: the disk-full case is not run");
+        return;
+    };
+    let data = disk.0.join("data");
+    let server = Server::start(&format!("[paths]\ndata_dir = \"{}\"\n", data.display()));
+    let wallet = "+12015550100";
+    cli_ok(
+        &server,
+        &[
+            "accounts",
+            "credit",
+            wallet,
+            "100.00USD",
+            "--id",
+            "disk-fund",
+        ],
+    );
+    let key = api_key(&server, wallet, "topup,wallet", 100_000);
+    let body = json!({"recipient": "+525512345678", "product_id": "telcel-mx-100"}).to_string();
+    let before = cli(&server, &["accounts", "show", wallet]);
+    let ok = post(server.http, &key, "disk-1", &body).unwrap();
+    assert_eq!(ok.0, 200, "{ok:?}");
+
+    // Fill the disk to the last byte.
+    let filler = disk.0.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 1 << 16];
+        while f.write_all(&block).is_ok() {}
+        let mut byte = [0u8; 1];
+        while f.write_all(&byte).is_ok() {
+            byte[0] = 1;
+        }
+    }
+    // Top-ups are refused with a clear answer, charge nothing, and nothing else breaks.
+    let mut refused = 0;
+    for i in 0..5 {
+        let (code, v) = post(server.http, &key, &format!("disk-full-{i}"), &body).unwrap();
+        if code == 503 {
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("nothing was charged"),
+                "{v}"
+            );
+            refused += 1;
+        } else {
+            assert_eq!(code, 200, "{v}");
+        }
+    }
+    assert!(refused > 0, "a full disk refuses top-ups");
+    assert_eq!(server.health()["status"], "ok");
+    let (code, _) = api_call(&server, "GET", "/api/v1/balance", Some(&key), &[], None);
+    assert_eq!(code, 200, "reading still works");
+    assert!(!server.log().contains("panicked"));
+
+    // Space again: the same requests go through, each once.
+    std::fs::remove_file(&filler).unwrap();
+    for i in 0..5 {
+        let (code, v) = post(server.http, &key, &format!("disk-full-{i}"), &body).unwrap();
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["state"], "succeeded", "{v}");
+    }
+    assert!(cli_text(&server, &["ledger", "check"]).contains("the books balance"));
+    let after = cli(&server, &["accounts", "show", wallet]);
+    assert_eq!(
+        minor_units(before["wallet"]["balance"].as_str().unwrap())
+            - minor_units(after["wallet"]["balance"].as_str().unwrap()),
+        6 * 599,
+        "six top-ups paid once each"
+    );
+    let topups = cli(&server, &["topups", "list", "--limit", "100"]);
+    assert_eq!(topups.as_array().unwrap().len(), 6);
+    drop(server);
+}

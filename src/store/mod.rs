@@ -95,6 +95,21 @@ impl Db {
             // When the database is down, a caller hears "we cannot complete your request now"
             // after this long, not after sqlx's default 30 s of silence.
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A transaction whose COMMIT and ROLLBACK both failed (SQLite with a full disk)
+            // leaves its connection inside it; handed out again, every `begin` on it would fail
+            // for good. Such a connection is closed instead, and a fresh one opened.
+            .before_acquire(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    let stuck = conn.is_in_transaction();
+                    if stuck {
+                        tracing::warn!(
+                            "a database connection was left inside a transaction; replaced"
+                        );
+                    }
+                    Ok(!stuck)
+                })
+            })
             .connect_with(opts)
             .await?;
         if backend == Backend::Sqlite {

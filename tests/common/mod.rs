@@ -635,6 +635,28 @@ impl Capture {
     }
 }
 
+/// A tmpfs mounted at `dir` with `opts` (needs root; `None` where mounting is not allowed).
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    pub fn new(dir: &Path, opts: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// The shipped prompts.
 pub fn prompts() -> topup_ivr::media::prompts::PromptStore {
     topup_ivr::media::prompts::PromptStore::load(&repo().join("prompts"), Default::default())
