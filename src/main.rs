@@ -284,6 +284,26 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    if matches!(cli.command, Command::Serve(_)) {
+        // The service holds PINs in memory while it checks them: a crash must not write them
+        // to a core file. Only the soft limit is lowered: someone who needs a core can raise
+        // it again knowingly (`prlimit --core=unlimited --pid ...`).
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read or fill the struct we pass and change only this
+        // process's limit.
+        let ok = unsafe {
+            libc::getrlimit(libc::RLIMIT_CORE, &mut limit) == 0 && {
+                limit.rlim_cur = 0;
+                libc::setrlimit(libc::RLIMIT_CORE, &limit) == 0
+            }
+        };
+        if !ok {
+            eprintln!("warning: could not turn core dumps off");
+        }
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

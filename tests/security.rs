@@ -274,3 +274,16 @@ fn a_config_file_with_a_password_that_others_may_read_is_warned_of_at_start() {
     server.restart();
     assert!(!server.log()[before..].contains("others may read it"));
 }
+
+#[test]
+fn the_service_writes_no_core_file_that_could_hold_a_pin() {
+    let server = Server::start("");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    // "Max core file size  <soft>  <hard>  bytes"
+    assert_eq!(fields[4], "0", "{core}");
+}
