@@ -39,6 +39,28 @@ Idempotency-Key: {idem}\r\nContent-Type: application/json\r\nContent-Length: {}\
     Some((code, json))
 }
 
+/// The demo wallet funded with `amount` for a stream of top-ups, a retail terminal's API key
+/// paying from it with `scopes`, and the body of its top-up request (5.99 USD to Mexico);
+/// the wallet as it was before.
+fn terminal(server: &Server, amount: &str, scopes: &str) -> (String, String, Value) {
+    let wallet = "+12015550100";
+    cli_ok(
+        server,
+        &[
+            "accounts",
+            "credit",
+            wallet,
+            amount,
+            "--id",
+            "terminal-fund",
+        ],
+    );
+    let before = cli(server, &["accounts", "show", wallet]);
+    let key = api_key(server, wallet, scopes, 100_000);
+    let body = json!({"recipient": "+525512345678", "product_id": "telcel-mx-100"}).to_string();
+    (key, body, before)
+}
+
 #[test]
 fn top_ups_killed_at_random_points_are_made_once_and_the_books_balance() {
     // SMS configured, its SMSC away: confirmations wait in the outbox, where they are counted.
@@ -47,22 +69,7 @@ fn top_ups_killed_at_random_points_are_made_once_and_the_books_balance() {
          system_id = \"topup\"\npassword = \"x\"\n",
     );
     let wallet = "+12015550100";
-    cli_ok(
-        &server,
-        &[
-            "accounts",
-            "credit",
-            wallet,
-            "100000.00USD",
-            "--id",
-            "crash-fund",
-        ],
-    );
-    let before = cli(&server, &["accounts", "show", wallet]);
-    let key = api_key(&server, wallet, "topup", 100_000);
-    let products = cli(&server, &["products", "list", "--number", "+525512345678"]);
-    let product = products[0]["id"].as_str().unwrap().to_string();
-    let body = json!({"recipient": "+525512345678", "product_id": product}).to_string();
+    let (key, body, before) = terminal(&server, "100000.00USD", "topup");
 
     // Answers per key: the last final answer a terminal got.
     let answers: Arc<Mutex<BTreeMap<String, (u16, Value)>>> = Arc::default();
@@ -165,11 +172,7 @@ fn top_ups_killed_at_random_points_are_made_once_and_the_books_balance() {
     );
     // The wallet paid exactly the price of each successful top-up, once.
     let after = cli(&server, &["accounts", "show", wallet]);
-    let cents = |s: &str| -> i64 {
-        let amount = s.split_whitespace().next().unwrap();
-        let (units, frac) = amount.split_once('.').unwrap();
-        units.parse::<i64>().unwrap() * 100 + frac.parse::<i64>().unwrap()
-    };
+    let cents = minor_units;
     let balance = |v: &Value| cents(v["wallet"]["balance"].as_str().unwrap());
     let price = cents(succeeded[0]["sent"].as_str().unwrap());
     assert!(
@@ -280,20 +283,7 @@ fn a_database_outage_mid_load_charges_nobody_and_the_service_recovers_by_itself(
     let pg = PrivatePostgres::start();
     let server = Server::start(&format!("[database]\nurl = \"{}\"\n", pg.url));
     let wallet = "+12015550100";
-    cli_ok(
-        &server,
-        &[
-            "accounts",
-            "credit",
-            wallet,
-            "100000.00USD",
-            "--id",
-            "outage-fund",
-        ],
-    );
-    let before = cli(&server, &["accounts", "show", wallet]);
-    let key = api_key(&server, wallet, "topup", 100_000);
-    let body = json!({"recipient": "+525512345678", "product_id": "telcel-mx-100"}).to_string();
+    let (key, body, before) = terminal(&server, "100000.00USD", "topup");
 
     // Two terminals top up without pause; a request that fails (503, or no answer) is retried
     // with its key until it gets a final answer, as the API asks.
@@ -402,11 +392,7 @@ fn a_database_outage_mid_load_charges_nobody_and_the_service_recovers_by_itself(
     );
     let succeeded = topups.iter().filter(|t| t["state"] == "succeeded").count();
     assert_eq!(succeeded, topups.len(), "{topups:#?}");
-    let cents = |v: &Value| -> i64 {
-        let s = v["wallet"]["balance"].as_str().unwrap();
-        let (units, frac) = s.split_once('.').unwrap();
-        units.parse::<i64>().unwrap() * 100 + frac.parse::<i64>().unwrap()
-    };
+    let cents = |v: &Value| minor_units(v["wallet"]["balance"].as_str().unwrap());
     let after = cli(&server, &["accounts", "show", wallet]);
     assert_eq!(
         cents(&before) - cents(&after),
@@ -420,22 +406,12 @@ fn a_database_outage_mid_load_charges_nobody_and_the_service_recovers_by_itself(
     );
 }
 
-/// Minor units of "12.34 USD" or "12.34".
-fn minor_units(s: &str) -> i64 {
-    let amount = s.split_whitespace().next().unwrap();
-    let (units, frac) = amount.split_once('.').unwrap_or((amount, "0"));
-    units.parse::<i64>().unwrap() * 100 + format!("{frac:0<2}")[..2].parse::<i64>().unwrap()
-}
-
 #[test]
 fn voice_card_top_ups_killed_mid_call_redeem_each_card_once_and_lose_nothing() {
     let mut server = Server::start("");
     let wallet = "+12015550100";
     let recipient = "+12015550150"; // the card script's recipient: a prepaid account of ours
-    let balance = |server: &Server, number: &str, kind: &str| {
-        let v = cli(server, &["accounts", "show", number]);
-        minor_units(v[kind]["balance"].as_str().unwrap_or_else(|| panic!("{v}")))
-    };
+    let balance = balance_minor;
     let wallet_before = balance(&server, wallet, "wallet");
     let recipient_before = balance(&server, recipient, "prepaid");
     let csv = cli_text(
@@ -558,20 +534,7 @@ fn a_disk_that_fills_up_while_running_refuses_cleanly_and_recovers_when_freed() 
     let data = disk.0.join("data");
     let server = Server::start(&format!("[paths]\ndata_dir = \"{}\"\n", data.display()));
     let wallet = "+12015550100";
-    cli_ok(
-        &server,
-        &[
-            "accounts",
-            "credit",
-            wallet,
-            "100.00USD",
-            "--id",
-            "disk-fund",
-        ],
-    );
-    let key = api_key(&server, wallet, "topup,wallet", 100_000);
-    let body = json!({"recipient": "+525512345678", "product_id": "telcel-mx-100"}).to_string();
-    let before = cli(&server, &["accounts", "show", wallet]);
+    let (key, body, before) = terminal(&server, "100.00USD", "topup,wallet");
     let ok = post(server.http, &key, "disk-1", &body).unwrap();
     assert_eq!(ok.0, 200, "{ok:?}");
 

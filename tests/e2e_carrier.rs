@@ -20,17 +20,10 @@ fn recipient(case: u8) -> String {
     format!("+6395401234{case:02}")
 }
 
-fn minor(money: &Value) -> i64 {
-    // "123.45 USD"
-    let s = money.as_str().unwrap().split(' ').next().unwrap();
-    let (units, cents) = s.split_once('.').unwrap();
-    units.parse::<i64>().unwrap() * 100 + cents.parse::<i64>().unwrap()
-}
-
 fn balance(server: &Server, key: &str) -> i64 {
     let (s, b) = api_call(server, "GET", "/api/v1/balance", Some(key), &[], None);
     assert_eq!(s, 200, "{b}");
-    minor(&b["balance"])
+    minor_units(b["balance"].as_str().unwrap())
 }
 
 fn topup_state(server: &Server, key: &str, id: &str) -> String {

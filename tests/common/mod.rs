@@ -359,6 +359,20 @@ pub fn calling_wallet(server: &Server) {
     );
 }
 
+/// Minor units of an amount as the service prints it: "12.34 USD" or "12.34".
+pub fn minor_units(s: &str) -> i64 {
+    let amount = s.split_whitespace().next().unwrap();
+    let (units, frac) = amount.split_once('.').unwrap_or((amount, "0"));
+    units.parse::<i64>().unwrap() * 100 + format!("{frac:0<2}")[..2].parse::<i64>().unwrap()
+}
+
+/// The balance of `number`'s wallet (`kind` "wallet") or prepaid account ("prepaid"), in
+/// minor units.
+pub fn balance_minor(server: &Server, number: &str, kind: &str) -> i64 {
+    let v = cli(server, &["accounts", "show", number]);
+    minor_units(v[kind]["balance"].as_str().unwrap_or_else(|| panic!("{v}")))
+}
+
 /// Creates an empty wallet for `number` with `pin` (typed on standard input, as staff do).
 pub fn create_wallet(server: &Server, number: &str, pin: &str) {
     let mut child = Command::new(BIN)
