@@ -231,7 +231,9 @@ pub fn parse(text: &str, keywords: &Keywords) -> Parsed {
         },
         Kind::Topup => parse_topup(args, &mut pin_at, &mut message_at),
     };
-    // A PIN written again in the sender's words is masked there too.
+    // A PIN written again is masked too: anywhere as a word of its own (even where it is, by
+    // coincidence, a group of the recipient's number as written), and inside any word of the
+    // sender's words.
     let pins: Vec<&str> = pin_at
         .iter()
         .filter_map(|&i| args.get(i).copied())
@@ -240,6 +242,7 @@ pub fn parse(text: &str, keywords: &Keywords) -> Parsed {
         .chain(args.iter().enumerate().map(|(i, a)| {
             if pin_at.contains(&i)
                 || (command.is_err() && looks_secret(a))
+                || pins.contains(a)
                 || (i >= message_at && pins.iter().any(|p| a.contains(p)))
             {
                 "****".to_string()
@@ -482,11 +485,13 @@ mod tests {
         assert_eq!(p("TOPUP 12x 99998888").redacted, "TOPUP 12x ****");
         assert_eq!(p("TOPUP 1234x").redacted, "TOPUP ****");
         assert_eq!(p("hello 123456 +5255").redacted, "hello **** +5255");
-        // A PIN written again in the words for the recipient is masked there, and only there.
+        // A PIN written again is masked as a word of its own anywhere (here a group of the
+        // number as written: the number itself is kept whole in the top-up), and inside any
+        // word for the recipient.
         let r = p("TOPUP 2 1234 +52 55 1234 5678 my pin is 1234, pin:1234");
         assert_eq!(
             r.redacted,
-            "TOPUP 2 **** +52 55 1234 5678 my pin is **** ****"
+            "TOPUP 2 **** +52 55 **** 5678 my pin is **** ****"
         );
         match r.command {
             Ok(Command::TopupWallet {
@@ -499,6 +504,19 @@ mod tests {
         }
         let r = p("TOPUP 11112222333344 +525512345678 11112222333344");
         assert_eq!(r.redacted, "TOPUP **** +525512345678 ****");
+        // Found by the sms_command fuzz target: a card PIN that is also the first group of the
+        // number as written (00 for the international prefix) stayed in the logged copy.
+        let r = p("TOPUP\u{b}0093659\u{b}0093659\u{b}4444444 44444444444 ~");
+        assert!(
+            matches!(r.command, Ok(Command::TopupCard { .. })),
+            "{:?}",
+            r.command
+        );
+        assert!(
+            !r.redacted.split_whitespace().any(|w| w == "0093659"),
+            "{}",
+            r.redacted
+        );
     }
 
     proptest::proptest! {
