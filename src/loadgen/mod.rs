@@ -292,7 +292,9 @@ async fn uac(socket: UdpSocket, mut endpoint: Endpoint, mut commands: mpsc::Rece
         while let Some(t) = endpoint.poll_transmit() {
             let _ = socket.send_to(&t.payload, t.to).await;
         }
-        if !open && endpoint.active_calls() == 0 && endpoint.transactions() == 0 {
+        // Every call is over and every request answered: what transactions remain only
+        // absorb retransmissions (Timer K, D), which the service does not need from us.
+        if !open && endpoint.active_calls() == 0 && endpoint.awaiting_answers() == 0 {
             return;
         }
     }

@@ -24,8 +24,8 @@ use super::message::{
     reason_phrase,
 };
 use super::transaction::{
-    ClientInviteTsx, ClientNonInviteTsx, InviteState, ServerInviteTsx, ServerNonInviteTsx,
-    TsxConfig,
+    ClientInviteTsx, ClientNonInviteTsx, InviteState, NonInviteState, ServerInviteTsx,
+    ServerNonInviteTsx, TsxConfig,
 };
 use crate::media::dtmf::{Digit, info};
 
@@ -345,6 +345,21 @@ impl Endpoint {
             + self.server_other.len()
             + self.client.len()
             + self.client_invite.len()
+    }
+
+    /// Requests we sent that have no final answer yet. Transactions past that point only
+    /// absorb retransmissions until their timers end (Timer K, D), so a client that has
+    /// finished its calls can leave once this is zero instead of waiting for them.
+    pub fn awaiting_answers(&self) -> usize {
+        let non_invite = self
+            .client
+            .values()
+            .filter(|t| matches!(t.state, NonInviteState::Trying | NonInviteState::Proceeding));
+        let invite = self
+            .client_invite
+            .values()
+            .filter(|(t, _)| t.state == InviteState::Proceeding);
+        non_invite.count() + invite.count()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -2055,10 +2070,14 @@ From: <sip:mon@127.0.0.1>;tag=m\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: o1\r\nCSe
         assert_eq!(bye.to().unwrap().tag(), Some("ft"));
         assert_eq!(bye.call_id(), "cid1");
         assert_eq!(ep.active_calls(), 0);
+        assert_eq!(ep.awaiting_answers(), 1);
         // The caller answers 200: no retransmission of the BYE follows.
         let mut ok = Response::to_request(bye, 200, "OK", None);
         ok.headers.push("Content-Length", "0");
         ep.handle_datagram(t0 + Duration::from_millis(3), caller(), &ok.to_bytes());
+        // The BYE's transaction stays for Timer K (and the INVITE's for Timer L), but
+        // nothing is awaited any more.
+        assert_eq!((ep.transactions(), ep.awaiting_answers()), (2, 0));
         assert!(drain(&mut ep, t0).is_empty());
         assert_eq!(ep.transactions(), 0);
     }
@@ -2383,11 +2402,14 @@ From: <sip:mon@127.0.0.1>;tag=m\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: o1\r\nCSe
         let mut ep = ep();
         let t0 = Instant::now();
         let (_, inv) = placed(&mut ep, t0);
+        assert_eq!(ep.awaiting_answers(), 1);
         ep.handle_datagram(t0, gateway(), &answer_invite(&inv, 486, "gw2", ""));
         assert!(matches!(
             events(&mut ep).as_slice(),
             [SipEvent::Outbound { code: 486, .. }]
         ));
+        // Timer D keeps the transaction to re-ACK a retransmitted 486; nothing is awaited.
+        assert_eq!((ep.transactions(), ep.awaiting_answers()), (1, 0));
         let msgs = sent(&mut ep);
         let [Message::Request(ack)] = msgs.as_slice() else {
             panic!("{msgs:?}")
