@@ -461,12 +461,18 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
         }
     };
 
-    let negotiated = match sdp::negotiate(&incoming.offer, &cfg.codecs) {
-        Ok(n) => n,
-        Err(e) => {
-            info!(error = %e, "offer refused");
-            send(SipCommand::Reject(call, 488, None)).await;
-            return Outcome::new("no-acceptable-media");
+    // An INVITE without an offer (late offer, as some PBXs and SBCs send): our 200 carries
+    // the offer and the ACK the answer.
+    let offered = if incoming.offer.trim_ascii().is_empty() {
+        None
+    } else {
+        match sdp::negotiate(&incoming.offer, &cfg.codecs) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                info!(error = %e, "offer refused");
+                send(SipCommand::Reject(call, 488, None)).await;
+                return Outcome::new("no-acceptable-media");
+            }
         }
     };
     let socket = match shared.ports.bind(cfg.advertise).await {
@@ -478,7 +484,6 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
         }
     };
     let local_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-    cdr.codec = Some(negotiated.codec.name().to_string());
 
     let mut shutdown = shared.shutdown.clone();
     if !cfg.answer_delay.is_zero() {
@@ -501,25 +506,45 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
 
     let session_id: u64 = rand::random::<u32>() as u64;
     let mut sdp_version = 1u64;
-    let answer = sdp::write_answer(
-        &negotiated,
-        cfg.advertise,
-        local_port,
-        session_id,
-        sdp_version,
-    );
-    send(SipCommand::Answer(call, answer)).await;
+    let body = match &offered {
+        Some(n) => sdp::write_answer(n, cfg.advertise, local_port, session_id, sdp_version),
+        None => sdp::write_offer(
+            &cfg.codecs,
+            cfg.advertise,
+            local_port,
+            session_id,
+            sdp_version,
+        ),
+    };
+    send(SipCommand::Answer(call, body)).await;
     cdr.answered_at = Some(timestamp());
 
     // Wait for the ACK before starting media: the caller is then sure to hear the start.
-    loop {
+    let ack_answer = loop {
         match events.recv().await {
-            Some(SipEvent::Confirmed { .. }) => break,
+            Some(SipEvent::Confirmed { answer, .. }) => break answer,
             Some(SipEvent::Ended { reason, .. }) => return Outcome::new(reason.as_str()),
             Some(_) => {}
             None => return Outcome::new("internal"),
         }
-    }
+    };
+    let negotiated = match offered {
+        Some(n) => n,
+        None => match ack_answer.map(|a| sdp::negotiate(&a, &cfg.codecs)) {
+            Some(Ok(n)) => n,
+            refused => {
+                // RFC 3261 §13.3.1.4: an ACK without an acceptable answer ends the call.
+                let why = match refused {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "no SDP answer in the ACK".into(),
+                };
+                info!(error = %why, "answer to our offer refused");
+                send(SipCommand::Hangup(call)).await;
+                return Outcome::new("no-acceptable-media");
+            }
+        },
+    };
+    cdr.codec = Some(negotiated.codec.name().to_string());
 
     let media = media_params(&negotiated, cfg.inband_dtmf);
     let caller = crate::services::caller_e164(&incoming.caller);

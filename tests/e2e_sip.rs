@@ -83,6 +83,48 @@ fn rfc4733_keys_are_echoed_and_star_star_hangs_up_and_the_greeting_arrives_as_rt
 }
 
 #[test]
+fn a_late_offer_call_gets_our_offer_and_runs_on_the_codec_of_the_answer_in_the_ack() {
+    require("sipp");
+    let server = Server::start("");
+    // The INVITE carries no SDP; the 200 must offer PCMU, PCMA and telephone-event (the
+    // scenario checks), and the ACK answers PCMA.
+    let sipp = Sipp::new("late_offer.xml", "echo")
+        .arg("-key")
+        .arg("digits")
+        .arg("12**");
+    let cap_dir = tempfile::tempdir().unwrap();
+    let capture = Capture::start(
+        cap_dir.path(),
+        &format!("udp and dst port {}", sipp.media_port),
+    );
+    sipp.run(&server);
+    let packets = capture.stop();
+    server.wait_idle();
+
+    let c = &server.calls()[0];
+    assert_eq!(c["digits"], "12**", "keys on the answer's event type");
+    assert_eq!(c["end_reason"], "service-hangup");
+    assert_eq!(c["codec"], "PCMA");
+    // Our RTP went to the address of the answer, in the answer's codec.
+    let types: Vec<u8> = packets
+        .iter()
+        .filter_map(|(_, p)| rtp_rs::RtpReader::new(p).ok().map(|r| r.payload_type()))
+        .collect();
+    assert!(types.len() > 100, "only {} RTP packets", types.len());
+    assert!(types.iter().all(|&pt| pt == 8), "{types:?}");
+}
+
+#[test]
+fn a_late_offer_call_whose_ack_brings_no_answer_is_ended() {
+    require("sipp");
+    let server = Server::start("");
+    Sipp::new("late_offer_no_answer.xml", "echo").run(&server);
+    server.wait_idle();
+    let c = &server.calls()[0];
+    assert_eq!(c["end_reason"], "no-acceptable-media");
+}
+
+#[test]
 fn sip_info_and_rfc4733_keys_both_reach_the_call_and_the_cdr() {
     require("sipp");
     let server = Server::start("");

@@ -269,7 +269,7 @@ async fn uac(socket: UdpSocket, mut endpoint: Endpoint, mut commands: mpsc::Rece
         while let Some(ev) = endpoint.poll_event() {
             let call = match &ev {
                 SipEvent::Outbound { call, .. } | SipEvent::Ended { call, .. } => *call,
-                SipEvent::Confirmed { call }
+                SipEvent::Confirmed { call, .. }
                 | SipEvent::Dtmf { call, .. }
                 | SipEvent::Reoffer { call, .. }
                 | SipEvent::ReferResult { call, .. } => *call,

@@ -96,9 +96,11 @@ impl EndReason {
 #[derive(Clone, Debug)]
 pub enum SipEvent {
     Incoming(IncomingCall),
-    /// The ACK for our 2xx arrived: media may flow both ways.
+    /// The ACK for our 2xx arrived: media may flow both ways. For an INVITE without an
+    /// offer (late offer: our 2xx carried the offer), `answer` is the ACK's SDP, if any.
     Confirmed {
         call: CallHandle,
+        answer: Option<Vec<u8>>,
     },
     /// A key press in a SIP INFO request (already answered 200).
     Dtmf {
@@ -825,7 +827,8 @@ impl Endpoint {
             self.send_bye(now, call);
             self.remove_call(call);
         } else if first {
-            self.events.push_back(SipEvent::Confirmed { call });
+            let answer = Some(req.body.clone()).filter(|b| !b.trim_ascii().is_empty());
+            self.events.push_back(SipEvent::Confirmed { call, answer });
         }
     }
 

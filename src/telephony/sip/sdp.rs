@@ -151,23 +151,69 @@ pub fn write_answer(
     session_id: u64,
     version: u64,
 ) -> Vec<u8> {
+    write_session(
+        &[n.codec],
+        n.telephone_event,
+        n.direction,
+        local_ip,
+        local_port,
+        (session_id, version),
+    )
+}
+
+/// The payload type we offer telephone-event on when we make the offer (a common choice).
+pub const OFFERED_TELEPHONE_EVENT: u8 = 101;
+
+/// Writes our offer, for a call whose INVITE came without one (late offer, RFC 3261
+/// §13.2.1): every codec we take, in our order, and telephone-event; sendrecv. The answer
+/// comes in the ACK and is read with [`negotiate`].
+pub fn write_offer(
+    codecs: &[Codec],
+    local_ip: IpAddr,
+    local_port: u16,
+    session_id: u64,
+    version: u64,
+) -> Vec<u8> {
+    write_session(
+        codecs,
+        Some(OFFERED_TELEPHONE_EVENT),
+        Direction::SendRecv,
+        local_ip,
+        local_port,
+        (session_id, version),
+    )
+}
+
+fn write_session(
+    codecs: &[Codec],
+    telephone_event: Option<u8>,
+    direction: Direction,
+    local_ip: IpAddr,
+    local_port: u16,
+    (session_id, version): (u64, u64),
+) -> Vec<u8> {
     let ip_kind = if local_ip.is_ipv4() { "IP4" } else { "IP6" };
-    let mut fmts = n.codec.payload_type().to_string();
-    let mut attrs = format!(
-        "a=rtpmap:{} {}/8000\r\n",
-        n.codec.payload_type(),
-        n.codec.name()
-    );
-    if let Some(te) = n.telephone_event {
-        fmts.push_str(&format!(" {te}"));
+    let mut fmts = vec![];
+    let mut attrs = String::new();
+    for c in codecs {
+        fmts.push(c.payload_type().to_string());
+        attrs.push_str(&format!(
+            "a=rtpmap:{} {}/8000\r\n",
+            c.payload_type(),
+            c.name()
+        ));
+    }
+    if let Some(te) = telephone_event {
+        fmts.push(te.to_string());
         attrs.push_str(&format!(
             "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
         ));
     }
     format!(
         "v=0\r\no=topup-ivr {session_id} {version} IN {ip_kind} {local_ip}\r\ns=topup-ivr\r\n\
-c=IN {ip_kind} {local_ip}\r\nt=0 0\r\nm=audio {local_port} RTP/AVP {fmts}\r\n{attrs}a=ptime:20\r\na={}\r\n",
-        n.direction.as_str()
+c=IN {ip_kind} {local_ip}\r\nt=0 0\r\nm=audio {local_port} RTP/AVP {}\r\n{attrs}a=ptime:20\r\na={}\r\n",
+        fmts.join(" "),
+        direction.as_str()
     )
     .into_bytes()
 }
@@ -263,5 +309,30 @@ m=audio 4000 RTP/AVP 8 0\r\n";
         assert!(m.has_attribute("sendrecv"));
         // And our own answer is acceptable as an offer, too.
         assert_eq!(negotiate(&a, &Codec::ALL).unwrap().codec, Codec::Pcmu);
+    }
+
+    #[test]
+    fn our_offer_lists_every_codec_we_take_and_an_answer_picks_from_it() {
+        let o = write_offer(
+            &[Codec::Pcma, Codec::Pcmu],
+            "127.0.0.1".parse().unwrap(),
+            20002,
+            42,
+            1,
+        );
+        let s = sdp_types::Session::parse(&o).unwrap();
+        let m = &s.medias[0];
+        assert_eq!((m.port, m.fmt.as_str()), (20002, "8 0 101"));
+        assert!(m.has_attribute("sendrecv"));
+        // Read back as an offer: our first codec, our event type.
+        let n = negotiate(&o, &Codec::ALL).unwrap();
+        assert_eq!((n.codec, n.telephone_event), (Codec::Pcma, Some(101)));
+        // The caller's answer (its own event type, as RFC 3264 allows) decides.
+        let answer = SIPP_OFFER.replace("RTP/AVP 0 8 96", "RTP/AVP 0 96");
+        let n = negotiate(answer.as_bytes(), &[Codec::Pcma, Codec::Pcmu]).unwrap();
+        assert_eq!(
+            (n.codec, n.telephone_event, n.remote_port),
+            (Codec::Pcmu, Some(96), 6000)
+        );
     }
 }

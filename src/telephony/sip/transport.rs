@@ -132,7 +132,7 @@ impl Transport {
                         let _ = tx.try_send(ev);
                     }
                 }
-                SipEvent::Confirmed { call }
+                SipEvent::Confirmed { call, .. }
                 | SipEvent::Dtmf { call, .. }
                 | SipEvent::Reoffer { call, .. }
                 | SipEvent::ReferResult { call, .. }
