@@ -131,7 +131,7 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
     let Some(gateway) = cfg.calling_gateway else {
         return BridgeEnd::Result(("unavailable".into(), vec![]));
     };
-    let e164 = match crate::topup::numbers::parse_number(number) {
+    let e164 = match crate::topup::numbers::parse_callable(number) {
         Ok(n) => n.e164,
         Err(_) => return BridgeEnd::Result(("invalid_number".into(), vec![])),
     };

@@ -169,7 +169,7 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
                 Ok(("ok".into(), vars))
             }
             "minutes_left" => {
-                let e164 = crate::topup::numbers::parse_number(arg(args, "number"))?.e164;
+                let e164 = crate::topup::numbers::parse_callable(arg(args, "number"))?.e164;
                 if crate::topup::calling::blocked(&e164, &core.call_limits) {
                     return Err(TopupError::DestinationBlocked);
                 }

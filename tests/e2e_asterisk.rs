@@ -128,8 +128,8 @@ fn a_wallet_call_is_originated_bridged_warned_and_cut_when_the_money_runs_out() 
     calling_wallet(&server);
     let ch = ast.call(APP, "+12015550166", "wallet");
     std::thread::sleep(Duration::from_millis(600));
-    // PIN, 3: minutes to a number, the number, 1: connect.
-    ast.press(&ch, "4321#3447911123456#1");
+    // PIN, 3: minutes to a number (a London landline), the number, 1: connect.
+    ast.press(&ch, "4321#3442079460123#1");
     let callee = format!("{ch}-out");
     server.wait_until("the call is cut", Duration::from_secs(30), || {
         server.log().contains("balance used up: cutting the call")
@@ -155,7 +155,7 @@ fn a_wallet_call_is_originated_bridged_warned_and_cut_when_the_money_runs_out() 
             .find(|(n, _)| n == k)
             .map(|(_, v)| v.as_str())
     };
-    assert_eq!(q("endpoint"), Some("PJSIP/+447911123456@trunk"));
+    assert_eq!(q("endpoint"), Some("PJSIP/+442079460123@trunk"));
     assert_eq!(q("callerId"), Some("+12015550166"));
     assert!(
         reqs.iter()

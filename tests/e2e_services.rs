@@ -318,12 +318,13 @@ fn a_wallet_call_through_the_gateway_is_warned_cut_at_zero_and_billed_by_the_inc
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
-    // PIN, 3: minutes to a number, the number, 1: connect. The caller stays on for 25 s.
+    // PIN, 3: minutes to a number (a London landline), the number, 1: connect. The caller
+    // stays on for 25 s.
     let caller = keys(
         "keys_then_bye.xml",
         "wallet",
         "+12015550166",
-        "4321#3447911123456#1",
+        "4321#3442079460123#1",
     )
     .arg("-d")
     .arg("25000");

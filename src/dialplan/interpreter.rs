@@ -931,9 +931,16 @@ pub fn validate(
                 Err("not digits".into())
             }
         }
-        Some(Validator::E164) => crate::topup::numbers::parse_number(value)
-            .map(|n| vec![("e164".into(), n.e164), ("country".into(), n.country)])
-            .map_err(|e| e.to_string()),
+        Some(v @ (Validator::E164 | Validator::Callable)) => {
+            let parsed = if v == Validator::E164 {
+                crate::topup::numbers::parse_number(value)
+            } else {
+                crate::topup::numbers::parse_callable(value)
+            };
+            parsed
+                .map(|n| vec![("e164".into(), n.e164), ("country".into(), n.country)])
+                .map_err(|e| e.to_string())
+        }
         Some(Validator::Amount) => {
             let n: u64 = value
                 .parse()

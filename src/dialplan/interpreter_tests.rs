@@ -550,6 +550,10 @@ fn validators() {
     assert!(validate("123", Some(Validator::Regex), Some("[0-9]+"), None, None).is_ok());
     let e = validate("84912345678", Some(Validator::E164), None, None, None).unwrap();
     assert_eq!(e[0], ("e164".into(), "+84912345678".into()));
+    // A landline: not for a top-up, but a call may go there.
+    assert!(validate("842438251234", Some(Validator::E164), None, None, None).is_err());
+    let e = validate("842438251234", Some(Validator::Callable), None, None, None).unwrap();
+    assert_eq!(e[0], ("e164".into(), "+842438251234".into()));
 }
 
 #[test]

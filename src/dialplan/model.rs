@@ -124,6 +124,9 @@ pub enum Validator {
     Pin,
     /// A mobile number with its country code (sets `<var>_e164`).
     E164,
+    /// A number calls may be placed to (landline, mobile, toll-free...), with its country
+    /// code (sets `<var>_e164`).
+    Callable,
     /// Whole currency units within amount_min..amount_max.
     Amount,
     /// Matches `regex` (whole value).

@@ -389,7 +389,7 @@ async fn dial(
     if !can_dial {
         return Ok(("unavailable".into(), vec![]));
     }
-    let e164 = match crate::topup::numbers::parse_number(number) {
+    let e164 = match crate::topup::numbers::parse_callable(number) {
         Ok(n) => n.e164,
         Err(_) => return Ok(("invalid_number".into(), vec![])),
     };

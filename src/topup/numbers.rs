@@ -31,6 +31,9 @@ pub enum InvalidNumber {
     Invalid(String),
     #[error("not a mobile number")]
     NotMobile,
+    /// Premium-rate, shared-cost, pager, voicemail access or of no known type.
+    #[error("not a number calls may be placed to")]
+    NotCallable,
 }
 
 impl From<InvalidNumber> for TopupError {
@@ -45,9 +48,17 @@ pub enum NumberKind {
     Mobile,
     /// The plan cannot tell (e.g. North America): accepted.
     FixedLineOrMobile,
+    // Only for calls (parse_callable):
+    FixedLine,
+    TollFree,
+    Voip,
+    Personal,
+    /// Universal access numbers (one number for a company's lines).
+    Uan,
 }
 
-/// A valid mobile number per the number plan.
+/// A valid number per the number plan: a mobile one from [`parse_number`], one that calls may
+/// be placed to from [`parse_callable`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PlanNumber {
     pub e164: String,
@@ -78,8 +89,37 @@ pub struct NumberInfo {
 }
 
 /// Normalises what a caller typed ("+52 55 1234-5678", "0052...", "525512345678" — the
-/// voice line asks for the country code) and checks it against the number plan.
+/// voice line asks for the country code) and checks it against the number plan: a mobile
+/// number, which is what can be topped up.
 pub fn parse_number(input: &str) -> Result<PlanNumber, InvalidNumber> {
+    parse_plan(input, |t| match t {
+        Type::Mobile => Ok(NumberKind::Mobile),
+        Type::FixedLineOrMobile => Ok(NumberKind::FixedLineOrMobile),
+        _ => Err(InvalidNumber::NotMobile),
+    })
+}
+
+/// As [`parse_number`], for the calling service's destinations: landlines, mobiles,
+/// toll-free, VoIP, personal and universal access numbers. Premium-rate and shared-cost
+/// numbers are refused here whatever the blocked prefixes say (they are where toll fraud
+/// pays out), as are pagers, voicemail access and numbers of no known type.
+pub fn parse_callable(input: &str) -> Result<PlanNumber, InvalidNumber> {
+    parse_plan(input, |t| match t {
+        Type::Mobile => Ok(NumberKind::Mobile),
+        Type::FixedLineOrMobile => Ok(NumberKind::FixedLineOrMobile),
+        Type::FixedLine => Ok(NumberKind::FixedLine),
+        Type::TollFree => Ok(NumberKind::TollFree),
+        Type::Voip => Ok(NumberKind::Voip),
+        Type::PersonalNumber => Ok(NumberKind::Personal),
+        Type::Uan => Ok(NumberKind::Uan),
+        _ => Err(InvalidNumber::NotCallable),
+    })
+}
+
+fn parse_plan(
+    input: &str,
+    kind: impl Fn(Type) -> Result<NumberKind, InvalidNumber>,
+) -> Result<PlanNumber, InvalidNumber> {
     let t = input.trim();
     let digits: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
     if digits.is_empty()
@@ -128,11 +168,7 @@ pub fn parse_number(input: &str) -> Result<PlanNumber, InvalidNumber> {
         }
         return Err(InvalidNumber::Invalid(country));
     }
-    let kind = match number.number_type(db) {
-        Type::Mobile => NumberKind::Mobile,
-        Type::FixedLineOrMobile => NumberKind::FixedLineOrMobile,
-        _ => return Err(InvalidNumber::NotMobile),
-    };
+    let kind = kind(number.number_type(db))?;
     Ok(PlanNumber {
         e164,
         country,
@@ -362,6 +398,40 @@ mod tests {
         assert_eq!(
             parse_number("+1 800 555 0199"),
             Err(InvalidNumber::NotMobile)
+        );
+    }
+
+    #[test]
+    fn calls_may_go_to_landlines_and_toll_free_but_not_premium_rate() {
+        let hanoi = parse_callable("+84 24 3825 1234").unwrap();
+        assert_eq!(
+            (hanoi.e164.as_str(), hanoi.country.as_str(), hanoi.kind),
+            ("+842438251234", "VN", NumberKind::FixedLine)
+        );
+        let london = parse_callable("44 20 7946 0123").unwrap();
+        assert_eq!(london.kind, NumberKind::FixedLine);
+        assert_eq!(
+            parse_callable("+1 800 555 0199").unwrap().kind,
+            NumberKind::TollFree
+        );
+        assert_eq!(
+            parse_callable("+84912345678").unwrap().kind,
+            NumberKind::Mobile
+        );
+        // UK premium rate (09) and shared cost (084x).
+        assert_eq!(
+            parse_callable("+44 909 879 0000"),
+            Err(InvalidNumber::NotCallable)
+        );
+        assert_eq!(
+            parse_callable("+44 845 464 0000"),
+            Err(InvalidNumber::NotCallable)
+        );
+        // The plan's own checks still come first.
+        assert_eq!(parse_callable("52551"), Err(InvalidNumber::TooShort));
+        assert_eq!(
+            parse_callable("+999 1234 5678"),
+            Err(InvalidNumber::UnknownCountry)
         );
     }
 
