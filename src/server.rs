@@ -98,11 +98,19 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner().1.clone())
     }
 
-    /// Loads prompts and dialplans again; on any error keeps the current ones.
+    /// Loads prompts, dialplans and (when SMS are on) the SMS texts again; on any error
+    /// keeps all the current ones.
     pub fn reload(&self) -> Result<(), ServeError> {
         let (prompts, dialplans) = load_content(&self.cfg)?;
+        let sms = match &self.core.sms {
+            Some(texts) => Some((texts, sms_messages(&self.cfg)?)),
+            None => None,
+        };
         let mut c = self.content.write().unwrap_or_else(|p| p.into_inner());
         *c = (Arc::new(prompts), Arc::new(dialplans));
+        if let Some((texts, m)) = sms {
+            texts.replace(m);
+        }
         Ok(())
     }
 
@@ -203,7 +211,7 @@ pub async fn open_core(cfg: &Config) -> Result<Core, ServeError> {
     let pepper = Pepper::load(&cfg.pin_pepper_file)?;
     let core = Core::new(db, pepper, cfg.auth).with_call_limits(cfg.calling_limits.clone());
     Ok(match load_sms(cfg)? {
-        Some(m) => core.with_sms(Arc::new(m)),
+        Some(m) => core.with_sms(crate::sms::messages::SmsTexts::new(m)),
         None => core,
     })
 }
@@ -236,6 +244,9 @@ fn content_signature(
 ) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
     let mut out = vec![];
     let mut dirs = vec![cfg.dialplans_dir.clone()];
+    if cfg.sms.enabled() {
+        dirs.push(cfg.sms_dir.clone());
+    }
     if let Ok(langs) = std::fs::read_dir(&cfg.prompts_dir) {
         dirs.extend(langs.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
     }
@@ -250,8 +261,9 @@ fn content_signature(
     out
 }
 
-/// Reloads prompts and dialplans on SIGHUP or when their files change. A broken file is
-/// reported and the running version kept; calls in progress keep the version they started.
+/// Reloads prompts, dialplans and SMS texts on SIGHUP or when their files change. A broken
+/// file is reported and the running versions kept; calls in progress keep the version they
+/// started with.
 async fn reload_loop(shared: Arc<Shared>) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let every = shared.cfg.reload_every;
@@ -271,10 +283,11 @@ async fn reload_loop(shared: Arc<Shared>) {
             Ok(Ok(())) => info!(
                 services = %shared.dialplans().plans().iter().map(|p| p.service.clone()).collect::<Vec<_>>().join(","),
                 prompts = shared.prompts().len(),
-                "reloaded prompts and dialplans"
+                sms_texts = shared.core.sms.is_some(),
+                "reloaded the changed files"
             ),
             Ok(Err(e)) => {
-                error!(error = %e, "reload refused; keeping the running prompts and dialplans")
+                error!(error = %e, "reload refused; keeping the running prompts, dialplans and SMS texts")
             }
             Err(e) => error!(error = %e, "reload failed"),
         }

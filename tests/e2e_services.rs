@@ -169,13 +169,6 @@ fn without_an_agent_uri_the_caller_is_told_and_the_escalation_recorded() {
     assert_eq!(e["state"], "failed");
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 #[test]
 fn dialplans_hot_reload_and_a_broken_file_keeps_the_running_version() {
     require("sipp");

@@ -143,6 +143,72 @@ fn sms_commands_are_carried_out_and_answered_once() {
 }
 
 #[test]
+fn sms_texts_hot_reload_and_a_broken_file_keeps_the_running_ones() {
+    let mut smsc = Smsc::start(0, "secret");
+    let texts = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("sms"), texts.path());
+    let server = Server::start(&format!(
+        "[paths]\nsms = \"{}\"\nreload_every = \"300ms\"\n{}",
+        texts.path().display(),
+        sms_extra(smsc.port, "secret")
+    ));
+    bound(&smsc);
+    let wallet = "+12015550100";
+    let en = texts.path().join("en.toml");
+    let shipped = std::fs::read_to_string(&en).unwrap();
+    // Staff reword the format help and add a keyword for the balance.
+    let edited = shipped
+        .replace(
+            "format_topup = \"Format: TOPUP",
+            "format_topup = \"Write: TOPUP",
+        )
+        .replace("balance = [\"BAL\"", "balance = [\"SALDO\", \"BAL\"");
+    assert_ne!(edited, shipped);
+    assert!(
+        edited.contains("\"SALDO\""),
+        "the balance keywords are spelled as expected"
+    );
+    std::fs::write(&en, &edited).unwrap();
+    server.wait_until("the texts reloaded", Duration::from_secs(15), || {
+        server.log().contains("reloaded the changed files")
+    });
+    smsc.mo(wallet, "TOPUP 12", "mo-1");
+    smsc.mo(wallet, "SALDO 1234", "mo-2");
+    let texts_now: Vec<String> = smsc.wait_messages(wallet, 2).iter().map(text).collect();
+    assert!(
+        texts_now
+            .iter()
+            .any(|t| t.starts_with("Write: TOPUP <PIN>")),
+        "{texts_now:?}"
+    );
+    assert!(
+        texts_now
+            .iter()
+            .any(|t| t == "Your wallet balance is 25.00 USD."),
+        "the new keyword works: {texts_now:?}"
+    );
+
+    // A message naming a placeholder that does not exist: refused, the running texts stay.
+    std::fs::write(
+        &en,
+        edited.replace("Write: TOPUP <PIN>", "Write {nonsense}: TOPUP <PIN>"),
+    )
+    .unwrap();
+    server.wait_until("the broken file reported", Duration::from_secs(15), || {
+        server.log().contains("reload refused")
+    });
+    assert!(server.log().contains("en.toml"), "the error names the file");
+    smsc.mo(wallet, "TOPUP 12", "mo-3");
+    let texts_now: Vec<String> = smsc.wait_messages(wallet, 3).iter().map(text).collect();
+    assert!(
+        texts_now[2..]
+            .iter()
+            .all(|t| t.starts_with("Write: TOPUP <PIN>")),
+        "{texts_now:?}"
+    );
+}
+
+#[test]
 fn an_ivr_top_up_is_confirmed_to_both_through_the_smsc_for_their_prefix() {
     require("sipp");
     let mut main = Smsc::start(0, "secret");

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use super::commands::Keywords;
+use super::messages::Messages;
 use super::outbox::{ReceiptResult, retry_at};
 use super::service::{Commands, Mo};
 use super::session::{
@@ -174,10 +175,14 @@ pub struct LinkStatus {
 /// Runs the gateway until the service stops.
 pub async fn run(shared: Arc<Shared>) {
     let cfg = shared.cfg.sms.clone();
-    let Some(messages) = shared.core.sms.clone() else {
+    let Some(texts) = shared.core.sms.clone() else {
         return;
     };
-    let keywords = Arc::new(Keywords::new(messages.keywords()));
+    let messages = texts.current();
+    let keywords = (
+        messages.clone(),
+        Arc::new(Keywords::new(messages.keywords())),
+    );
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<LinkEvent>();
     let mut links = vec![];
     let mut tasks = vec![];
@@ -263,7 +268,9 @@ struct Gateway {
     in_flight: HashMap<SubmitId, InFlight>,
     next_id: SubmitId,
     reassembler: Reassembler,
-    keywords: Arc<Keywords>,
+    /// The command keywords of the SMS texts they were read from (rebuilt when the texts
+    /// are reloaded).
+    keywords: (Arc<Messages>, Arc<Keywords>),
 }
 
 /// Runs a store call a few times before giving up: a row must not be left `sending` because
@@ -498,6 +505,17 @@ impl Gateway {
         }
     }
 
+    /// The keywords of the SMS texts in use now.
+    fn keywords(&mut self) -> Arc<Keywords> {
+        if let Some(texts) = &self.shared.core.sms {
+            let now = texts.current();
+            if !Arc::ptr_eq(&now, &self.keywords.0) {
+                self.keywords = (now.clone(), Arc::new(Keywords::new(now.keywords())));
+            }
+        }
+        self.keywords.1.clone()
+    }
+
     fn take(&mut self, id: SubmitId) -> Option<InFlight> {
         let f = self.in_flight.remove(&id)?;
         self.links[f.link].in_flight = self.links[f.link].in_flight.saturating_sub(1);
@@ -571,7 +589,7 @@ impl Gateway {
             text,
         };
         let shared = self.shared.clone();
-        let keywords = self.keywords.clone();
+        let keywords = self.keywords();
         tokio::spawn(async move {
             let commands = Commands {
                 core: &shared.core,

@@ -12,15 +12,14 @@ pub mod text;
 /// Cores with the text channel on, for the SMS tests.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::sync::Arc;
 
-    use super::messages::Messages;
+    use super::messages::{Messages, SmsTexts};
     use crate::store::testing::tempfile_guard::Guard;
     use crate::topup::Core;
 
     /// A core per backend (SQLite, Postgres) with the shipped SMS texts.
     pub async fn sms_cores() -> Vec<(Core, Option<Guard>)> {
-        let m = Arc::new(
+        let m = SmsTexts::new(
             Messages::load_dir(
                 &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sms"),
                 "en",

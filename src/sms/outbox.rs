@@ -13,6 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
+use crate::sms::messages::SmsTexts;
 use crate::topup::ledger::accounts;
 use crate::topup::numbers::parse_number;
 use crate::topup::{Core, TopupError};
@@ -126,7 +127,7 @@ impl Core {
         conn: &mut AnyConnection,
         number: &str,
     ) -> Result<String, TopupError> {
-        let Some(m) = &self.sms else {
+        let Some(m) = self.sms.as_ref().map(SmsTexts::current) else {
             return Ok("en".into());
         };
         for table in ["prepaid_accounts", "wallets"] {
@@ -160,7 +161,7 @@ impl Core {
         n: Notice,
         now: i64,
     ) -> Result<bool, TopupError> {
-        let Some(m) = self.sms.clone() else {
+        let Some(m) = self.sms.as_ref().map(SmsTexts::current) else {
             return Ok(false);
         };
         let Ok(to) = parse_number(&n.to).map(|p| p.e164) else {

@@ -463,7 +463,7 @@ mod tests {
             T {
                 core,
                 adapters: Adapters::new(),
-                keywords: Keywords::new(core.sms.as_ref().unwrap().keywords()),
+                keywords: Keywords::new(core.sms.as_ref().unwrap().current().keywords()),
                 n: std::cell::Cell::new(0),
             }
         }

@@ -24,9 +24,7 @@ pub mod webhooks;
 
 pub use error::TopupError;
 
-use std::sync::Arc;
-
-use crate::sms::messages::Messages;
+use crate::sms::messages::SmsTexts;
 use crate::store::Db;
 use auth::AuthPolicy;
 use secrets::Pepper;
@@ -41,7 +39,7 @@ pub struct Core {
     /// The calling service's toll-fraud limits.
     pub call_limits: calling::CallLimits,
     /// `Some` when an SMSC is configured: changes write their SMS into the outbox.
-    pub sms: Option<Arc<Messages>>,
+    pub sms: Option<SmsTexts>,
 }
 
 impl Core {
@@ -61,9 +59,9 @@ impl Core {
         self
     }
 
-    /// Turns on SMS: confirmations, notices and alerts are written with `messages`.
-    pub fn with_sms(mut self, messages: Arc<Messages>) -> Core {
-        self.sms = Some(messages);
+    /// Turns on SMS: confirmations, notices and alerts are written with `texts`.
+    pub fn with_sms(mut self, texts: SmsTexts) -> Core {
+        self.sms = Some(texts);
         self
     }
 }

@@ -359,6 +359,15 @@ pub fn calling_wallet(server: &Server) {
     );
 }
 
+/// Copies the files of `from` (not its subdirectories) into `to`, e.g. shipped dialplans or
+/// SMS texts a test then edits.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
 /// Minor units of an amount as the service prints it: "12.34 USD" or "12.34".
 pub fn minor_units(s: &str) -> i64 {
     let amount = s.split_whitespace().next().unwrap();
