@@ -60,6 +60,14 @@ pub enum CarriersCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Carriers' status notices that contradicted our records (e.g. SUCCESSFUL for a top-up
+    /// they had reversed): nothing was changed; take them up with the carrier. Newest first.
+    Conflicts {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -601,6 +609,20 @@ pub async fn carriers(cfg: &Config, cmd: CarriersCommand) -> Result<()> {
                     println!(
                         "{:<16} {:<12} {} {} {:<8} {}",
                         c.id, c.name, c.country, c.currency, c.adapter, c.status
+                    );
+                }
+            })?;
+        }
+        CarriersCommand::Conflicts { limit, json } => {
+            let list = core.carrier_conflicts(limit).await?;
+            print(json, &list, |l| {
+                if l.is_empty() {
+                    println!("no conflicting notices");
+                }
+                for c in l {
+                    println!(
+                        "{:<16} {:<24} {:<15} carrier says {:<10} we have {:<10} (notice {})",
+                        c.carrier_id, c.topup_id, c.recipient, c.notice, c.state, c.event_id
                     );
                 }
             })?;

@@ -230,6 +230,26 @@ http = {{ base_url = \"{}\", operator_id = \"ph-1\", timeout = \"1s\", webhook_s
     let again = agg.notify(server.http, CARRIER, &id(6), "ev-6-rev-again", 1);
     assert_eq!(again[0].1["result"], "ignored");
     assert_eq!(balance(&server, &key), before + PRICE_MINOR);
+    // Then SUCCESSFUL again: it contradicts the reversal; nothing moves, staff see it.
+    assert!(
+        cli(&server, &["carriers", "conflicts"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    agg.set_status(&id(6), "SUCCESSFUL");
+    let contra = agg.notify(server.http, CARRIER, &id(6), "ev-6-contra", 1);
+    assert_eq!(contra[0].1["result"], "conflict");
+    assert_eq!(topup_state(&server, &key, &id(6)), "reversed");
+    assert_eq!(balance(&server, &key), before + PRICE_MINOR);
+    let conflicts = cli(&server, &["carriers", "conflicts"]);
+    assert_eq!(conflicts.as_array().unwrap().len(), 1, "{conflicts}");
+    let c = &conflicts[0];
+    assert_eq!(
+        (&c["topup_id"], &c["notice"], &c["state"]),
+        (&json!(id(6)), &json!("succeeded"), &json!("reversed"))
+    );
+    agg.set_status(&id(6), "REVERSED");
 
     // Final: delivered ones paid once, the refused and the reversed one not at all.
     let delivered = [1u8, 2, 3, 4, 5, 8];

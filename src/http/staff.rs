@@ -68,13 +68,14 @@ async fn overview(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
         let q = core.queue_lengths().await?;
         let sms = core.list_sms(None, None, 20).await?;
         let pending = core.list_topups(Some("pending"), 50).await?;
+        let conflicts = core.carrier_conflicts(50).await?;
         let carriers = core.carriers().await?;
         let nodes = core
             .live_nodes(crate::topup::books::now_ms() - 10_000)
             .await?;
-        Ok::<_, crate::topup::TopupError>((q, sms, pending, carriers, nodes))
+        Ok::<_, crate::topup::TopupError>((q, sms, pending, conflicts, carriers, nodes))
     };
-    let (q, sms, pending, carriers, nodes) = match data.await {
+    let (q, sms, pending, conflicts, carriers, nodes) = match data.await {
         Ok(d) => d,
         Err(e) => return unavailable(e),
     };
@@ -89,7 +90,7 @@ async fn overview(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
         "services": s.dialplans().plans().iter().map(|p| json!({"service": p.service, "numbers": p.numbers})).collect::<Vec<_>>(),
         "prompts": inventory,
         "sms": { "queued": q.sms, "recent": sms },
-        "topups": { "pending": pending },
+        "topups": { "pending": pending, "carrier_conflicts": conflicts },
         "webhooks_queued": q.webhooks,
         "carriers": carriers,
     }))

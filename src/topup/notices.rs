@@ -194,7 +194,46 @@ impl Applied {
     }
 }
 
+/// A notice that contradicted a top-up's final state, for staff to take up with the carrier.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConflictRow {
+    pub carrier_id: String,
+    pub event_id: String,
+    pub topup_id: String,
+    /// What the carrier said (succeeded, failed, reversed).
+    pub notice: String,
+    /// What our books say.
+    pub state: String,
+    pub recipient: String,
+    pub received_at: i64,
+}
+
 impl Core {
+    /// The latest notices that contradicted our records, newest first.
+    pub async fn carrier_conflicts(&self, limit: i64) -> Result<Vec<ConflictRow>, TopupError> {
+        let rows = sqlx::query(
+            "SELECT e.carrier_id, e.event_id, e.topup_id, e.status, e.received_at, t.state, t.recipient
+             FROM carrier_events e JOIN topups t ON t.id = e.topup_id
+             WHERE e.result = 'conflict' ORDER BY e.received_at DESC, e.event_id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConflictRow {
+                    carrier_id: r.try_get("carrier_id")?,
+                    event_id: r.try_get("event_id")?,
+                    topup_id: r.try_get("topup_id")?,
+                    notice: r.try_get("status")?,
+                    state: r.try_get("state")?,
+                    recipient: r.try_get("recipient")?,
+                    received_at: r.try_get("received_at")?,
+                })
+            })
+            .collect()
+    }
+
     /// Applies a (verified) notice from `carrier_id`.
     pub async fn carrier_notice(
         &self,

@@ -1059,6 +1059,20 @@ receive = "5.00USD"
                     Applied::Conflict
                 );
                 assert_eq!(balance(&core).await, "10.00 USD");
+                // Staff see it, with what each side says.
+                let c = core.carrier_conflicts(10).await.unwrap();
+                assert_eq!(
+                    c.iter()
+                        .map(|c| (
+                            c.carrier_id.as_str(),
+                            c.event_id.as_str(),
+                            c.topup_id.as_str(),
+                            c.notice.as_str(),
+                            c.state.as_str()
+                        ))
+                        .collect::<Vec<_>>(),
+                    [("telcel-mx", "ev-3", "r1", "succeeded", "reversed")]
+                );
                 // Another carrier cannot touch it; an unknown id is unknown.
                 assert_eq!(
                     core.carrier_notice("ivr-mobile", &notice("ev-4", "r1", Status::Reversed), NOW)
