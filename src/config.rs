@@ -96,6 +96,7 @@ struct RawSms {
     alert_every: Option<String>,
     max_attempts: Option<i64>,
     mo_id_tlv: Option<u16>,
+    mo_repeat_window: Option<String>,
     receipts: Option<bool>,
     smsc: Vec<RawSmsc>,
 }
@@ -367,6 +368,9 @@ pub struct SmsConfig {
     pub max_attempts: i64,
     /// The TLV carrying the SMSC's own id of an incoming message (duplicates are dropped by it).
     pub mo_id_tlv: u16,
+    /// An incoming message without that id which repeats, word for word, one from the same
+    /// sender to the same number within this time is taken as delivered again (0: never).
+    pub mo_repeat_window: Duration,
     /// Ask for delivery receipts.
     pub receipts: bool,
     pub smscs: Vec<SmscConfig>,
@@ -991,6 +995,7 @@ fn sms(origin: &str, raw: &RawSms) -> Result<SmsConfig, ConfigError> {
         alert_every: dur("sms.alert_every", &raw.alert_every, "1m")?,
         max_attempts,
         mo_id_tlv: raw.mo_id_tlv.unwrap_or(0x001E),
+        mo_repeat_window: dur("sms.mo_repeat_window", &raw.mo_repeat_window, "10m")?,
         receipts: raw.receipts.unwrap_or(true),
         smscs,
     })

@@ -143,6 +143,32 @@ fn sms_commands_are_carried_out_and_answered_once() {
 }
 
 #[test]
+fn a_command_delivered_again_without_an_smsc_id_is_carried_out_once() {
+    let mut smsc = Smsc::start(0, "secret");
+    let server = Server::start(&sms_extra(smsc.port, "secret"));
+    bound(&smsc);
+    let wallet = "+12015550100";
+    // The SMSC gives no id of its own and delivers the same message twice.
+    for r in ["first", "again"] {
+        let a = smsc.mo_without_id(wallet, "TOPUP 2 1234 +525512345678", r);
+        assert_eq!(a["status"], 0, "{a}");
+    }
+    smsc.wait_messages("+525512345678", 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(smsc.messages_to("+525512345678").len(), 1);
+    assert_eq!(smsc.messages_to(wallet).len(), 1, "one confirmation");
+    let topups = cli(&server, &["topups", "list"]);
+    let by_sms = topups
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["channel"] == "sms")
+        .count();
+    assert_eq!(by_sms, 1, "{topups}");
+    assert!(server.log().contains("SMS delivered again"));
+}
+
+#[test]
 fn sms_texts_hot_reload_and_a_broken_file_keeps_the_running_ones() {
     let mut smsc = Smsc::start(0, "secret");
     let texts = tempfile::tempdir().unwrap();

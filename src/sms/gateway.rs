@@ -577,20 +577,33 @@ impl Gateway {
             respond(status::OK);
             return;
         };
-        let id = match mo_id(&m, self.cfg.mo_id_tlv) {
-            Some(v) => format!("{name}:{v}"),
-            None => format!("{name}:local:{now}:{:016x}", rand::random::<u64>()),
-        };
-        let mo = Mo {
-            id,
-            smsc: name,
-            sender,
-            destination: m.destination.clone(),
-            text,
-        };
+        let smsc_id = mo_id(&m, self.cfg.mo_id_tlv);
+        let window_ms = self.cfg.mo_repeat_window.as_millis() as i64;
+        let destination = m.destination.clone();
         let shared = self.shared.clone();
         let keywords = self.keywords();
         tokio::spawn(async move {
+            let mo = Mo {
+                id: String::new(),
+                smsc: name,
+                sender,
+                destination,
+                text,
+                content_key: None,
+            };
+            let smsc = mo.smsc.clone();
+            let mo = match shared
+                .core
+                .identify_mo(mo, smsc_id.as_deref(), window_ms, now)
+                .await
+            {
+                Ok(mo) => mo,
+                Err(e) => {
+                    error!(%smsc, error = %e, "SMS command not recorded; the SMSC will deliver it again");
+                    respond(0x64);
+                    return;
+                }
+            };
             let commands = Commands {
                 core: &shared.core,
                 adapters: &shared.adapters,

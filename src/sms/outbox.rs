@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
 use crate::sms::messages::SmsTexts;
+use crate::sms::service::Mo;
 use crate::topup::ledger::accounts;
 use crate::topup::numbers::parse_number;
 use crate::topup::{Core, TopupError};
@@ -518,23 +519,21 @@ impl Core {
     /// Records an incoming message (PINs masked) and says whether to process it.
     pub async fn inbox_claim(
         &self,
-        id: &str,
-        smsc: &str,
-        source: &str,
-        destination: &str,
+        mo: &Mo,
         redacted: &str,
         now: i64,
     ) -> Result<InboxClaim, TopupError> {
         let n = sqlx::query(
-            "INSERT INTO sms_inbox (id, smsc, source, destination, command, state, received_at)
-             VALUES ($1, $2, $3, $4, $5, 'received', $6) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO sms_inbox (id, smsc, source, destination, command, state, received_at, content_key)
+             VALUES ($1, $2, $3, $4, $5, 'received', $6, $7) ON CONFLICT (id) DO NOTHING",
         )
-        .bind(id)
-        .bind(smsc)
-        .bind(source)
-        .bind(destination)
+        .bind(&mo.id)
+        .bind(&mo.smsc)
+        .bind(&mo.sender)
+        .bind(&mo.destination)
         .bind(redacted)
         .bind(now)
+        .bind(&mo.content_key)
         .execute(self.db.pool())
         .await?
         .rows_affected();
@@ -542,7 +541,7 @@ impl Core {
             return Ok(InboxClaim::New);
         }
         let state: String = sqlx::query("SELECT state FROM sms_inbox WHERE id = $1")
-            .bind(id)
+            .bind(&mo.id)
             .fetch_one(self.db.pool())
             .await?
             .try_get("state")?;
@@ -551,6 +550,53 @@ impl Core {
         } else {
             InboxClaim::Unfinished
         })
+    }
+
+    /// The id of a message received since `since` with this content key (see
+    /// `Pepper::mo_content_key`): the same message delivered again.
+    pub async fn inbox_repeat_of(
+        &self,
+        content_key: &str,
+        since: i64,
+    ) -> Result<Option<String>, TopupError> {
+        let row = sqlx::query(
+            "SELECT id FROM sms_inbox WHERE content_key = $1 AND received_at >= $2
+             ORDER BY received_at DESC LIMIT 1",
+        )
+        .bind(content_key)
+        .bind(since)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
+    }
+
+    /// Sets the id an incoming message is recorded under: the SMSC's own (`smsc_id`), else
+    /// the id of the same words from the same sender to the same number received within
+    /// `window_ms` (delivered again), else a new one; a message without an SMSC id also gets
+    /// its content key.
+    pub async fn identify_mo(
+        &self,
+        mut mo: Mo,
+        smsc_id: Option<&str>,
+        window_ms: i64,
+        now: i64,
+    ) -> Result<Mo, TopupError> {
+        if let Some(v) = smsc_id {
+            mo.id = format!("{}:{v}", mo.smsc);
+            return Ok(mo);
+        }
+        let key = self
+            .pepper
+            .mo_content_key(&mo.smsc, &mo.sender, &mo.destination, &mo.text);
+        let earlier = if window_ms > 0 {
+            self.inbox_repeat_of(&key, now - window_ms).await?
+        } else {
+            None
+        };
+        mo.id = earlier
+            .unwrap_or_else(|| format!("{}:local:{now}:{:016x}", mo.smsc, rand::random::<u64>()));
+        mo.content_key = Some(key);
+        Ok(mo)
     }
 
     /// Marks an incoming message answered (inside the reply's transaction when there is one).

@@ -21,13 +21,17 @@ use crate::topup::{Core, TopupError};
 /// An incoming message, whole (long messages already joined).
 #[derive(Clone, Debug)]
 pub struct Mo {
-    /// Unique per message at the SMSC (`<smsc>:<message id>`), or generated.
+    /// Unique per message at the SMSC (`<smsc>:<message id>`), or generated (see
+    /// `Core::identify_mo`).
     pub id: String,
     pub smsc: String,
     /// E.164.
     pub sender: String,
     pub destination: String,
     pub text: String,
+    /// For a message without an SMSC id: the keyed hash of sender, destination and words
+    /// (see `Pepper::mo_content_key`), kept to recognise it delivered again.
+    pub content_key: Option<String>,
 }
 
 /// What handling a message came to (for the inbox and logs): the reply's message name, or
@@ -69,17 +73,7 @@ impl Commands<'_> {
     /// Handles one message. Errors are the store's (the SMSC should deliver it again).
     pub async fn handle(&self, mo: &Mo, now: i64) -> Result<Outcome, TopupError> {
         let parsed = parse(&mo.text, self.keywords);
-        let claim = self
-            .core
-            .inbox_claim(
-                &mo.id,
-                &mo.smsc,
-                &mo.sender,
-                &mo.destination,
-                &parsed.redacted,
-                now,
-            )
-            .await?;
+        let claim = self.core.inbox_claim(mo, &parsed.redacted, now).await?;
         if claim == InboxClaim::Done {
             tracing::info!(id = %mo.id, "SMS delivered again; answered before");
             return Ok("duplicate".into());
@@ -481,8 +475,30 @@ mod tests {
                 sender: from.into(),
                 destination: "4242".into(),
                 text: text.into(),
+                content_key: None,
             };
             c.handle(&mo, NOW + self.n.get() as i64).await.unwrap()
+        }
+
+        /// A message the SMSC gave no id, received at `now` (repeats within 10 minutes are
+        /// the same message).
+        async fn send_without_id(&self, from: &str, text: &str, now: i64) -> String {
+            let mo = Mo {
+                id: String::new(),
+                smsc: "main".into(),
+                sender: from.into(),
+                destination: "4242".into(),
+                text: text.into(),
+                content_key: None,
+            };
+            let mo = self.core.identify_mo(mo, None, 600_000, now).await.unwrap();
+            let c = Commands {
+                core: self.core,
+                adapters: &self.adapters,
+                hlr: None,
+                keywords: &self.keywords,
+            };
+            c.handle(&mo, now).await.unwrap()
         }
 
         async fn send(&self, from: &str, text: &str) -> String {
@@ -544,6 +560,46 @@ mod tests {
             assert_eq!(t.send("+12015550199", "AYUDA").await, "help");
             let r = t.outbox("+12015550199").await;
             assert!(r[1].body.starts_with("RECARGA <PIN tarjeta>"), "{r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_without_an_smsc_id_delivered_again_tops_up_once() {
+        for (core, _g) in sms_cores().await {
+            let t = T::new(&core);
+            let text = "TOPUP 2 1234 +525512345678";
+            let first = t.send_without_id(demo::WALLET, text, NOW).await;
+            // The SMSC delivers it again a minute later: nothing is done twice.
+            let again = t.send_without_id(demo::WALLET, text, NOW + 60_000).await;
+            assert_eq!(again, "duplicate");
+            // Other words (a wrong PIN) are another message.
+            let wrong = "TOPUP 2 9999 +525512345678";
+            assert_eq!(
+                t.send_without_id(demo::WALLET, wrong, NOW + 70_000).await,
+                "wrong_pin"
+            );
+            // The same words after the window: a new top-up.
+            let later = t.send_without_id(demo::WALLET, text, NOW + 700_000).await;
+            assert_eq!(later, first);
+            let sent: Vec<_> = core
+                .list_topups(None, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.channel == "sms")
+                .collect();
+            assert_eq!(sent.len(), 2, "{sent:?}");
+            // The key stored for recognising repeats does not hold the PIN.
+            let keys: Vec<String> =
+                sqlx::query("SELECT content_key FROM sms_inbox WHERE content_key IS NOT NULL")
+                    .fetch_all(core.db.pool())
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| sqlx::Row::try_get(r, "content_key").unwrap())
+                    .collect();
+            assert_eq!(keys.len(), 3);
+            assert!(keys.iter().all(|k| k.len() == 64 && !k.contains("1234")));
         }
     }
 

@@ -106,6 +106,24 @@ impl Pepper {
         mac.update(pin.expose().as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
+
+    /// The key of an incoming SMS the SMSC gave no id (its words may hold a PIN: keyed, so a
+    /// copy of the database does not let anyone test PINs against it).
+    pub fn mo_content_key(
+        &self,
+        smsc: &str,
+        sender: &str,
+        destination: &str,
+        text: &str,
+    ) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"mo:");
+        for part in [smsc, sender, destination, text] {
+            mac.update(part.as_bytes());
+            mac.update(b"\0");
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
 }
 
 /// Refuses a secret file that others than its owner may read or change (as ssh does with a

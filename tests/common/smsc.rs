@@ -150,6 +150,13 @@ impl Smsc {
         self.wait_answer(id)
     }
 
+    /// Sends an MO message without an SMSC id (as most SMSCs do) and waits for the answer to
+    /// it, matched by `reference` (which goes nowhere else).
+    pub fn mo_without_id(&mut self, from: &str, text: &str, reference: &str) -> Value {
+        self.send(serde_json::json!({"cmd": "mo", "from": from, "text": text, "ref": reference}));
+        self.wait_answer(reference)
+    }
+
     /// Waits for the ESME's answer to the deliver_sm with reference `id` (its last part).
     pub fn wait_answer(&self, id: &str) -> Value {
         let ev = self.wait_for(
