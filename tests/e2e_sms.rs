@@ -446,6 +446,45 @@ fn the_smsc_killed_mid_stream_and_restarted_loses_nothing_and_repeats_nothing() 
 }
 
 #[test]
+fn an_smsc_that_never_sends_receipts_gets_each_message_once_and_they_stay_sent() {
+    let mut smsc = Smsc::start(0, "secret");
+    // Receipts are asked for (the default) but never come.
+    smsc.send(json!({"cmd": "receipts", "stat": null}));
+    let server = Server::start(&sms_extra(smsc.port, "secret"));
+    bound(&smsc);
+    ten_topups(&server);
+    let rows = wait_outbox(&server, &["sent"]);
+    assert_eq!(
+        rows.len(),
+        22,
+        "20 confirmations and the 2 demo alerts: {rows:?}"
+    );
+    // Well past the sender's rounds (every 250 ms) and its first retry (5 s): nothing is sent
+    // again and nothing is marked failed for want of a receipt.
+    std::thread::sleep(Duration::from_secs(6));
+    let rows = outbox(&server);
+    assert!(
+        rows.iter()
+            .all(|r| r["state"] == "sent" && r["attempts"] == 1),
+        "{rows:?}"
+    );
+    let messages = smsc.of("message");
+    assert_eq!(
+        messages.len(),
+        rows.len(),
+        "each message once: {messages:?}"
+    );
+    // (The SMSC really sent none: its receipts are deliver_sm answered as receipt:<id>.)
+    assert!(
+        !smsc
+            .of("deliver_resp")
+            .iter()
+            .any(|v| v["ref"].as_str().unwrap_or("").starts_with("receipt:")),
+        "a receipt was sent"
+    );
+}
+
+#[test]
 fn throttling_pauses_sending_and_every_message_still_goes_once() {
     let mut smsc = Smsc::start(0, "secret");
     smsc.send(json!({"cmd": "throttle", "count": 2, "status": 0x58}));
