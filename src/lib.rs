@@ -5,6 +5,7 @@ pub mod call;
 pub mod config;
 pub mod dialplan;
 pub mod http;
+pub mod live;
 pub mod loadgen;
 pub mod media;
 pub mod redact;

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::dialplan::{DialplanError, Dialplans};
+use crate::live::Live;
 use crate::media::prompts::{LoadOptions, PromptError, PromptStore};
 use crate::store::{Db, Store, StoreError};
 use crate::telephony::sip::endpoint::{Endpoint, EndpointConfig};
@@ -60,7 +61,7 @@ pub struct Shared {
     pub cfg: Config,
     /// Prompts and dialplans; replaced whole on reload (calls keep the version they started
     /// with, through their own `Arc`s).
-    content: std::sync::RwLock<(Arc<PromptStore>, Arc<Dialplans>)>,
+    content: Live<(Arc<PromptStore>, Arc<Dialplans>)>,
     /// The top-up core (its database also holds the call records).
     pub core: Core,
     pub adapters: Adapters,
@@ -85,17 +86,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn prompts(&self) -> Arc<PromptStore> {
-        self.content
-            .read()
-            .map(|c| c.0.clone())
-            .unwrap_or_else(|p| p.into_inner().0.clone())
+        self.content.current().0.clone()
     }
 
     pub fn dialplans(&self) -> Arc<Dialplans> {
-        self.content
-            .read()
-            .map(|c| c.1.clone())
-            .unwrap_or_else(|p| p.into_inner().1.clone())
+        self.content.current().1.clone()
     }
 
     /// Loads prompts, dialplans and (when SMS are on) the SMS texts again; on any error
@@ -106,8 +101,8 @@ impl Shared {
             Some(texts) => Some((texts, sms_messages(&self.cfg)?)),
             None => None,
         };
-        let mut c = self.content.write().unwrap_or_else(|p| p.into_inner());
-        *c = (Arc::new(prompts), Arc::new(dialplans));
+        self.content
+            .replace((Arc::new(prompts), Arc::new(dialplans)));
         if let Some((texts, m)) = sms {
             texts.replace(m);
         }
@@ -211,7 +206,7 @@ pub async fn open_core(cfg: &Config) -> Result<Core, ServeError> {
     let pepper = Pepper::load(&cfg.pin_pepper_file)?;
     let core = Core::new(db, pepper, cfg.auth).with_call_limits(cfg.calling_limits.clone());
     Ok(match load_sms(cfg)? {
-        Some(m) => core.with_sms(crate::sms::messages::SmsTexts::new(m)),
+        Some(m) => core.with_sms(Live::new(m)),
         None => core,
     })
 }
@@ -380,7 +375,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         freeswitch_up: Default::default(),
         metrics: install_metrics(),
         active_by_service: Default::default(),
-        content: std::sync::RwLock::new((Arc::new(prompts), Arc::new(dialplans))),
+        content: Live::new((Arc::new(prompts), Arc::new(dialplans))),
         store: store.clone(),
         shutdown: shutdown_rx,
         hlr: hlr(&cfg),

@@ -103,6 +103,12 @@ pub fn parse_receipt(m: &Incoming) -> Option<Receipt> {
     })
 }
 
+/// The command keywords of `messages`, kept with the texts they were read from.
+fn keywords_of(messages: Arc<Messages>) -> (Arc<Messages>, Arc<Keywords>) {
+    let keywords = Arc::new(Keywords::new(messages.keywords()));
+    (messages, keywords)
+}
+
 /// The SMSC's own id of an incoming message, from the configured TLV.
 pub fn mo_id(m: &Incoming, tag: u16) -> Option<String> {
     let raw = if tag == 0x001E {
@@ -178,11 +184,7 @@ pub async fn run(shared: Arc<Shared>) {
     let Some(texts) = shared.core.sms.clone() else {
         return;
     };
-    let messages = texts.current();
-    let keywords = (
-        messages.clone(),
-        Arc::new(Keywords::new(messages.keywords())),
-    );
+    let keywords = keywords_of(texts.current());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<LinkEvent>();
     let mut links = vec![];
     let mut tasks = vec![];
@@ -510,7 +512,7 @@ impl Gateway {
         if let Some(texts) = &self.shared.core.sms {
             let now = texts.current();
             if !Arc::ptr_eq(&now, &self.keywords.0) {
-                self.keywords = (now.clone(), Arc::new(Keywords::new(now.keywords())));
+                self.keywords = keywords_of(now);
             }
         }
         self.keywords.1.clone()

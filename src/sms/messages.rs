@@ -300,26 +300,9 @@ pub struct Messages {
     countries: BTreeMap<String, String>,
 }
 
-/// The SMS texts in use. The server replaces them whole when their files change (see
-/// `server::reload`); a message being written keeps the version it started with.
-#[derive(Clone, Debug)]
-pub struct SmsTexts(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Messages>>>);
-
-impl SmsTexts {
-    pub fn new(m: Messages) -> SmsTexts {
-        SmsTexts(std::sync::Arc::new(std::sync::RwLock::new(
-            std::sync::Arc::new(m),
-        )))
-    }
-
-    pub fn current(&self) -> std::sync::Arc<Messages> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn replace(&self, m: Messages) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(m);
-    }
-}
+/// The SMS texts in use, replaced whole when their files change (`Shared::reload`); a
+/// message being written keeps the version it started with.
+pub type SmsTexts = crate::live::Live<Messages>;
 
 /// Values that stand in for placeholders when a message's length is checked.
 fn sample(name: &str) -> &'static str {
