@@ -161,13 +161,7 @@ fn calls_spread_over_two_nodes_and_stopping_one_drops_no_call() {
     for c in &calls {
         assert_eq!(c["end_reason"], "caller-hangup", "{c}");
     }
-    let topups = cli(&b, &["topups", "list"]);
-    let ok = topups
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["state"] == "succeeded")
-        .count();
+    let (ok, topups) = count_topups(&b, "state", "succeeded");
     assert_eq!(ok, 2, "{topups}");
     let wallet = cli(&b, &["accounts", "show", "+12015550100"]);
     assert_eq!(wallet["wallet"]["balance"], "13.02", "25.00 - 2 x 5.99");

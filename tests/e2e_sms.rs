@@ -120,17 +120,8 @@ fn sms_commands_are_carried_out_and_answered_once() {
         1,
         "the repeated delivery topped up nothing"
     );
-    let topups = cli(&server, &["topups", "list"]);
-    assert_eq!(
-        topups
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["channel"] == "sms")
-            .count(),
-        2,
-        "{topups}"
-    );
+    let (by_sms, topups) = count_topups(&server, "channel", "sms");
+    assert_eq!(by_sms, 2, "{topups}");
     let log = server.log();
     assert!(!log.contains("22223333444455"), "a card PIN was logged");
     for said in ["2 1234", "BAL 1234", "2   1234"] {
@@ -157,13 +148,7 @@ fn a_command_delivered_again_without_an_smsc_id_is_carried_out_once() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(smsc.messages_to("+525512345678").len(), 1);
     assert_eq!(smsc.messages_to(wallet).len(), 1, "one confirmation");
-    let topups = cli(&server, &["topups", "list"]);
-    let by_sms = topups
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["channel"] == "sms")
-        .count();
+    let (by_sms, topups) = count_topups(&server, "channel", "sms");
     assert_eq!(by_sms, 1, "{topups}");
     assert!(server.log().contains("SMS delivered again"));
 }

@@ -91,13 +91,7 @@ fn card_top_ups_follow_the_recharge_plan_with_one_card_per_call() {
     );
     assert!(ok, "{err}\n{r:#}");
     assert_eq!(r["established"], 4, "{r:#}");
-    let topups = cli(&server, &["topups", "list"]);
-    let posted = topups
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["state"] == "succeeded")
-        .count();
+    let (posted, topups) = count_topups(&server, "state", "succeeded");
     assert_eq!(posted, 4, "{topups:#}");
     cli_ok(&server, &["ledger", "check"]);
     // A PIN reused by a fifth call is refused by the service, and the generator says so.

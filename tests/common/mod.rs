@@ -359,6 +359,19 @@ pub fn calling_wallet(server: &Server) {
     );
 }
 
+/// How many top-ups have `field` equal to `value` (e.g. state succeeded, channel sms), and
+/// the whole list (for the assertion's message).
+pub fn count_topups(server: &Server, field: &str, value: &str) -> (usize, serde_json::Value) {
+    let topups = cli(server, &["topups", "list"]);
+    let n = topups
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t[field] == value)
+        .count();
+    (n, topups)
+}
+
 /// Copies the files of `from` (not its subdirectories) into `to`, e.g. shipped dialplans or
 /// SMS texts a test then edits.
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
