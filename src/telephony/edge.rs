@@ -136,6 +136,29 @@ pub async fn run_call(
     .await
 }
 
+/// Writes the record of a call that was answered but never reached its plan: the softswitch
+/// could not set its media up, or the caller left meanwhile. Every answered call gets a CDR,
+/// whatever failed (staff count answered calls against records).
+pub async fn record_unserved(shared: &Shared, call: &EdgeCall, answered_at: String, reason: &str) {
+    let cdr = Cdr {
+        call_id: call.call_id.clone(),
+        caller: call.caller.clone(),
+        dialled: call.dialled.clone(),
+        service: Some(call.plan.service.clone()),
+        codec: Some(call.codec.name().to_string()),
+        dtmf_methods: String::new(),
+        started_at: answered_at.clone(),
+        answered_at: Some(answered_at),
+        ended_at: timestamp(),
+        end_reason: reason.to_string(),
+        digits: None,
+    };
+    info!(reason, "call ended before its plan started");
+    if let Err(e) = shared.store.insert_cdr(&cdr).await {
+        warn!(error = %e, "CDR not written");
+    }
+}
+
 /// Why a softswitch call was not taken.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {

@@ -41,6 +41,8 @@ enum LegEvent {
     Dtmf(Digit),
     /// The caller's channel left the application or was destroyed.
     CallerGone(String),
+    /// The media channel entered the application: only now may it join a bridge.
+    MediaUp,
     /// The media channel is gone.
     MediaGone,
     /// The outbound leg answered (it entered the application).
@@ -68,8 +70,20 @@ enum Leg {
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long one attempt to open the events connection may take (an Asterisk host that is
+/// down drops the SYN rather than refusing it).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The wait between attempts to reach ARI while Asterisk is down: short, so the application
+/// is registered again within a second of Asterisk's return (until then Asterisk refuses
+/// every call for it: "Stasis app doesn't exist"), and jittered, so the nodes of a cluster do
+/// not knock in step. An attempt costs one refused TCP connection.
+fn retry_delay() -> Duration {
+    Duration::from_millis(rand::random_range(200..=600))
+}
+
+/// How often a long outage is logged again (its first failure is logged at once).
+const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// Runs the Stasis application until the service stops (returns at once without `[asterisk]`).
 pub async fn run(shared: Arc<Shared>) {
@@ -81,13 +95,20 @@ pub async fn run(shared: Arc<Shared>) {
     let (done_tx, mut done_rx) = mpsc::channel::<Vec<String>>(64);
     let mut routes: HashMap<String, (mpsc::Sender<LegEvent>, Leg)> = HashMap::new();
     let mut shutdown = shared.shutdown.clone();
-    let mut backoff = BACKOFF_MIN;
+    // Since when ARI has been out of reach, and when that was last logged.
+    let mut outage: Option<(Instant, Instant)> = None;
     loop {
-        match connect_events(&ari, &cfg.app).await {
-            Ok(mut ws) => {
-                info!(url = %ari.events_url(&cfg.app), "ARI connected");
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect_events(&ari, &cfg.app)).await {
+            Ok(Ok(mut ws)) => {
+                match outage.take() {
+                    Some((since, _)) => info!(
+                        url = %ari.events_url(&cfg.app),
+                        down_ms = since.elapsed().as_millis() as u64,
+                        "ARI connected again"
+                    ),
+                    None => info!(url = %ari.events_url(&cfg.app), "ARI connected"),
+                }
                 shared.asterisk_up.store(true, Ordering::Relaxed);
-                backoff = BACKOFF_MIN;
                 recover(&ari, &routes).await;
                 loop {
                     tokio::select! {
@@ -117,11 +138,13 @@ pub async fn run(shared: Arc<Shared>) {
                         }
                     }
                 }
+                outage = Some((Instant::now(), Instant::now()));
             }
-            Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot connect to ARI"),
+            Ok(Err(e)) => log_outage(&mut outage, &e.to_string()),
+            Err(_) => log_outage(&mut outage, "no answer in 2 s"),
         }
         shared.asterisk_up.store(false, Ordering::Relaxed);
-        let wait = tokio::time::sleep(backoff);
+        let wait = tokio::time::sleep(retry_delay());
         tokio::pin!(wait);
         loop {
             tokio::select! {
@@ -134,7 +157,23 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             }
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Logs a failed attempt to reach ARI: the first of an outage at once, then one line per
+/// [`OUTAGE_LOG_EVERY`] (attempts are a few a second).
+fn log_outage(outage: &mut Option<(Instant, Instant)>, error: &str) {
+    let now = Instant::now();
+    match outage {
+        None => {
+            warn!(%error, "cannot connect to ARI; retrying every 200-600 ms");
+            *outage = Some((now, now));
+        }
+        Some((since, logged)) if now.duration_since(*logged) >= OUTAGE_LOG_EVERY => {
+            warn!(%error, down_s = since.elapsed().as_secs(), "still cannot connect to ARI");
+            *logged = now;
+        }
+        Some(_) => debug!(%error, "cannot connect to ARI"),
     }
 }
 
@@ -203,7 +242,8 @@ fn on_event(
             match routes.get(&channel.id) {
                 // The outbound leg answered.
                 Some((_, Leg::Callee)) => return route(routes, &channel.id, LegEvent::CalleeUp),
-                // Our own media channel entering the application.
+                // Our own media channel entering the application: the call may bridge it.
+                Some((_, Leg::Media)) => return route(routes, &channel.id, LegEvent::MediaUp),
                 Some(_) => return,
                 None => {}
             }
@@ -280,6 +320,8 @@ enum MediaConn {
     Ws {
         ws: Box<WsStream>,
         xoff: bool,
+        /// Our Close frame went out: Asterisk hangs the media channel up on it.
+        closed: bool,
     },
     Rtp {
         socket: UdpSocket,
@@ -287,17 +329,69 @@ enum MediaConn {
     },
 }
 
+impl MediaConn {
+    /// Ends a chan_websocket connection with a Close frame (never a bare reset, which
+    /// Asterisk logs as an error) and waits briefly for Asterisk's Close in return. Returns
+    /// whether the media channel is thereby hung up (closing it is how chan_websocket's
+    /// channel ends; a DELETE after that answers 404). An RTP leg is not closed here: its
+    /// channel is hung up by REST.
+    async fn close(&mut self) -> bool {
+        let MediaConn::Ws { ws, closed, .. } = self else {
+            return false;
+        };
+        if *closed {
+            return true;
+        }
+        *closed = true;
+        // Close, then read until Asterisk's Close (or the end) comes back; a peer that
+        // neither reads nor answers gets no more than CLOSE_WAIT.
+        let handshake = async {
+            if ws.as_mut().close(None).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        };
+        if tokio::time::timeout(CLOSE_WAIT, handshake).await.is_err() {
+            debug!("no Close frame back from chan_websocket in time");
+        }
+        true
+    }
+}
+
+/// How long Asterisk has to answer our Close frame.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a new media channel may take to enter the application. Asterisk puts an
+/// externalMedia channel into Stasis only once it is up (for chan_websocket, once our
+/// connection is in), on another thread; a bridge refuses it until then (422 "Channel not
+/// in Stasis application").
+const MEDIA_ENTER_WAIT: Duration = Duration::from_secs(5);
+
 async fn call_task(mut t: CallTask) {
     let caller_id = t.channel.id.clone();
     let bridge_id = format!("{caller_id}-bridge");
     let mut state = Cleanup::default();
-    let reason = run_leg(&mut t, &bridge_id, &mut state).await;
-    // Whatever happened, nothing stays behind in Asterisk.
-    if state.bridge {
-        let _ = t.ari.destroy_bridge(&bridge_id).await;
+    let mut media = None;
+    let reason = run_leg(&mut t, &bridge_id, &mut state, &mut media).await;
+    debug!(reason, "cleaning up");
+    // Whatever happened, nothing stays behind in Asterisk. The media connection first: its
+    // Close frame also hangs a chan_websocket channel up.
+    if let Some(conn) = media.as_mut()
+        && conn.close().await
+    {
+        state.media = false;
     }
-    if state.media {
-        let _ = t.ari.hangup(&t.media_id, "normal").await;
+    debug!("media closed");
+    if state.bridge
+        && let Err(e) = t.ari.destroy_bridge(&bridge_id).await
+        && !e.is_not_found()
+    {
+        warn!(error = %e, "bridge not destroyed");
+    }
+    if state.media
+        && let Err(e) = t.ari.hangup(&t.media_id, "normal").await
+        && !e.is_not_found()
+    {
+        warn!(error = %e, "media channel not hung up");
     }
     if !state.caller_gone
         && !state.left
@@ -323,6 +417,7 @@ async fn call_task(mut t: CallTask) {
 #[derive(Default)]
 struct Cleanup {
     bridge: bool,
+    /// The media channel exists.
     media: bool,
     caller_gone: bool,
     /// The caller went on in the dialplan (escalation): not ours to hang up.
@@ -336,8 +431,29 @@ fn callee_id(caller: &str) -> String {
     format!("{caller}-out")
 }
 
+/// Why an answered call never reached its plan.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("no media channel: {0}")]
+    Media(#[from] MediaError),
+    #[error("the media channel did not enter the application in {0:?}")]
+    MediaNotUp(Duration),
+    #[error("the media channel was hung up before it was bridged")]
+    MediaGone,
+    #[error("cannot bridge: {0}")]
+    Bridge(ari::AriError),
+    /// The caller hung up meanwhile (with the reason for the CDR).
+    #[error("the caller left")]
+    CallerLeft(String),
+}
+
 /// Sets the call up and runs it; returns the hangup reason for the caller's channel.
-async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'static str {
+async fn run_leg(
+    t: &mut CallTask,
+    bridge_id: &str,
+    st: &mut Cleanup,
+    media: &mut Option<MediaConn>,
+) -> &'static str {
     let caller_id = t.channel.id.clone();
     let dialled = t
         .args
@@ -362,35 +478,8 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
         st.caller_gone = e.is_not_found();
         return "failure";
     }
-    let format = match t.cfg.codec {
-        Codec::Pcmu => "ulaw",
-        Codec::Pcma => "alaw",
-    };
-    let mut media = match open_media(t, format, st).await {
-        Ok(m) => m,
-        Err(e) => {
-            warn!(error = %e, "no media channel");
-            return "failure";
-        }
-    };
-    if let Err(e) = t.ari.create_bridge(bridge_id).await {
-        warn!(error = %e, "cannot create bridge");
-        return "failure";
-    }
-    st.bridge = true;
-    if let Err(e) = t
-        .ari
-        .add_channels(bridge_id, &[&caller_id, &t.media_id])
-        .await
-    {
-        warn!(error = %e, "cannot bridge");
-        st.caller_gone = e.is_not_found();
-        return "failure";
-    }
-
+    let answered_at = crate::call::timestamp();
     let inband = t.shared.cfg.inband_dtmf == crate::config::InbandDtmf::Always;
-    let (ev_tx, ev_rx) = mpsc::channel(64);
-    let (cmd_tx, mut cmd_rx) = mpsc::channel(MEDIA_QUEUE);
     let call = EdgeCall {
         call_id: caller_id.clone(),
         caller,
@@ -400,6 +489,28 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
         inband,
         can_dial: t.cfg.calling_endpoint.is_some(),
     };
+    // Keys the caller presses while the media is being set up count (typed ahead).
+    let mut early = vec![];
+    if let Err(e) = set_up(t, bridge_id, st, media, &mut early).await {
+        let reason = match e {
+            SetupError::CallerLeft(why) => {
+                st.caller_gone = true;
+                why
+            }
+            e => {
+                warn!(error = %e, "call not set up");
+                "setup-failed".to_string()
+            }
+        };
+        edge::record_unserved(&t.shared, &call, answered_at, &reason).await;
+        return "failure";
+    }
+    let Some(media) = media.as_mut() else {
+        return "failure";
+    };
+
+    let (ev_tx, ev_rx) = mpsc::channel(64);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(MEDIA_QUEUE);
     let driver = tokio::spawn(edge::run_call(
         t.shared.clone(),
         call,
@@ -413,16 +524,21 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
             .handle(now, d, source)
             .then_some(EdgeEvent::Digit(d, DtmfMethod::Softswitch))
     };
+    for (at, d) in early {
+        if let Some(e) = key(at, d, KeySource::Control) {
+            let _ = ev_tx.send(e).await;
+        }
+    }
     let mut buf = vec![0u8; 2048];
     let mut pcm = vec![0i16; 0];
     let codec = t.cfg.codec;
     let reason = loop {
         tokio::select! {
             cmd = cmd_rx.recv() => match cmd {
-                Some(EdgeCommand::Media(pkt)) => match &mut media {
-                    MediaConn::Ws { ws, xoff } => {
+                Some(EdgeCommand::Media(pkt)) => match media {
+                    MediaConn::Ws { ws, xoff, closed } => {
                         // chan_websocket takes bare frames in the channel's format.
-                        if !*xoff && pkt.len() > 12 {
+                        if !*xoff && !*closed && pkt.len() > 12 {
                             let _ = ws.send(Message::Binary(pkt[12..].to_vec().into())).await;
                         }
                     }
@@ -431,7 +547,7 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                     }
                 },
                 Some(EdgeCommand::Flush) => {
-                    if let MediaConn::Ws { ws, .. } = &mut media
+                    if let MediaConn::Ws { ws, .. } = media
                         && let Ok(text) = Command::FlushMedia.to_json()
                     {
                         let _ = ws.send(Message::Text(text.into())).await;
@@ -439,8 +555,8 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                 }
                 Some(EdgeCommand::Transfer { escalation, target, reason }) => {
                     // "Please hold while I transfer you" must be heard to its end first.
-                    played_out(&mut media).await;
-                    let r = escalate(t, bridge_id, st, &escalation, &target, &reason).await;
+                    played_out(media).await;
+                    let r = escalate(t, bridge_id, st, media, &escalation, &target, &reason).await;
                     let ok = r.is_ok();
                     let _ = ev_tx.send(EdgeEvent::Transferred(r)).await;
                     if ok {
@@ -448,7 +564,7 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                     }
                 }
                 Some(EdgeCommand::Hangup(_)) => {
-                    played_out(&mut media).await;
+                    played_out(media).await;
                     break "normal";
                 }
                 Some(EdgeCommand::Dial { number, caller }) => {
@@ -507,6 +623,7 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                         let _ = ev_tx.send(EdgeEvent::Dial(ev)).await;
                     }
                 }
+                Some(LegEvent::MediaUp) => {}
                 Some(LegEvent::MediaGone) | None => {
                     st.media = false;
                     if let Some(why) = edge::wait_for(&mut t.events, caller_gone).await {
@@ -518,7 +635,7 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                     break "failure";
                 }
             },
-            msg = media_recv(&mut media, &mut buf) => match msg {
+            msg = media_recv(media, &mut buf) => match msg {
                 MediaIn::Audio(frame) => {
                     if inband {
                         pcm.resize(frame.len(), 0);
@@ -532,8 +649,8 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                             let _ = ev_tx.send(e).await;
                         }
                     }
-                    Some(chan_websocket::Event::MediaXoff) => set_xoff(&mut media, true),
-                    Some(chan_websocket::Event::MediaXon) => set_xoff(&mut media, false),
+                    Some(chan_websocket::Event::MediaXoff) => set_xoff(media, true),
+                    Some(chan_websocket::Event::MediaXon) => set_xoff(media, false),
                     Some(chan_websocket::Event::MediaStart { format, optimal_frame_size, .. }) => {
                         debug!(%format, optimal_frame_size, "media started");
                     }
@@ -541,6 +658,11 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                     _ => {}
                 },
                 MediaIn::Closed => {
+                    // Asterisk closed it: the media channel is gone with it.
+                    st.media = false;
+                    if let MediaConn::Ws { closed, .. } = media {
+                        *closed = true;
+                    }
                     // When the caller hangs up, the media channel may go first.
                     if let Some(why) = edge::wait_for(&mut t.events, caller_gone).await {
                         st.caller_gone = true;
@@ -548,7 +670,6 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
                         break "normal";
                     }
                     info!("media connection closed");
-                    st.media = false;
                     let _ = ev_tx.send(EdgeEvent::Ended("media-lost".into())).await;
                     break "failure";
                 }
@@ -559,10 +680,60 @@ async fn run_leg(t: &mut CallTask, bridge_id: &str, st: &mut Cleanup) -> &'stati
     drop(ev_tx);
     // The driver writes the CDR; wait for it so the call's permit is back before clean-up ends.
     let _ = driver.await;
-    if let MediaConn::Ws { ws, .. } = &mut media {
-        let _ = ws.send(Message::Close(None)).await;
-    }
     reason
+}
+
+/// Answered caller → media channel in the application → caller and media in one bridge.
+/// Keys pressed meanwhile are kept in `early`.
+async fn set_up(
+    t: &mut CallTask,
+    bridge_id: &str,
+    st: &mut Cleanup,
+    media: &mut Option<MediaConn>,
+    early: &mut Vec<(Instant, Digit)>,
+) -> Result<(), SetupError> {
+    let format = match t.cfg.codec {
+        Codec::Pcmu => "ulaw",
+        Codec::Pcma => "alaw",
+    };
+    *media = Some(open_media(t, format, st).await?);
+    t.ari
+        .create_bridge(bridge_id)
+        .await
+        .map_err(SetupError::Bridge)?;
+    st.bridge = true;
+    // The caller is in the application already: bridge it while the media channel comes up.
+    if let Err(e) = t.ari.add_channels(bridge_id, &[&t.channel.id]).await {
+        if e.is_not_found() {
+            return Err(SetupError::CallerLeft("caller-hangup".into()));
+        }
+        return Err(SetupError::Bridge(e));
+    }
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + MEDIA_ENTER_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, t.events.recv()).await {
+            Ok(Some(LegEvent::MediaUp)) => break,
+            Ok(Some(LegEvent::Dtmf(d))) => early.push((Instant::now(), d)),
+            Ok(Some(LegEvent::CallerGone(why))) => return Err(SetupError::CallerLeft(why)),
+            Ok(Some(LegEvent::MediaGone)) => {
+                st.media = false;
+                return Err(SetupError::MediaGone);
+            }
+            Ok(Some(LegEvent::CalleeUp | LegEvent::CalleeGone(_))) => {}
+            Ok(None) => return Err(SetupError::MediaGone),
+            Err(_) => return Err(SetupError::MediaNotUp(MEDIA_ENTER_WAIT)),
+        }
+    }
+    debug!(
+        wait_ms = started.elapsed().as_millis() as u64,
+        "media channel in the application"
+    );
+    match t.ari.add_channels(bridge_id, &[&t.media_id]).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Err(SetupError::MediaGone),
+        Err(e) => Err(SetupError::Bridge(e)),
+    }
 }
 
 enum MediaIn {
@@ -574,6 +745,7 @@ enum MediaIn {
 
 async fn media_recv(media: &mut MediaConn, buf: &mut [u8]) -> MediaIn {
     match media {
+        MediaConn::Ws { closed: true, .. } => std::future::pending().await,
         MediaConn::Ws { ws, .. } => match ws.next().await {
             Some(Ok(Message::Binary(b))) => MediaIn::Audio(b.to_vec()),
             Some(Ok(Message::Text(t))) => MediaIn::Control(t.to_string()),
@@ -598,7 +770,10 @@ const PLAYOUT_WAIT: Duration = Duration::from_secs(2);
 /// Waits until chan_websocket has played everything queued (`MARK_MEDIA` →
 /// `MEDIA_MARK_PROCESSED`): removing the media channel earlier cuts off the last words.
 async fn played_out(media: &mut MediaConn) {
-    let MediaConn::Ws { ws, .. } = media else {
+    let MediaConn::Ws {
+        ws, closed: false, ..
+    } = media
+    else {
         return;
     };
     let Ok(mark) = Command::MarkMedia("played-out").to_json() else {
@@ -657,6 +832,7 @@ async fn open_media(t: &CallTask, format: &str, st: &mut Cleanup) -> Result<Medi
             Ok(MediaConn::Ws {
                 ws: Box::new(ws),
                 xoff: false,
+                closed: false,
             })
         }
         AriMedia::Rtp => {
@@ -716,6 +892,7 @@ async fn escalate(
     t: &CallTask,
     bridge_id: &str,
     st: &mut Cleanup,
+    media: &mut MediaConn,
     escalation: &str,
     target: &str,
     reason: &str,
@@ -729,6 +906,10 @@ async fn escalate(
         .set_variable(caller, "TOPUP_ESCALATION_REASON", reason)
         .await
         .map_err(|e| e.to_string())?;
+    // The media channel goes first (its Close frame hangs a chan_websocket channel up).
+    if media.close().await {
+        st.media = false;
+    }
     if st.media {
         let _ = t.ari.hangup(&t.media_id, "normal").await;
         st.media = false;

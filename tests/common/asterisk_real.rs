@@ -1,0 +1,447 @@
+//! A real Asterisk 23.4.1 for the end-to-end tests: the prebuilt, relocatable install from
+//! `../shared/tools/asterisk/` (see its README), unpacked once per test target into
+//! `CARGO_TARGET_TMPDIR`, and started per test with a configuration directory, ports and RTP
+//! range of its own. The configuration is the one shipped in `docker/asterisk/` with only the
+//! addresses, ports and password replaced, so the tests prove the shipped files work.
+//!
+//! Callers are sipp (`tests/sipp/asterisk_*.xml`) dialling Asterisk's PJSIP; what a caller
+//! heard is captured with tcpdump on its media port.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_tcp_port, free_udp_port, repo};
+
+/// The version the tests run against (and the README names).
+pub const VERSION: &str = "23.4.1";
+/// The Stasis application of the shipped `extensions.conf`.
+pub const APP: &str = "topup-ivr";
+/// The ARI password the tests give Asterisk (ari.conf is written from the shipped template).
+pub const ARI_PASSWORD: &str = "ari-test-secret";
+/// The shipped extensions: 7000 runs the recharge plan, 7001 the wallet; the tests add 7002
+/// for the echo line.
+pub const RECHARGE: &str = "7000";
+pub const WALLET: &str = "7001";
+pub const ECHO: &str = "7002";
+
+/// The prebuilt install, unpacked once per test target (several test threads and processes
+/// may ask at once: unpack beside, then rename into place).
+fn install() -> PathBuf {
+    let tarball = std::env::var_os("TOPUP_IVR_ASTERISK_TARBALL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            repo().join(format!(
+                "../shared/tools/asterisk/asterisk-{VERSION}-debian12-amd64.tar.gz"
+            ))
+        });
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peers");
+    let root = base.join(format!("asterisk-{VERSION}"));
+    if root.join("sbin/asterisk").exists() {
+        return root;
+    }
+    assert!(
+        tarball.exists(),
+        "the prebuilt Asterisk {VERSION} is not at {} (set TOPUP_IVR_ASTERISK_TARBALL)",
+        tarball.display()
+    );
+    std::fs::create_dir_all(&base).unwrap();
+    let scratch = tempfile::tempdir_in(&base).unwrap();
+    let ok = Command::new("tar")
+        .arg("-xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(scratch.path())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cannot unpack {}", tarball.display());
+    // Another thread may have won the race: its copy is as good as ours.
+    let _ = std::fs::rename(scratch.path().join(format!("asterisk-{VERSION}")), &root);
+    assert!(root.join("sbin/asterisk").exists(), "{}", root.display());
+    root
+}
+
+/// RTP ports for the Asterisks of this process: two ranges of 1,200 between 30000 and 32399,
+/// below the ephemeral range and above the service's (20000-29000) and the peers'
+/// (10000-19999). A storm of ~200 calls holds a pair for each caller and one for each media
+/// channel. Each Asterisk holds a range until it is dropped; a third at once (more test
+/// threads than two) shares one (Asterisk skips ports in use).
+static RTP_SLOTS: std::sync::Mutex<[bool; 2]> = std::sync::Mutex::new([false; 2]);
+
+fn take_rtp_slot() -> Option<usize> {
+    let mut slots = RTP_SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+    let free = slots.iter().position(|used| !used)?;
+    slots[free] = true;
+    Some(free)
+}
+
+fn rtp_range(slot: Option<usize>) -> (u16, u16) {
+    let base = 30000 + slot.unwrap_or(0) as u16 * 1200;
+    (base, base + 1198)
+}
+
+/// How a test wants its Asterisk.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Where the shipped `sbc` endpoint's calls go (the calling service's outbound leg): a
+    /// sipp UAS. Without it the aor points at a port nobody listens on.
+    pub trunk: Option<SocketAddr>,
+}
+
+/// A running Asterisk.
+pub struct RealAsterisk {
+    root: PathBuf,
+    pub dir: tempfile::TempDir,
+    /// PJSIP's UDP transport (callers dial here).
+    pub sip: SocketAddr,
+    /// The HTTP server (ARI and chan_websocket media).
+    pub http: SocketAddr,
+    pub rtp: (u16, u16),
+    rtp_slot: Option<usize>,
+    child: Option<Child>,
+}
+
+impl RealAsterisk {
+    pub fn start(opts: Options) -> RealAsterisk {
+        let root = install();
+        let dir = tempfile::tempdir().unwrap();
+        let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let rtp_slot = take_rtp_slot();
+        let rtp = rtp_range(rtp_slot);
+        let trunk = opts
+            .trunk
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_udp_port()).parse().unwrap());
+        write_config(&root, dir.path(), sip, http, rtp, trunk);
+        let mut ast = RealAsterisk {
+            root,
+            dir,
+            sip,
+            http,
+            rtp,
+            rtp_slot,
+            child: None,
+        };
+        ast.boot();
+        ast
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("etc/asterisk.conf")
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(self.root.join("sbin/asterisk"));
+        c.env("LD_LIBRARY_PATH", self.root.join("lib"))
+            .arg("-C")
+            .arg(self.conf());
+        c
+    }
+
+    /// Starts the process and waits until it is fully booted.
+    fn boot(&mut self) {
+        let console = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("console.log"))
+            .unwrap();
+        let child = self
+            .command()
+            .arg("-f")
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .spawn()
+            .expect("start asterisk");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self
+                .command()
+                .args(["-rx", "core waitfullybooted"])
+                .output();
+            if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("fully booted")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Asterisk did not boot:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Every ARI request and response goes to the log (read by `ari_log`).
+        self.rx("ari set debug all on");
+    }
+
+    /// Runs a CLI command (`asterisk -rx`); its output.
+    pub fn rx(&self, cmd: &str) -> String {
+        let out = self.command().args(["-rx", cmd]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The URL of the HTTP server (for `[asterisk] url`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// The `[asterisk]` section for the service: the shipped docker/asterisk/topup-ivr.toml's
+    /// keys with this Asterisk's address and the password given by environment variable.
+    pub fn service_config(&self, extra: &str) -> String {
+        format!(
+            "[asterisk]\nurl = \"{}\"\napp = \"{APP}\"\nusername = \"topup\"\n\
+             password_env = \"TOPUP_IVR_ARI_PASSWORD\"\nescalation_context = \"topup-agents\"\n\
+             calling_endpoint = \"PJSIP/{{number}}@sbc\"\n{extra}",
+            self.url()
+        )
+    }
+
+    /// Whether the Stasis application is registered (the service's events connection is up).
+    pub fn app_registered(&self) -> bool {
+        self.rx("ari show apps").lines().any(|l| l.trim() == APP)
+    }
+
+    pub fn wait_app(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.app_registered() {
+            assert!(
+                Instant::now() < deadline,
+                "the application never registered:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Channels alive now (names).
+    pub fn channels(&self) -> Vec<String> {
+        self.rx("core show channels concise")
+            .lines()
+            .filter(|l| l.contains('!'))
+            .map(|l| l.split('!').next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Bridges alive now (ids).
+    pub fn bridges(&self) -> Vec<String> {
+        self.rx("bridge show all")
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    /// Waits until no channel and no bridge is left; fails with what is left.
+    pub fn wait_empty(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (c, b) = (self.channels(), self.bridges());
+            if c.is_empty() && b.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left in Asterisk: channels {c:?}, bridges {b:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asterisk's log (messages.log: notices, warnings, errors, verbose).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("state/log/messages.log")).unwrap_or_default()
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// The ARI requests Asterisk logged (`ari set debug all on`): each request line
+    /// (`DELETE channels/<id>`) with the status Asterisk answered. A request and its response
+    /// are logged by the same HTTP thread, which pairs them.
+    pub fn ari_requests(&self) -> Vec<(String, u16)> {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let thread = |l: &str| {
+            l.split("VERBOSE[")
+                .nth(1)?
+                .split(']')
+                .next()
+                .map(str::to_string)
+        };
+        let mut out = vec![];
+        for (i, l) in lines.iter().enumerate() {
+            if !l.contains("ARI request received from") {
+                continue;
+            }
+            let Some(tid) = thread(l) else { continue };
+            let request = lines
+                .get(i + 1)
+                .map(|r| r.trim().to_string())
+                .unwrap_or_default();
+            let status = lines[i + 1..]
+                .iter()
+                .position(|x| {
+                    x.contains("Sending ARI response") && thread(x).as_ref() == Some(&tid)
+                })
+                .and_then(|j| lines.get(i + 2 + j))
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            out.push((request, status));
+        }
+        out
+    }
+
+    /// Stops Asterisk (`core stop now`; killed if it does not go).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = self.command().args(["-rx", "core stop now"]).output();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops Asterisk and starts it again on the same configuration and ports.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.boot();
+    }
+
+    /// The installed version, as Asterisk reports it.
+    pub fn version(&self) -> String {
+        self.rx("core show version")
+    }
+}
+
+impl Drop for RealAsterisk {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- asterisk messages.log (tail) ----\n{}",
+                tail(&self.log(), 150)
+            );
+        }
+        self.stop();
+        if let Some(slot) = self.rtp_slot {
+            RTP_SLOTS.lock().unwrap_or_else(|p| p.into_inner())[slot] = false;
+        }
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Writes Asterisk's configuration: the shipped docker/asterisk files with the test's
+/// addresses, plus the files a container image would bring (asterisk.conf, logger.conf,
+/// rtp.conf).
+fn write_config(
+    root: &Path,
+    dir: &Path,
+    sip: SocketAddr,
+    http: SocketAddr,
+    rtp: (u16, u16),
+    trunk: SocketAddr,
+) {
+    let etc = dir.join("etc");
+    let state = dir.join("state");
+    for d in ["lib", "db", "keys", "spool", "run", "log", "cache"] {
+        std::fs::create_dir_all(state.join(d)).unwrap();
+    }
+    std::fs::create_dir_all(&etc).unwrap();
+    let shipped = |name: &str| {
+        std::fs::read_to_string(repo().join("docker/asterisk").join(name))
+            .unwrap_or_else(|e| panic!("docker/asterisk/{name}: {e}"))
+    };
+    let replace = |text: String, from: &str, to: &str| {
+        assert!(text.contains(from), "the shipped file lost `{from}`");
+        text.replace(from, to)
+    };
+    let write = |name: &str, text: String| std::fs::write(etc.join(name), text).unwrap();
+
+    write(
+        "asterisk.conf",
+        format!(
+            "[directories]\nastetcdir => {etc}\nastmoddir => {root}/lib/asterisk/modules\n\
+             astdatadir => {root}/var/lib/asterisk\nastvarlibdir => {s}/lib\nastdbdir => {s}/db\n\
+             astkeydir => {s}/keys\nastspooldir => {s}/spool\nastrundir => {s}/run\n\
+             astlogdir => {s}/log\nastcachedir => {s}/cache\n[options]\nverbose = 3\n",
+            etc = etc.display(),
+            root = root.display(),
+            s = state.display()
+        ),
+    );
+    write(
+        "logger.conf",
+        "[logfiles]\nmessages.log => notice,warning,error,verbose(3)\n".into(),
+    );
+    write(
+        "rtp.conf",
+        format!("[general]\nrtpstart = {}\nrtpend = {}\n", rtp.0, rtp.1),
+    );
+    write(
+        "http.conf",
+        replace(
+            replace(
+                shipped("http.conf"),
+                "bindaddr = 0.0.0.0",
+                "bindaddr = 127.0.0.1",
+            ),
+            "bindport = 8088",
+            &format!("bindport = {}", http.port()),
+        ),
+    );
+    write(
+        "ari.conf",
+        replace(shipped("ari.conf.template"), "@ARI_PASSWORD@", ARI_PASSWORD),
+    );
+    // The SBC is sipp on loopback: calls from 127.0.0.1 are its calls, and the calling
+    // service's outbound leg goes to the trunk address.
+    let pjsip = replace(
+        shipped("pjsip.conf"),
+        "bind = 0.0.0.0:5060",
+        &format!("bind = {sip}"),
+    );
+    let pjsip = replace(pjsip, "match = sbc.example.net", "match = 127.0.0.1");
+    let pjsip = replace(
+        pjsip,
+        "contact = sip:sbc.example.net:5060",
+        &format!("contact = sip:{trunk}"),
+    );
+    write("pjsip.conf", pjsip);
+    // The shipped extensions, and the echo line for the tests.
+    let mut ext = shipped("extensions.conf");
+    ext.push_str(&format!(
+        "\n[from-callers]\nexten => {ECHO},1,Stasis({APP},echo)\n same => n,Hangup()\n"
+    ));
+    write("extensions.conf", ext);
+    for f in [
+        "modules.conf",
+        "chan_websocket.conf",
+        "websocket_client.conf",
+    ] {
+        write(f, shipped(f));
+    }
+}
+
+/// Whether the call's RTP payloads (`frames`, in order) hold the whole prompt as `codec`.
+pub fn rtp_frames(packets: &[(f64, Vec<u8>)], pt: u8) -> Vec<Vec<u8>> {
+    packets
+        .iter()
+        .filter(|(_, p)| p.len() > 12 && p[0] >> 6 == 2 && p[1] & 0x7F == pt)
+        .map(|(_, p)| p[12..].to_vec())
+        .collect()
+}
