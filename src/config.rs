@@ -442,6 +442,7 @@ pub struct Overrides {
     pub data_dir: Option<String>,
     pub prompts_dir: Option<String>,
     pub dialplans_dir: Option<String>,
+    pub sms_dir: Option<String>,
     pub database_url: Option<String>,
 }
 
@@ -868,7 +869,7 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
                 ));
             }
         },
-        sms_dir: path(&None, &raw.paths.sms, "sms"),
+        sms_dir: path(&o.sms_dir, &raw.paths.sms, "sms"),
         sms: sms(origin, &raw.sms)?,
         asterisk: raw
             .asterisk
@@ -1379,11 +1380,18 @@ mod tests {
         let o = Overrides {
             sip_listen: Some("127.0.0.1:5090".into()),
             rtp_ports: Some("40000-40100".into()),
+            sms_dir: Some("/srv/sms".into()),
             ..Default::default()
         };
-        let c = Config::from_toml("f.toml", "[sip]\nlisten = \"127.0.0.1:5070\"\n", &o).unwrap();
+        let c = Config::from_toml(
+            "f.toml",
+            "[sip]\nlisten = \"127.0.0.1:5070\"\n[paths]\nsms = \"texts\"\n",
+            &o,
+        )
+        .unwrap();
         assert_eq!(c.sip_listen.port(), 5090);
         assert_eq!(c.rtp_ports, (40000, 40100));
+        assert_eq!(c.sms_dir, std::path::PathBuf::from("/srv/sms"));
         let bad = Overrides {
             rtp_ports: Some("x".into()),
             ..Default::default()

@@ -183,6 +183,9 @@ struct ConfigArgs {
         value_name = "DIR"
     )]
     dialplans_dir: Option<String>,
+    /// SMS texts directory (one file per language).
+    #[arg(global = true, long, env = "TOPUP_IVR_SMS_DIR", value_name = "DIR")]
+    sms_dir: Option<String>,
     /// Database: postgres://USER:PASSWORD@HOST/DB (default: SQLite in the data directory).
     #[arg(
         global = true,
@@ -203,6 +206,7 @@ impl ConfigArgs {
             data_dir: self.data_dir.clone(),
             prompts_dir: self.prompts_dir.clone(),
             dialplans_dir: self.dialplans_dir.clone(),
+            sms_dir: self.sms_dir.clone(),
             database_url: self.database_url.clone(),
         };
         Ok(Config::load(self.config.as_deref(), &o)?)

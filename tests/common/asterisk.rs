@@ -15,8 +15,18 @@
 //!   `MEDIA_XOFF` at 900 and `MEDIA_XON` below 800, one frame played per 20 ms, text frames
 //!   over 128 bytes ignored, `FLUSH_MEDIA`, `MARK_MEDIA`, `GET_STATUS`, `HANGUP`, `ANSWER`,
 //!   `DTMF_END` for keys reaching the channel from its bridge.
-//! - externalMedia with an invalid `f(...)` in `transport_data` kills the emulator, as it
-//!   kills Asterisk 23.4.1.
+//! - externalMedia channels are created `Down` and enter the application (`Up`,
+//!   `StasisStart`) asynchronously, a random 0-40 ms after they are up: an RTP channel at once,
+//!   a chan_websocket one once its connection is in. Until then a bridge refuses them with 422
+//!   "Channel not in Stasis application" (Asterisk 23.4.1 accepts them a little earlier, once
+//!   the channel's Stasis control exists, a moment no client can see; the adapter waits for
+//!   the StasisStart).
+//! - What crashes Asterisk 23.4.1 kills the emulator: an invalid `f(...)` in
+//!   `transport_data`, and a chan_websocket externalMedia with the id of a channel that exists
+//!   (an RTP one answers 500). The crashing request gets no answer at all.
+//!
+//! Where the emulator and the real Asterisk are compared (`e2e_asterisk_faults.rs`, "against
+//! both"), every difference found is fixed here.
 //!
 //! Calls are placed by the test (`call`), keys pressed (`press`), and what the caller heard is
 //! the list of frames the bridge delivered to them (`heard`).
@@ -313,6 +323,9 @@ struct State {
     callees: HashMap<String, Callee>,
     /// chan_websocket commands received, in order.
     media_commands: Vec<String>,
+    /// How long a new externalMedia channel takes to enter the application once up: random
+    /// 0-40 ms when `None`; never when `Some(None)`.
+    entry_delay: Option<Option<Duration>>,
 }
 
 #[derive(Clone)]
@@ -591,7 +604,7 @@ impl Asterisk {
         let ch = Chan {
             id: id.clone(),
             name: format!("UnicastRTP/{local}-0x{:012x}", 0x5620cd1e2c70u64 + st.next),
-            state: "Up",
+            state: "Down",
             caller: String::new(),
             exten: "s".into(),
             context: "default".into(),
@@ -605,15 +618,11 @@ impl Asterisk {
             bridge: None,
             heard: vec![],
             continued: None,
-            stasis: true,
+            stasis: false,
         };
         let v = channel_json(&ch);
         st.channels.insert(id.clone(), ch);
-        self.emit(
-            st,
-            &app,
-            json!({"type": "StasisStart", "args": [], "channel": v.clone()}),
-        );
+        self.enter_later(st, &id);
         // What arrives is played into the bridge as it comes (no jitter buffer).
         let ast = self.clone();
         self.rt.spawn(async move {
@@ -640,6 +649,40 @@ impl Asterisk {
             }
         });
         axum::Json(v).into_response()
+    }
+
+    /// An externalMedia channel that is up enters its application a random 0-40 ms later, on
+    /// another task (Asterisk answers it and runs Stasis on a thread of its own).
+    fn enter_later(&self, st: &State, id: &str) {
+        let ast = self.clone();
+        let id = id.to_string();
+        let delay = match st.entry_delay {
+            None => Duration::from_millis(rand::random_range(0..=40)),
+            Some(Some(d)) => d,
+            Some(None) => return,
+        };
+        self.rt.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut st = ast.lock();
+            let Some(ch) = st.channels.get_mut(&id) else {
+                return;
+            };
+            ch.state = "Up";
+            ch.stasis = true;
+            let app = ch.app.clone().unwrap_or_default();
+            let cj = channel_json(ch);
+            ast.emit(
+                &mut st,
+                &app,
+                json!({"type": "StasisStart", "args": [], "channel": cj}),
+            );
+        });
+    }
+
+    /// Makes new externalMedia channels enter the application `delay` after they are up
+    /// (`None`: never), instead of the usual random 0-40 ms.
+    pub fn set_entry_delay(&self, delay: Option<Duration>) {
+        self.lock().entry_delay = Some(delay);
     }
 
     /// Hangs a channel up: it leaves its bridge and application and is destroyed.
@@ -772,7 +815,11 @@ fn channel_json(c: &Chan) -> Value {
         "caller": {"name": "", "number": c.caller},
         "connected": {"name": "", "number": ""},
         "accountcode": "",
-        "dialplan": {"context": c.context, "exten": c.exten, "priority": 1, "app_name": "Stasis", "app_data": c.app.clone().unwrap_or_default()},
+        "dialplan": match c.kind {
+            Kind::Caller => json!({"context": c.context, "exten": c.exten, "priority": 1, "app_name": "Stasis", "app_data": c.app.clone().unwrap_or_default()}),
+            // An externalMedia channel is dialled by the core, not by a dialplan.
+            _ => json!({"context": "default", "exten": "s", "priority": 1, "app_name": "AppDial2", "app_data": "(Outgoing Line)"}),
+        },
         "creationtime": now_ts(),
         "language": "en",
     });
@@ -793,6 +840,26 @@ fn channel_json(c: &Chan) -> Value {
         Kind::Caller => {}
     }
     v
+}
+
+/// Asterisk dies: every connection goes, later requests are refused, and the request that
+/// killed it gets no answer (the handler's task ends without one, so its connection drops).
+fn crash(st: &mut State) -> ! {
+    st.crashed = true;
+    for (_, conns) in st.apps.iter_mut() {
+        for c in conns.drain(..) {
+            let _ = c.send(Message::Close(None));
+        }
+    }
+    for ch in st.channels.values() {
+        if let Kind::Ws {
+            to_app: Some(tx), ..
+        } = &ch.kind
+        {
+            let _ = tx.send(Message::Close(None));
+        }
+    }
+    std::panic::resume_unwind(Box::new("the emulated Asterisk crashed"))
 }
 
 fn message(status: u16, msg: &str) -> Response {
@@ -884,8 +951,6 @@ async fn media_ws(
                 *connected = true;
                 *to_app = Some(tx.clone());
             }
-            ch.state = "Up";
-            ch.stasis = true;
             let start = json!({
                 "event": "MEDIA_START", "connection_id": conn, "channel": ch.name, "channel_id": ch.id,
                 "format": "ulaw", "optimal_frame_size": 160, "ptime": 20,
@@ -893,9 +958,7 @@ async fn media_ws(
             });
             let _ = tx.send(Message::Text(start.to_string().into()));
             // Answered once the connection is up: the channel enters the application.
-            let app = ch.app.clone().unwrap_or_default();
-            let cj = channel_json(ch);
-            ast.emit(&mut st, &app, json!({"type": "StasisStart", "args": [], "channel": cj}));
+            ast.enter_later(&st, &chan_id);
         }
         let (mut sink, mut stream) = socket.split();
         loop {
@@ -909,8 +972,13 @@ async fn media_ws(
                     Some(Ok(Message::Binary(b))) => on_media(&ast, &chan_id, &b, &tx),
                     Some(Ok(Message::Text(t))) if on_control(&ast, &chan_id, t.as_str(), &tx) => break,
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        // CLOSE from the app hangs the channel up.
+                        // CLOSE from the app hangs the channel up; a connection dropped without
+                        // one is logged by Asterisk as an error ("Error reading from web
+                        // socket: Connection reset by peer").
                         let mut st = ast.lock();
+                        if !matches!(m, Some(Ok(Message::Close(_)))) && st.channels.contains_key(&chan_id) {
+                            st.violations.push(format!("media websocket of {chan_id} dropped without a Close frame"));
+                        }
                         ast.destroy(&mut st, &chan_id, 16, "Normal Clearing");
                         break;
                     }
@@ -1117,7 +1185,14 @@ fn handle_rest(
     };
     match op.nickname.as_str() {
         "get" if op.path[0] == "channels" => match chan(&st, "channelId") {
-            Some(id) => axum::Json(channel_json(&st.channels[&id])).into_response(),
+            Some(id) => {
+                // As measured: channel variables come with a new channel, not with GET.
+                let mut v = channel_json(&st.channels[&id]);
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("channelvars");
+                }
+                axum::Json(v).into_response()
+            }
             None => message(404, "Channel not found"),
         },
         "answer" => match chan(&st, "channelId") {
@@ -1188,16 +1263,19 @@ fn handle_rest(
                 let f = &td[start + 2..end];
                 if f != "json" && f != "plain-text" {
                     // Asterisk 23.4.1 dereferences a NULL channel here and dies.
-                    st.crashed = true;
-                    for (_, conns) in st.apps.iter_mut() {
-                        for c in conns.drain(..) {
-                            let _ = c.send(Message::Close(None));
-                        }
-                    }
-                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    crash(&mut st);
                 }
             }
+            let taken = q
+                .get("channelId")
+                .is_some_and(|id| st.channels.contains_key(id));
             if transport == "udp" && encapsulation == "rtp" {
+                if taken {
+                    return message(
+                        500,
+                        "An internal error prevented this request from being handled",
+                    );
+                }
                 return ast.external_rtp(&mut st, q);
             }
             if transport != "websocket" || encapsulation != "none" {
@@ -1211,8 +1289,9 @@ fn handle_rest(
                 st.next += 1;
                 format!("1795298{:03}.{}", st.next, st.next)
             });
-            if st.channels.contains_key(&id) {
-                return message(409, "Channel with the same id already exists");
+            if taken {
+                // Asterisk 23.4.1 logs "Channel Unique ID ... already in use" and segfaults.
+                crash(&mut st);
             }
             st.next += 1;
             let conn_id = format!("4cb7f494-d62b-46a5-ba49-{:012x}", st.next);
@@ -1343,7 +1422,7 @@ fn handle_rest(
             for id in &ids {
                 match st.channels.get(id) {
                     None => return message(400, "Channel not found"),
-                    Some(c) if c.app.is_none() => {
+                    Some(c) if c.app.is_none() || !c.stasis => {
                         return message(422, "Channel not in Stasis application");
                     }
                     _ => {}

@@ -188,14 +188,31 @@ impl RealAsterisk {
         format!("http://{}", self.http)
     }
 
-    /// The `[asterisk]` section for the service: the shipped docker/asterisk/topup-ivr.toml's
-    /// keys with this Asterisk's address and the password given by environment variable.
+    /// The `[asterisk]` section for the service: the shipped docker/asterisk/topup-ivr.toml's,
+    /// with this Asterisk's address (the password comes from TOPUP_IVR_ARI_PASSWORD, as the
+    /// shipped file says); `extra` keys after it win.
     pub fn service_config(&self, extra: &str) -> String {
+        let shipped = std::fs::read_to_string(repo().join("docker/asterisk/topup-ivr.toml"))
+            .expect("docker/asterisk/topup-ivr.toml");
+        let mut section = String::new();
+        let mut inside = false;
+        for line in shipped.lines() {
+            if line.starts_with('[') {
+                inside = line.trim() == "[asterisk]";
+            }
+            if inside {
+                section.push_str(line);
+                section.push('\n');
+            }
+        }
+        let from = "url = \"http://127.0.0.1:8088\"";
+        assert!(
+            section.contains(from),
+            "the shipped [asterisk] section lost `{from}`"
+        );
         format!(
-            "[asterisk]\nurl = \"{}\"\napp = \"{APP}\"\nusername = \"topup\"\n\
-             password_env = \"TOPUP_IVR_ARI_PASSWORD\"\nescalation_context = \"topup-agents\"\n\
-             calling_endpoint = \"PJSIP/{{number}}@sbc\"\n{extra}",
-            self.url()
+            "{}{extra}",
+            section.replace(from, &format!("url = \"{}\"", self.url()))
         )
     }
 
@@ -294,6 +311,13 @@ impl RealAsterisk {
             out.push((request, status));
         }
         out
+    }
+
+    /// Whether the process is still alive (it has not crashed or been stopped).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Stops Asterisk (`core stop now`; killed if it does not go).

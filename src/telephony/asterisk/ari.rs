@@ -1,4 +1,4 @@
-//! The ARI REST calls the adapter makes (Asterisk 20.18+/22.8+/23.x, swagger in
+//! The ARI REST calls the adapter makes (tested against Asterisk 23.4.1; swagger in
 //! `tests/specs/asterisk-ari/`), and the events it reads.
 
 use std::net::SocketAddr;

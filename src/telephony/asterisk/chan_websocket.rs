@@ -1,6 +1,6 @@
 //! chan_websocket's control messages (JSON format, `f(json)`): the commands we send and the
 //! events Asterisk sends, as pure functions. Message names and fields follow the driver in
-//! Asterisk 20.18+/22.8+/23.x (`channels/chan_websocket.c`).
+//! Asterisk 23.4.1 (`channels/chan_websocket.c`, the version tested).
 
 use serde::Deserialize;
 
