@@ -45,10 +45,10 @@ enum LegEvent {
     MediaUp,
     /// The media channel is gone.
     MediaGone,
-    /// The outbound leg answered (it entered the application).
-    CalleeUp,
-    /// The outbound leg is gone, with its Q.850 cause.
-    CalleeGone(i64),
+    /// An outbound leg (its channel id) answered: it entered the application.
+    CalleeUp(String),
+    /// An outbound leg (its channel id) is gone, with its Q.850 cause.
+    CalleeGone(String, i64),
 }
 
 /// The hangup reason, if `e` is the caller's hangup.
@@ -231,7 +231,7 @@ fn on_event(
     };
     let route =
         |routes: &HashMap<String, (mpsc::Sender<LegEvent>, Leg)>, id: &str, ev: LegEvent| {
-            if let Some((tx, _)) = routes.get(id) {
+            if let Some((tx, _)) = lookup(routes, id) {
                 // A full queue means the call task is stuck; the event is dropped, not awaited,
                 // so one call cannot stall every other.
                 let _ = tx.try_send(ev);
@@ -239,9 +239,12 @@ fn on_event(
         };
     match event {
         Event::StasisStart { args, channel } => {
-            match routes.get(&channel.id) {
+            match lookup(routes, &channel.id) {
                 // The outbound leg answered.
-                Some((_, Leg::Callee)) => return route(routes, &channel.id, LegEvent::CalleeUp),
+                Some((_, Leg::Callee)) => {
+                    let id = channel.id.clone();
+                    return route(routes, &channel.id, LegEvent::CalleeUp(id));
+                }
                 // Our own media channel entering the application: the call may bridge it.
                 Some((_, Leg::Media)) => return route(routes, &channel.id, LegEvent::MediaUp),
                 Some(_) => return,
@@ -273,7 +276,7 @@ fn on_event(
             };
             route(routes, &channel.id, LegEvent::Dtmf(d));
         }
-        Event::StasisEnd { channel } => match routes.get(&channel.id) {
+        Event::StasisEnd { channel } => match lookup(routes, &channel.id) {
             Some((_, Leg::Caller)) => route(
                 routes,
                 &channel.id,
@@ -287,7 +290,7 @@ fn on_event(
             channel,
             cause,
             cause_txt,
-        } => match routes.get(&channel.id) {
+        } => match lookup(routes, &channel.id) {
             Some((_, Leg::Caller)) => {
                 debug!(cause = %cause_txt, "caller channel destroyed");
                 route(
@@ -297,7 +300,10 @@ fn on_event(
                 )
             }
             Some((_, Leg::Media)) => route(routes, &channel.id, LegEvent::MediaGone),
-            Some((_, Leg::Callee)) => route(routes, &channel.id, LegEvent::CalleeGone(cause)),
+            Some((_, Leg::Callee)) => {
+                let id = channel.id.clone();
+                route(routes, &channel.id, LegEvent::CalleeGone(id, cause))
+            }
             None => {}
         },
         Event::Other => {}
@@ -400,8 +406,8 @@ async fn call_task(mut t: CallTask) {
     {
         warn!(error = %e, "caller not hung up");
     }
-    if state.callee.is_some() {
-        let _ = t.ari.hangup(&callee_id(&caller_id), "normal").await;
+    if let Some(callee) = &state.callee {
+        let _ = t.ari.hangup(&callee.id, "normal").await;
     }
     let _ = t
         .done
@@ -422,13 +428,37 @@ struct Cleanup {
     caller_gone: bool,
     /// The caller went on in the dialplan (escalation): not ours to hang up.
     left: bool,
-    /// An outbound leg exists: whether it has answered.
-    callee: Option<bool>,
+    /// The outbound leg that exists now.
+    callee: Option<Callee>,
+    /// Outbound legs placed so far (each gets an id of its own).
+    dialled: u32,
 }
 
-/// The id we give the calling service's outbound channel (one at a time per call).
+/// An outbound leg of the calling service.
+struct Callee {
+    id: String,
+    answered: bool,
+}
+
+/// The routing key of the calling service's outbound channels: each is `<key><n>` (one at a
+/// time per call, a new id for each: Asterisk must never be handed an id in use).
 fn callee_id(caller: &str) -> String {
     format!("{caller}-out")
+}
+
+/// The route of a channel: by its id, or for an outbound leg `<caller>-out<n>` by its key.
+fn lookup<'a>(
+    routes: &'a HashMap<String, (mpsc::Sender<LegEvent>, Leg)>,
+    id: &str,
+) -> Option<&'a (mpsc::Sender<LegEvent>, Leg)> {
+    routes.get(id).or_else(|| {
+        let i = id.rfind("-out")? + "-out".len();
+        let n = &id[i..];
+        (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| routes.get(&id[..i]))
+            .flatten()
+            .filter(|(_, leg)| *leg == Leg::Callee)
+    })
 }
 
 /// Why an answered call never reached its plan.
@@ -575,8 +605,8 @@ async fn run_leg(
                     }
                 }
                 Some(EdgeCommand::DropDial) => {
-                    if st.callee.take().is_some()
-                        && let Err(e) = t.ari.hangup(&callee_id(&caller_id), "normal").await
+                    if let Some(callee) = st.callee.take()
+                        && let Err(e) = t.ari.hangup(&callee.id, "normal").await
                         && !e.is_not_found()
                     {
                         warn!(error = %e, "outbound leg not hung up");
@@ -595,24 +625,28 @@ async fn run_leg(
                     let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
                     break "normal";
                 }
-                Some(LegEvent::CalleeUp) => {
-                    if st.callee.is_some() {
-                        match t.ari.add_channels(bridge_id, &[&callee_id(&caller_id)]).await {
+                Some(LegEvent::CalleeUp(id)) => {
+                    if st.callee.as_ref().is_some_and(|c| c.id == id) {
+                        match t.ari.add_channels(bridge_id, &[&id]).await {
                             Ok(()) => {
-                                st.callee = Some(true);
+                                if let Some(c) = st.callee.as_mut() {
+                                    c.answered = true;
+                                }
                                 let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Answered)).await;
                             }
                             Err(e) => {
                                 warn!(error = %e, "cannot join the outbound leg");
-                                let _ = t.ari.hangup(&callee_id(&caller_id), "normal").await;
+                                let _ = t.ari.hangup(&id, "normal").await;
                                 st.callee = None;
                                 let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Failed)).await;
                             }
                         }
                     }
                 }
-                Some(LegEvent::CalleeGone(cause)) => {
-                    if let Some(answered) = st.callee.take() {
+                Some(LegEvent::CalleeGone(id, cause)) => {
+                    if st.callee.as_ref().is_some_and(|c| c.id == id)
+                        && let Some(Callee { answered, .. }) = st.callee.take()
+                    {
                         let ev = match (answered, cause) {
                             (true, _) => DialEvent::Ended,
                             // Q.850: 17 user busy; 18 no user responding, 19 no answer.
@@ -720,7 +754,7 @@ async fn set_up(
                 st.media = false;
                 return Err(SetupError::MediaGone);
             }
-            Ok(Some(LegEvent::CalleeUp | LegEvent::CalleeGone(_))) => {}
+            Ok(Some(LegEvent::CalleeUp(_) | LegEvent::CalleeGone(..))) => {}
             Ok(None) => return Err(SetupError::MediaGone),
             Err(_) => return Err(SetupError::MediaNotUp(MEDIA_ENTER_WAIT)),
         }
@@ -865,8 +899,12 @@ async fn originate(
             "no [asterisk] calling_endpoint".into(),
         ));
     };
-    let id = callee_id(&t.channel.id);
-    st.callee = Some(false);
+    st.dialled += 1;
+    let id = format!("{}{}", callee_id(&t.channel.id), st.dialled);
+    st.callee = Some(Callee {
+        id: id.clone(),
+        answered: false,
+    });
     let ring = t
         .shared
         .cfg
@@ -924,4 +962,24 @@ async fn escalate(
         .map_err(|e| e.to_string())?;
     st.left = true;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_outbound_leg_id_routes_to_its_call_and_nothing_else_does() {
+        let (tx, _rx) = mpsc::channel(1);
+        let mut routes = HashMap::new();
+        routes.insert("1.5".to_string(), (tx.clone(), Leg::Caller));
+        routes.insert(callee_id("1.5"), (tx, Leg::Callee));
+        let leg = |id: &str| lookup(&routes, id).map(|(_, l)| *l);
+        assert_eq!(leg("1.5"), Some(Leg::Caller));
+        assert_eq!(leg("1.5-out1"), Some(Leg::Callee));
+        assert_eq!(leg("1.5-out12"), Some(Leg::Callee));
+        assert_eq!(leg("1.5-outx"), None);
+        assert_eq!(leg("1.6-out1"), None);
+        assert_eq!(leg("1.5-media"), None);
+    }
 }
