@@ -196,6 +196,8 @@ fn call_frame(c: &mut Criterion) {
     );
     let media = MediaParams {
         codec: Codec::Pcmu,
+        payload: Default::default(),
+        lead: Default::default(),
         telephone_event: Some(101),
         inband: false,
         send: true,

@@ -18,7 +18,7 @@ use crate::media::dtmf::inband::{InbandDetector, InbandDigit};
 use crate::media::dtmf::rfc4733::Rfc4733Receiver;
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
-use crate::media::player::{PlayItem, Player, PlayerEvent};
+use crate::media::player::{Payload, PlayItem, Player, PlayerEvent};
 use crate::media::prompts::PromptStore;
 use crate::server::{Shared, Shutdown};
 use crate::store::Cdr;
@@ -30,6 +30,10 @@ use crate::telephony::sip::transport::SipCommand;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MediaParams {
     pub codec: Codec,
+    /// What the frames we send carry: G.711 RTP (a caller), or linear audio (mod_audio_fork).
+    pub payload: Payload,
+    /// How far ahead of real time frames go out (a far end that plays from a buffer).
+    pub lead: Duration,
     pub telephone_event: Option<u8>,
     /// Run the in-band detector on received audio.
     pub inband: bool,
@@ -88,7 +92,9 @@ impl CallSession {
         ts: u32,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Self {
-        let mut player = Player::new(media.codec, ssrc, seq, ts);
+        let mut player = Player::new(media.codec, ssrc, seq, ts)
+            .with_payload(media.payload)
+            .with_lead(media.lead);
         // A call may start on hold (an offer with a=sendonly).
         player.set_muted(!media.send);
         CallSession {
@@ -863,6 +869,8 @@ fn media_params(n: &Negotiated, inband: crate::config::InbandDtmf) -> MediaParam
     use crate::config::InbandDtmf;
     MediaParams {
         codec: n.codec,
+        payload: Payload::G711,
+        lead: Duration::ZERO,
         telephone_event: n.telephone_event,
         inband: match inband {
             InbandDtmf::Auto => n.telephone_event.is_none(),
@@ -955,6 +963,8 @@ mod tests {
         let store = Arc::new(store);
         let media = MediaParams {
             codec: Codec::Pcmu,
+            payload: Payload::G711,
+            lead: Duration::ZERO,
             telephone_event: Some(101),
             inband: false,
             send: true,

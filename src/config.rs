@@ -86,6 +86,7 @@ struct RawFreeswitch {
     media_url: Option<String>,
     escalation_context: Option<String>,
     calling_gateway: Option<String>,
+    sample_rate: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -353,6 +354,9 @@ pub struct FreeswitchConfig {
     pub escalation_context: String,
     /// Where the calling service's calls go, e.g. `sofia/gateway/trunk/{number}`; `None`: off.
     pub calling_gateway: Option<String>,
+    /// The rate mod_audio_fork streams at both ways: 8000, or 16000 for wideband prompts
+    /// (FreeSWITCH resamples to the caller's codec).
+    pub sample_rate: u32,
 }
 
 /// The text channel. SMS are written and sent only when at least one SMSC is configured.
@@ -1183,6 +1187,13 @@ fn freeswitch(origin: &str, raw: &RawFreeswitch) -> Result<FreeswitchConfig, Con
             ));
         }
     };
+    let sample_rate = raw.sample_rate.unwrap_or(8000);
+    if sample_rate != 8000 && sample_rate != 16000 {
+        return Err(err(
+            "sample_rate",
+            format!("`{sample_rate}`: 8000 or 16000"),
+        ));
+    }
     Ok(FreeswitchConfig {
         esl,
         password,
@@ -1190,6 +1201,7 @@ fn freeswitch(origin: &str, raw: &RawFreeswitch) -> Result<FreeswitchConfig, Con
         media_url,
         escalation_context,
         calling_gateway,
+        sample_rate,
     })
 }
 
@@ -1568,6 +1580,10 @@ mod softswitch_tests {
             (
                 "[freeswitch]\npassword = \"p\"\nmedia_url = \"http://x\"\n",
                 "freeswitch.media_url",
+            ),
+            (
+                "[freeswitch]\npassword = \"p\"\nsample_rate = 44100\n",
+                "freeswitch.sample_rate",
             ),
             (
                 "[freeswitch]\npassword_env = \"TOPUP_IVR_NO_SUCH_VARIABLE\"\n",

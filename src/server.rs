@@ -188,7 +188,12 @@ impl PortPool {
 
 /// Loads prompts and dialplans as `serve` does (also used by the check commands).
 pub fn load_content(cfg: &Config) -> Result<(PromptStore, Dialplans), ServeError> {
-    let prompts = PromptStore::load(&cfg.prompts_dir, LoadOptions::default())?;
+    // 16 kHz prompt audio only where a softswitch streams it (it doubles the linear audio).
+    let wideband = cfg
+        .freeswitch
+        .as_ref()
+        .is_some_and(|f| f.sample_rate == 16000);
+    let prompts = PromptStore::load(&cfg.prompts_dir, LoadOptions { wideband })?;
     let dialplans = Dialplans::load_dir(&cfg.dialplans_dir, &|lang, name| {
         prompts.get(lang, name).is_some()
     })

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::asterisk_real::{ARI_PASSWORD, ECHO, Options, RECHARGE, RealAsterisk, WALLET};
@@ -22,95 +22,6 @@ fn serve(ast: &RealAsterisk, extra: &str) -> Server {
     );
     ast.wait_app(Duration::from_secs(10));
     server
-}
-
-/// A sipp caller into Asterisk, its audio captured.
-struct Call {
-    child: Child,
-    logs: tempfile::TempDir,
-    capture: Capture,
-    codec: Codec,
-}
-
-/// Dials `exten` from `caller`, offering `codec`, and presses `digits` from 1.5 s in (one key
-/// per 0.4 s); with `bye_after` the caller hangs up that long after the keys began, else it
-/// waits for Asterisk to hang up.
-fn dial(
-    ast: &RealAsterisk,
-    exten: &str,
-    caller: &str,
-    digits: &str,
-    codec: Codec,
-    bye_after: Option<Duration>,
-) -> Call {
-    require("sipp");
-    let (pt, name) = match codec {
-        Codec::Pcmu => ("0", "PCMU"),
-        Codec::Pcma => ("8", "PCMA"),
-    };
-    let scenario = match bye_after {
-        Some(_) => "asterisk_keys_then_bye.xml",
-        None => "asterisk_keys.xml",
-    };
-    let mut sipp = keys(scenario, exten, caller, digits)
-        .arg("-key")
-        .arg("pt")
-        .arg(pt)
-        .arg("-key")
-        .arg("codec")
-        .arg(name);
-    if let Some(d) = bye_after {
-        sipp = sipp.arg("-d").arg(&d.as_millis().to_string());
-    }
-    let logs = tempfile::tempdir().unwrap();
-    let capture = Capture::start(
-        logs.path(),
-        &format!("udp and dst port {}", sipp.media_port),
-    );
-    let child = sipp
-        .command_to(ast.sip, logs.path())
-        .spawn()
-        .expect("run sipp");
-    Call {
-        child,
-        logs,
-        capture,
-        codec,
-    }
-}
-
-impl Call {
-    /// Waits for sipp to finish (it must succeed) and returns the audio frames the caller
-    /// heard, in order.
-    fn heard(mut self, server: &Server) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "sipp did not finish:\n{}\n{}",
-                    read_logs(self.logs.path()),
-                    server.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let packets = self.capture.stop();
-        assert!(
-            status.success(),
-            "sipp failed ({status}):\n{}\n---- server log ----\n{}",
-            read_logs(self.logs.path()),
-            server.log()
-        );
-        let pt = match self.codec {
-            Codec::Pcmu => 0,
-            Codec::Pcma => 8,
-        };
-        common::asterisk_real::rtp_frames(&packets, pt)
-    }
 }
 
 fn heard(frames: &[Vec<u8>], name: &str, codec: Codec) -> bool {
@@ -143,7 +54,7 @@ fn the_echo_line_through_asterisk_is_heard_bit_exact_and_records_the_keys() {
     let ast = RealAsterisk::start(Options::default());
     assert!(ast.version().contains("23.4.1"), "{}", ast.version());
     let server = serve(&ast, "");
-    let frames = dial(&ast, ECHO, "+12015550161", "1**", Codec::Pcmu, None).heard(&server);
+    let frames = dial(ast.sip, ECHO, "+12015550161", "1**", Codec::Pcmu, None).heard(&server);
     server.wait_idle();
     assert!(
         heard_start_as(&frames, &prompts(), "en", "echo-welcome", 25, Codec::Pcmu),
@@ -181,7 +92,7 @@ fn a_card_top_up_through_asterisk_over_websocket_media() {
     let server = serve(&ast, "");
     // English, the demo card's PIN, the recipient, confirm, the second amount, confirm.
     let frames = dial(
-        &ast,
+        ast.sip,
         RECHARGE,
         "+12015550161",
         "111112222333344#12015550150#121",
@@ -221,7 +132,7 @@ fn a_card_top_up_through_asterisk_over_rtp_media_in_alaw() {
     let ast = RealAsterisk::start(Options::default());
     let server = serve(&ast, "media = \"rtp\"\nformat = \"alaw\"\n");
     let frames = dial(
-        &ast,
+        ast.sip,
         RECHARGE,
         "+12015550161",
         "111112222333344#12015550150#121",
@@ -253,7 +164,7 @@ fn a_wallet_top_up_through_asterisk_pays_from_the_wallet() {
     let server = serve(&ast, "");
     // PIN, 1: top up a number, the number, the first amount, confirm; then hang up.
     let call = dial(
-        &ast,
+        ast.sip,
         WALLET,
         "+12015550100",
         "1234#1525512345678#111",
@@ -307,13 +218,14 @@ fn a_wallet_call_goes_out_through_a_second_pjsip_endpoint_and_is_cut_when_the_mo
         .unwrap();
     let ast = RealAsterisk::start(Options {
         trunk: Some(format!("127.0.0.1:{gw_port}").parse().unwrap()),
+        ..Default::default()
     });
     let server = serve(&ast, "[calling]\nwarning_before = \"3s\"\n");
     calling_wallet(&server);
     // PIN, 3: minutes to a number (a London landline), the number, 1: connect; the caller
     // stays on after the cut until the plan ends the call.
     let call = dial(
-        &ast,
+        ast.sip,
         WALLET,
         "+12015550166",
         "4321#3442079460123#1",
@@ -366,7 +278,7 @@ fn an_escalation_arrives_in_the_agents_context_with_both_variables() {
     let ast = RealAsterisk::start(Options::default());
     let server = serve(&ast, "");
     // 0 at the PIN prompt asks for an agent.
-    let frames = dial(&ast, WALLET, "+12015550100", "0", Codec::Pcmu, None).heard(&server);
+    let frames = dial(ast.sip, WALLET, "+12015550100", "0", Codec::Pcmu, None).heard(&server);
     server.wait_idle();
     let e = &cli(&server, &["escalations", "list"])[0];
     assert_eq!(e["state"], "transferred", "{e}");
@@ -403,7 +315,7 @@ fn a_caller_hanging_up_at_any_step_leaves_nothing_behind() {
     for (i, (keys, after)) in steps.iter().enumerate() {
         let bye = Duration::from_millis(400 * keys.len() as u64 + after);
         let call = dial(
-            &ast,
+            ast.sip,
             RECHARGE,
             &format!("+1201555017{i}"),
             keys,
@@ -431,7 +343,7 @@ fn an_asterisk_restart_ends_its_calls_and_the_application_is_back_within_a_secon
     let server = serve(&ast, "");
     // A call in progress when Asterisk goes away.
     let call = dial(
-        &ast,
+        ast.sip,
         ECHO,
         "+12015550161",
         "1",
@@ -473,7 +385,7 @@ fn an_asterisk_restart_ends_its_calls_and_the_application_is_back_within_a_secon
         "registered {back:?} after Asterisk was up"
     );
     // And calls work again at once.
-    let frames = dial(&ast, ECHO, "+12015550161", "5**", Codec::Pcmu, None).heard(&server);
+    let frames = dial(ast.sip, ECHO, "+12015550161", "5**", Codec::Pcmu, None).heard(&server);
     server.wait_idle();
     assert!(heard(&frames, "digit-5", Codec::Pcmu));
     assert_eq!(server.calls()[0]["end_reason"], "service-hangup");
@@ -485,10 +397,11 @@ fn an_asterisk_restart_ends_its_calls_and_the_application_is_back_within_a_secon
 /// presses 5 into the greeting and 8 after its read-back, and hangs up once it has heard the
 /// read-back of 8: a call set up without audio either way cannot finish its script.
 fn storm(media: &str, calls: usize, rate: u32) {
-    // One storm at a time: two would share the two cores with everything else.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let ast = RealAsterisk::start(Options::default());
+    // Alone on the machine: a storm shares the two cores with nothing else.
+    let ast = RealAsterisk::start(Options {
+        alone: true,
+        ..Default::default()
+    });
     let server = serve(&ast, &format!("media = \"{media}\"\n"));
     let out = Command::new(BIN)
         .arg("loadgen")

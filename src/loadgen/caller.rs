@@ -70,7 +70,7 @@ impl PromptIndex {
                     for i in sounding {
                         let at = i as u32;
                         frames
-                            .entry((codec, p.frame(codec, i).into()))
+                            .entry((codec, canonical(codec, p.frame(codec, i))))
                             .and_modify(|k| {
                                 if *k != Some(at) {
                                     *k = None;
@@ -88,8 +88,17 @@ impl PromptIndex {
     fn lookup(&self, codec: Codec, payload: &[u8]) -> Option<u32> {
         // Keyed by boxed slices: building the key costs one small copy, only while a key
         // press waits for its answer.
-        self.frames.get(&(codec, payload.into())).copied().flatten()
+        self.frames
+            .get(&(codec, canonical(codec, payload)))
+            .copied()
+            .flatten()
     }
+}
+
+/// A frame as the index keys it: each byte as [`Codec::canonical`] has it, so a softswitch
+/// that re-encodes our audio (writing +0 where we wrote −0) is still recognised.
+fn canonical(codec: Codec, payload: &[u8]) -> Box<[u8]> {
+    payload.iter().map(|&b| codec.canonical(b)).collect()
 }
 
 /// What the caller asks of its driver.

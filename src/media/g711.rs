@@ -67,6 +67,16 @@ impl Codec {
         }
     }
 
+    /// The byte with which `b` compares equal as audio. µ-law has two codes for zero (0xFF is
+    /// +0, 0x7F is −0) and encoders differ in which they write for a zero sample (ours writes
+    /// −0 for small negative values, FreeSWITCH +0 for 0 itself); A-law has no second zero.
+    pub fn canonical(self, b: u8) -> u8 {
+        match (self, b) {
+            (Codec::Pcmu, 0x7F) => 0xFF,
+            _ => b,
+        }
+    }
+
     pub fn decode_sample(self, b: u8) -> i16 {
         match self {
             Codec::Pcmu => decode_ulaw(b),
@@ -95,20 +105,21 @@ impl std::fmt::Display for Codec {
     }
 }
 
-/// L16 (RFC 3551 §4.5.11): 16-bit signed samples in network byte order.
-pub fn l16_encode(pcm: &[i16], out: &mut Vec<u8>) {
-    out.reserve(pcm.len() * 2);
-    for s in pcm {
-        out.extend_from_slice(&s.to_be_bytes());
+/// Linear 16-bit samples as little-endian bytes into `out` (as long as both last): the host
+/// order mod_audio_fork streams on every machine FreeSWITCH runs on (x86-64, arm64).
+pub fn l16le_write(pcm: &[i16], out: &mut [u8]) {
+    for (o, s) in out.chunks_exact_mut(2).zip(pcm) {
+        o.copy_from_slice(&s.to_le_bytes());
     }
 }
 
-/// Decodes L16 (big-endian) bytes; a trailing odd byte is ignored.
-pub fn l16_decode(bytes: &[u8], out: &mut Vec<i16>) {
+/// Little-endian 16-bit samples from bytes; a trailing odd byte is ignored.
+pub fn l16le_read(bytes: &[u8], out: &mut Vec<i16>) {
+    out.clear();
     out.extend(
         bytes
             .chunks_exact(2)
-            .map(|c| i16::from_be_bytes([c[0], c[1]])),
+            .map(|c| i16::from_le_bytes([c[0], c[1]])),
     );
 }
 
@@ -198,12 +209,23 @@ mod tests {
     }
 
     #[test]
-    fn l16_is_big_endian() {
-        let mut bytes = Vec::new();
-        l16_encode(&[1, -2, 0x1234], &mut bytes);
-        assert_eq!(bytes, [0, 1, 0xFF, 0xFE, 0x12, 0x34]);
-        let mut back = Vec::new();
-        l16_decode(&bytes, &mut back);
-        assert_eq!(back, [1, -2, 0x1234]);
+    fn l16le_is_little_endian_both_ways() {
+        let mut bytes = [0u8; 6];
+        l16le_write(&[1, -2, 0x1234], &mut bytes);
+        assert_eq!(bytes, [1, 0, 0xFE, 0xFF, 0x34, 0x12]);
+        let mut back = vec![7];
+        l16le_read(&bytes[..5], &mut back);
+        assert_eq!(back, [1, -2]);
+    }
+
+    #[test]
+    fn the_two_ulaw_zeros_are_one_canonical_byte() {
+        let u = Codec::Pcmu;
+        assert_eq!(u.decode_sample(0x7F), 0);
+        assert_eq!(u.decode_sample(0xFF), 0);
+        assert_eq!(u.canonical(0x7F), u.canonical(0xFF));
+        assert_eq!(u.canonical(0x7E), 0x7E);
+        // A-law's codes next to zero decode to ±8: two values, both kept.
+        assert_ne!(Codec::Pcma.canonical(0xD5), Codec::Pcma.canonical(0x55));
     }
 }

@@ -16,11 +16,40 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::g711::Codec;
+use super::g711::{Codec, l16le_write};
 use super::prompts::{FRAME_SAMPLES, Prompt};
 
 pub const FRAME: Duration = Duration::from_millis(20);
 const RTP_HEADER: usize = 12;
+/// The largest payload: 20 ms of 16 kHz L16.
+const MAX_PAYLOAD: usize = FRAME_SAMPLES * 4;
+
+/// What each frame's payload carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Payload {
+    /// G.711 in the player's codec: an RTP stream for a caller.
+    #[default]
+    G711,
+    /// Linear 16-bit little-endian samples at 8 kHz (320 bytes): the player's G.711 frames,
+    /// decoded. What mod_audio_fork plays at 8 kHz; a softswitch that encodes it to the same
+    /// codec for the caller gets back exactly our frames (G.711 decode-encode is lossless),
+    /// so the caller hears what a caller of our own SIP edge hears, bit for bit.
+    L16Le8k,
+    /// The same at 16 kHz (640 bytes), from the prompts' wideband audio (the store must be
+    /// loaded with `wideband`; a prompt without it plays its 8 kHz audio doubled).
+    L16Le16k,
+}
+
+impl Payload {
+    /// Bytes per 20 ms frame.
+    pub fn frame_len(self) -> usize {
+        match self {
+            Payload::G711 => FRAME_SAMPLES,
+            Payload::L16Le8k => FRAME_SAMPLES * 2,
+            Payload::L16Le16k => FRAME_SAMPLES * 4,
+        }
+    }
+}
 /// Most frames sent back-to-back after a late wake-up.
 const MAX_BURST: u32 = 5;
 
@@ -42,6 +71,7 @@ pub enum PlayerEvent {
 #[derive(Debug)]
 pub struct Player {
     codec: Codec,
+    payload: Payload,
     payload_type: u8,
     ssrc: u32,
     seq: u16,
@@ -58,13 +88,16 @@ pub struct Player {
     next_due: Option<Instant>,
     events: VecDeque<PlayerEvent>,
     /// The packet being handed out by `poll_transmit`.
-    packet: [u8; RTP_HEADER + FRAME_SAMPLES],
+    packet: [u8; RTP_HEADER + MAX_PAYLOAD],
+    /// How far ahead of real time frames go out (see [`Player::with_lead`]).
+    lead: Duration,
 }
 
 impl Player {
     pub fn new(codec: Codec, ssrc: u32, seq: u16, timestamp: u32) -> Player {
         Player {
             codec,
+            payload: Payload::G711,
             payload_type: codec.payload_type(),
             ssrc,
             seq,
@@ -75,8 +108,25 @@ impl Player {
             pos: 0,
             next_due: None,
             events: VecDeque::new(),
-            packet: [0; RTP_HEADER + FRAME_SAMPLES],
+            packet: [0; RTP_HEADER + MAX_PAYLOAD],
+            lead: Duration::ZERO,
         }
+    }
+
+    /// Frames go out `lead` ahead of their time, so a far end that plays them from a buffer
+    /// of its own (mod_audio_fork) always holds that much: a driver that wakes late by less
+    /// than `lead` leaves no gap in what the caller hears. A burst after a stall is allowed
+    /// that many frames more. Barge-in is unaffected: the far end's buffer is flushed with
+    /// ours.
+    pub fn with_lead(mut self, lead: Duration) -> Player {
+        self.lead = lead;
+        self
+    }
+
+    /// Frames carry `payload` instead of G.711 (the RTP header stays, for the sequence).
+    pub fn with_payload(mut self, payload: Payload) -> Player {
+        self.payload = payload;
+        self
     }
 
     /// Starts the stream: the first packet is due at `now`.
@@ -121,6 +171,7 @@ impl Player {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.next_due
+            .map(|due| due.checked_sub(self.lead).unwrap_or(due))
     }
 
     pub fn poll_event(&mut self) -> Option<PlayerEvent> {
@@ -129,6 +180,8 @@ impl Player {
 
     /// The next RTP packet if one is due at `now`. Call until it returns `None`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<&[u8]> {
+        let now = now + self.lead;
+        let max_burst = MAX_BURST as u128 + self.lead.as_micros() / FRAME.as_micros();
         while self.muted {
             let due = self.next_due?;
             if now < due {
@@ -143,7 +196,7 @@ impl Player {
             return None;
         }
         let late = (now - due).as_micros() / FRAME.as_micros();
-        if late > MAX_BURST as u128 {
+        if late > max_burst {
             let skip = (late - 1) as u32;
             for _ in 0..skip {
                 self.advance_content();
@@ -161,17 +214,38 @@ impl Player {
         header[2..4].copy_from_slice(&self.seq.to_be_bytes());
         header[4..8].copy_from_slice(&self.timestamp.to_be_bytes());
         header[8..12].copy_from_slice(&self.ssrc.to_be_bytes());
-        let payload = &mut self.packet[RTP_HEADER..];
-        match self.queue.front() {
-            Some(PlayItem::Prompt(p)) => payload.copy_from_slice(p.frame(self.codec, self.pos)),
-            Some(PlayItem::Silence(_)) | None => payload.fill(self.codec.silence_byte()),
+        let len = self.payload.frame_len();
+        let payload = &mut self.packet[RTP_HEADER..RTP_HEADER + len];
+        match (self.queue.front(), self.payload) {
+            (Some(PlayItem::Prompt(p)), Payload::G711) => {
+                payload.copy_from_slice(p.frame(self.codec, self.pos))
+            }
+            (Some(PlayItem::Prompt(p)), Payload::L16Le8k) => {
+                let mut pcm = [0i16; FRAME_SAMPLES];
+                self.codec.decode(p.frame(self.codec, self.pos), &mut pcm);
+                l16le_write(&pcm, payload)
+            }
+            (Some(PlayItem::Prompt(p)), Payload::L16Le16k) => match p.frame_pcm16k(self.pos) {
+                Some(wide) => l16le_write(wide, payload),
+                None => {
+                    let narrow = p.frame_pcm8k(self.pos);
+                    for (o, s) in payload.chunks_exact_mut(4).zip(narrow) {
+                        o[..2].copy_from_slice(&s.to_le_bytes());
+                        o[2..].copy_from_slice(&s.to_le_bytes());
+                    }
+                }
+            },
+            (Some(PlayItem::Silence(_)) | None, Payload::G711) => {
+                payload.fill(self.codec.silence_byte())
+            }
+            (Some(PlayItem::Silence(_)) | None, _) => payload.fill(0),
         }
         self.advance_content();
         self.first = false;
         self.seq = self.seq.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(FRAME_SAMPLES as u32);
         self.next_due = Some(due + FRAME);
-        Some(&self.packet)
+        Some(&self.packet[..RTP_HEADER + len])
     }
 
     /// Moves one frame forward in the queue; reports `Done` when it empties.
@@ -336,5 +410,68 @@ mod tests {
         let mut p = Player::new(Codec::Pcmu, 1, 0, 0);
         assert!(p.poll_transmit(Instant::now()).is_none());
         assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn l16_payloads_are_little_endian_and_8_khz_ones_re_encode_to_our_g711_frames() {
+        use crate::media::g711::l16le_read;
+        let pcm: Vec<i16> = (0..320).map(|i| (i * 97 - 9000) as i16).collect();
+        let ramp = Arc::new(Prompt::from_pcm8k("ramp", "en", "", pcm.clone()));
+        let t = Instant::now();
+        let mut p = Player::new(Codec::Pcma, 1, 0, 0).with_payload(Payload::L16Le8k);
+        p.enqueue([PlayItem::Prompt(ramp.clone()), PlayItem::Silence(1)]);
+        p.start(t);
+        let mut back = vec![];
+        let first = p.poll_transmit(t).unwrap().to_vec();
+        assert_eq!(first.len(), 12 + 320);
+        l16le_read(&first[12..], &mut back);
+        // Encoded again to the call's codec: exactly the frame a G.711 player sends.
+        let mut alaw = vec![0u8; 160];
+        Codec::Pcma.encode(&back, &mut alaw);
+        assert_eq!(alaw, ramp.frame(Codec::Pcma, 0));
+        p.poll_transmit(t + FRAME).unwrap();
+        let silence = p.poll_transmit(t + FRAME * 2).unwrap();
+        assert!(
+            silence[12..].iter().all(|&b| b == 0),
+            "linear silence is zeros"
+        );
+
+        // 16 kHz: the linear audio (from a prompt loaded without wideband: each 8 kHz sample
+        // twice).
+        let mut wide = Player::new(Codec::Pcmu, 1, 0, 0).with_payload(Payload::L16Le16k);
+        wide.enqueue([PlayItem::Prompt(ramp)]);
+        wide.start(t);
+        let pkt = wide.poll_transmit(t).unwrap();
+        assert_eq!(pkt.len(), 12 + 640);
+        l16le_read(&pkt[12..], &mut back);
+        assert_eq!(&back[..4], &[pcm[0], pcm[0], pcm[1], pcm[1]]);
+    }
+
+    #[test]
+    fn with_a_lead_frames_go_out_that_much_early_and_a_stall_within_it_loses_nothing() {
+        let t = Instant::now();
+        let lead = FRAME * 5;
+        let mut p = Player::new(Codec::Pcmu, 1, 0, 0).with_lead(lead);
+        p.enqueue([PlayItem::Prompt(prompt(50, 1000))]);
+        p.start(t);
+        // At the start: the first frame and the 100 ms after it.
+        let mut sent = 0;
+        while p.poll_transmit(t).is_some() {
+            sent += 1;
+        }
+        assert_eq!(sent, 6);
+        // The next one is due 120 ms in, asked for 100 ms before.
+        assert_eq!(p.poll_timeout(), Some(t + FRAME));
+        // A 150 ms stall: every frame is sent, none skipped (timestamps consecutive).
+        let mut ts = vec![];
+        while let Some(pkt) = p.poll_transmit(t + Duration::from_millis(170)) {
+            ts.push(header(pkt).3);
+        }
+        assert_eq!(
+            ts.len(),
+            14 - 6,
+            "the frames due by 270 ms, less those sent"
+        );
+        assert!(ts.windows(2).all(|w| w[1] == w[0] + 160), "{ts:?}");
     }
 }

@@ -22,7 +22,7 @@ use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
 use serde::Deserialize;
 
-use super::g711::{Codec, l16_encode};
+use super::g711::Codec;
 
 /// Samples per 20 ms frame at 8 kHz.
 pub const FRAME_SAMPLES: usize = 160;
@@ -88,8 +88,9 @@ pub struct Prompt {
     pcm8k: Vec<i16>,
     pcmu: Vec<u8>,
     pcma: Vec<u8>,
-    /// 16 kHz L16 (network byte order), only when the store was loaded with wideband on.
-    l16_16k: Option<Vec<u8>>,
+    /// 16 kHz linear audio (twice the frames' samples), only when the store was loaded with
+    /// wideband on.
+    pcm16k: Option<Vec<i16>>,
 }
 
 impl Prompt {
@@ -108,7 +109,7 @@ impl Prompt {
             pcm8k: pcm,
             pcmu,
             pcma,
-            l16_16k: None,
+            pcm16k: None,
         }
     }
 
@@ -131,11 +132,16 @@ impl Prompt {
         &self.pcm8k
     }
 
-    /// 16 kHz L16 frame `i` (640 bytes), if loaded with wideband.
-    pub fn frame_l16_16k(&self, i: usize) -> Option<&[u8]> {
-        self.l16_16k
+    /// 8 kHz linear samples of frame `i` (160).
+    pub fn frame_pcm8k(&self, i: usize) -> &[i16] {
+        &self.pcm8k[i * FRAME_SAMPLES..(i + 1) * FRAME_SAMPLES]
+    }
+
+    /// 16 kHz linear samples of frame `i` (320), if loaded with wideband.
+    pub fn frame_pcm16k(&self, i: usize) -> Option<&[i16]> {
+        self.pcm16k
             .as_ref()
-            .and_then(|b| b.get(i * FRAME_SAMPLES * 4..(i + 1) * FRAME_SAMPLES * 4))
+            .and_then(|b| b.get(i * FRAME_SAMPLES * 2..(i + 1) * FRAME_SAMPLES * 2))
     }
 
     pub fn duration_ms(&self) -> u64 {
@@ -239,9 +245,7 @@ fn load_language(
             let mut wide =
                 to_i16(&resample(&samples, rate, 16000).map_err(|e| file_err(&path, e))?);
             wide.resize(prompt.frames() * FRAME_SAMPLES * 2, 0);
-            let mut bytes = Vec::new();
-            l16_encode(&wide, &mut bytes);
-            prompt.l16_16k = Some(bytes);
+            prompt.pcm16k = Some(wide);
         }
         out.insert(name.clone(), Arc::new(prompt));
     }
@@ -425,7 +429,8 @@ mod tests {
         let p = store.get("en", "hello").unwrap();
         assert_eq!(p.frames(), 25, "0.5 s is 25 frames of 20 ms");
         assert_eq!(p.frame(Codec::Pcmu, 0).len(), 160);
-        assert_eq!(p.frame_l16_16k(0).unwrap().len(), 640);
+        assert_eq!(p.frame_pcm16k(0).unwrap().len(), 320);
+        assert_eq!(p.frame_pcm8k(1), &p.pcm8k()[160..320]);
         // The 440 Hz tone survives resampling at its level (8000 peak -> RMS 5657).
         let mid = &p.pcm8k()[800..2400];
         let rms = (mid.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / mid.len() as f64).sqrt();

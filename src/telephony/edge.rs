@@ -15,6 +15,7 @@ use crate::call::{
 use crate::dialplan::Dialplan;
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
+use crate::media::player::Payload;
 use crate::server::{Shared, Shutdown};
 use crate::store::Cdr;
 
@@ -25,8 +26,14 @@ pub struct EdgeCall {
     pub caller: String,
     pub dialled: String,
     pub plan: Arc<Dialplan>,
-    /// The format of the audio frames in [`EdgeCommand::Media`].
+    /// The codec of the call (for the record, and of the frames in [`EdgeCommand::Media`] when
+    /// `payload` is G.711).
     pub codec: Codec,
+    /// What the frames in [`EdgeCommand::Media`] carry.
+    pub payload: Payload,
+    /// How far ahead of real time frames are sent (for a softswitch that plays them from a
+    /// buffer of its own, so a late wake-up of ours leaves no gap).
+    pub lead: Duration,
     /// Run the in-band detector on [`EdgeEvent::Pcm`] (the softswitch reports keys itself
     /// otherwise).
     pub inband: bool,
@@ -63,8 +70,9 @@ pub enum DialEvent {
 /// What the call asks of the adapter.
 #[derive(Debug, PartialEq, Eq)]
 pub enum EdgeCommand {
-    /// One 20 ms RTP packet of prompt audio (or silence) in the call's codec, paced in real
-    /// time; adapters that carry bare frames send the payload after the 12-byte header.
+    /// One 20 ms RTP packet of prompt audio (or silence) in the call's payload format, paced
+    /// in real time; adapters that carry bare frames send the payload after the 12-byte
+    /// header.
     Media(Vec<u8>),
     /// Barge-in: drop whatever audio the softswitch still has queued.
     Flush,
@@ -159,6 +167,34 @@ pub async fn record_unserved(shared: &Shared, call: &EdgeCall, answered_at: Stri
     }
 }
 
+/// The wait between attempts to reach a softswitch's control connection while it is down:
+/// short, so the service is back within a second of the softswitch's return (until then it
+/// refuses or drops every call for us), and jittered, so the nodes of a cluster do not knock
+/// in step. An attempt on a host that is up but not listening costs one refused connection.
+pub fn retry_delay() -> Duration {
+    Duration::from_millis(rand::random_range(200..=600))
+}
+
+/// How often a long outage is logged again (its first failure is logged at once).
+const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Logs a failed attempt to reach `what`: the first of an outage at once, then one line per
+/// [`OUTAGE_LOG_EVERY`] (attempts are a few a second). `outage` is (since, last logged).
+pub fn log_outage(what: &str, outage: &mut Option<(Instant, Instant)>, error: &str) {
+    let now = Instant::now();
+    match outage {
+        None => {
+            warn!(%error, "cannot connect to {what}; retrying every 200-600 ms");
+            *outage = Some((now, now));
+        }
+        Some((since, logged)) if now.duration_since(*logged) >= OUTAGE_LOG_EVERY => {
+            warn!(%error, down_s = since.elapsed().as_secs(), "still cannot connect to {what}");
+            *logged = now;
+        }
+        Some(_) => tracing::debug!(%error, "cannot connect to {what}"),
+    }
+}
+
 /// Why a softswitch call was not taken.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -219,6 +255,8 @@ async fn drive(
         shared.prompts(),
         MediaParams {
             codec: call.codec,
+            payload: call.payload,
+            lead: call.lead,
             telephone_event: None,
             inband: call.inband,
             send: true,

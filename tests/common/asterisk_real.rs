@@ -64,11 +64,12 @@ fn install() -> PathBuf {
     root
 }
 
-/// RTP ports for the Asterisks of this process: two ranges of 1,200 between 30000 and 32399,
-/// below the ephemeral range and above the service's (20000-29000) and the peers'
-/// (10000-19999). A storm of ~200 calls holds a pair for each caller and one for each media
-/// channel. Each Asterisk holds a range until it is dropped; a third at once (more test
-/// threads than two) shares one (Asterisk skips ports in use).
+/// RTP ports for the Asterisks of this process: two ranges of 700 from 30000 to 31399, below
+/// the ephemeral range (32768 up, where the load generator's sockets are) and above the
+/// service's (20000-29000) and the peers' (10000-19999). A storm of ~100 calls at once holds a
+/// pair for each caller and one for each media channel. Each Asterisk holds a range until it is
+/// dropped; a third at once (more test threads than two) shares one (Asterisk skips ports in
+/// use).
 static RTP_SLOTS: std::sync::Mutex<[bool; 2]> = std::sync::Mutex::new([false; 2]);
 
 fn take_rtp_slot() -> Option<usize> {
@@ -79,8 +80,8 @@ fn take_rtp_slot() -> Option<usize> {
 }
 
 fn rtp_range(slot: Option<usize>) -> (u16, u16) {
-    let base = 30000 + slot.unwrap_or(0) as u16 * 1200;
-    (base, base + 1198)
+    let base = 30000 + slot.unwrap_or(0) as u16 * 700;
+    (base, base + 698)
 }
 
 /// How a test wants its Asterisk.
@@ -89,6 +90,8 @@ pub struct Options {
     /// Where the shipped `sbc` endpoint's calls go (the calling service's outbound leg): a
     /// sipp UAS. Without it the aor points at a port nobody listens on.
     pub trunk: Option<SocketAddr>,
+    /// A load test: wait until no other test runs, and let none start meanwhile.
+    pub alone: bool,
 }
 
 /// A running Asterisk.
@@ -102,10 +105,17 @@ pub struct RealAsterisk {
     pub rtp: (u16, u16),
     rtp_slot: Option<usize>,
     child: Option<Child>,
+    /// Held for the test's length (dropped last).
+    _turn: super::Turn,
 }
 
 impl RealAsterisk {
     pub fn start(opts: Options) -> RealAsterisk {
+        let turn = if opts.alone {
+            super::Turn::alone()
+        } else {
+            super::Turn::shared()
+        };
         let root = install();
         let dir = tempfile::tempdir().unwrap();
         let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
@@ -124,6 +134,7 @@ impl RealAsterisk {
             rtp,
             rtp_slot,
             child: None,
+            _turn: turn,
         };
         ast.boot();
         ast
@@ -459,13 +470,4 @@ fn write_config(
     ] {
         write(f, shipped(f));
     }
-}
-
-/// Whether the call's RTP payloads (`frames`, in order) hold the whole prompt as `codec`.
-pub fn rtp_frames(packets: &[(f64, Vec<u8>)], pt: u8) -> Vec<Vec<u8>> {
-    packets
-        .iter()
-        .filter(|(_, p)| p.len() > 12 && p[0] >> 6 == 2 && p[1] & 0x7F == pt)
-        .map(|(_, p)| p[12..].to_vec())
-        .collect()
 }

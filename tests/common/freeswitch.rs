@@ -18,8 +18,18 @@
 //!   (`heard`), `killAudio` empties that buffer (pending marks come back `cleared`), `mark`
 //!   comes back `playout` when reached; other JSON types fire `CUSTOM mod_audio_fork::<type>`.
 //!   Events `mod_audio_fork::connect` / `::connect_failed`.
-//! - Calls: `call` parks a channel (`CHANNEL_PARK`), `press` sends `DTMF` events,
-//!   `hangup` sends `CHANNEL_HANGUP` and `CHANNEL_HANGUP_COMPLETE`.
+//! - Calls: `call` parks a channel (`CHANNEL_PARK`) as the shipped dialplan does (with
+//!   `send_silence_when_idle=-1` set first), `call_with` with other variables, `press` sends
+//!   `DTMF` events, `hangup` sends `CHANNEL_HANGUP` and `CHANNEL_HANGUP_COMPLETE`.
+//! - As measured on FreeSWITCH 1.10.12: a channel parked without `send_silence_when_idle`
+//!   (non-zero) writes no frames, so streamed audio is never played and marks never come back;
+//!   the variable counts only when it is set before `park` (`uuid_setvar` later changes
+//!   nothing), and `uuid_transfer <uuid> set:send_silence_when_idle=-1,park inline` parks the
+//!   call again with it (a second `CHANNEL_PARK`). Forks stream at 8 or 16 kHz; what the caller
+//!   hears is kept at 8 kHz (FreeSWITCH resamples to the caller's PCMU).
+//!
+//! Where the emulator and the real FreeSWITCH are compared (`e2e_freeswitch_faults.rs`,
+//! "against both"), every difference found is fixed here.
 
 #![allow(dead_code)]
 
@@ -43,8 +53,10 @@ pub type Transferred = (String, String, String);
 
 #[derive(Default)]
 struct Fork {
-    /// Audio streamed to the caller, not yet played.
+    /// Audio streamed to the caller, not yet played (at `rate`).
     buffer: VecDeque<i16>,
+    /// The bidirectional rate (8000 or 16000).
+    rate: u32,
     /// (samples still before the mark, name)
     marks: Vec<(usize, String)>,
     to_server: Option<mpsc::UnboundedSender<Message>>,
@@ -79,6 +91,9 @@ struct Chan {
     transferred: Option<(String, String, String)>,
     heard: Vec<i16>,
     hangup_cause: Option<String>,
+    /// Parked with `send_silence_when_idle` set: FreeSWITCH writes frames, so streamed audio
+    /// is played.
+    writes: bool,
 }
 
 struct Conn {
@@ -101,6 +116,9 @@ struct State {
     callees: HashMap<String, Callee>,
     /// `type`s of the JSON text frames the server sent on media forks, in order.
     fork_types: Vec<String>,
+    /// Inline dialplans are accepted but not run (a FreeSWITCH whose dialplan cannot park the
+    /// call again).
+    ignore_inline: bool,
 }
 
 #[derive(Clone)]
@@ -169,12 +187,13 @@ impl FreeSwitch {
         self.lock().auth_failures
     }
 
-    /// The dialplan answered a call to `dest` and parked it.
+    /// The dialplan answered a call to `dest` and parked it, as the shipped dialplan does
+    /// (`send_silence_when_idle=-1` set before `park`).
     pub fn call(&self, caller: &str, dest: &str) -> String {
-        self.call_with(caller, dest, &[])
+        self.call_with(caller, dest, &[("send_silence_when_idle", "-1")])
     }
 
-    /// As [`FreeSwitch::call`], with channel variables the dialplan set.
+    /// As [`FreeSwitch::call`], with (only) these channel variables set by the dialplan.
     pub fn call_with(&self, caller: &str, dest: &str, vars: &[(&str, &str)]) -> String {
         let mut st = self.lock();
         st.next += 1;
@@ -194,10 +213,10 @@ impl FreeSwitch {
                 transferred: None,
                 heard: vec![],
                 hangup_cause: None,
+                writes: false,
             },
         );
-        let h = channel_headers(&st.channels[&uuid], "CHANNEL_PARK");
-        emit(&mut st, h, "");
+        park(&mut st, &uuid);
         uuid
     }
 
@@ -300,6 +319,11 @@ impl FreeSwitch {
         for c in st.conns.drain(..) {
             let _ = c.tx.send(vec![]);
         }
+    }
+
+    /// Accepts `uuid_transfer ... inline` without running it (see `State::ignore_inline`).
+    pub fn ignore_inline(&self, on: bool) {
+        self.lock().ignore_inline = on;
     }
 
     pub fn allow_esl(&self) {
@@ -467,6 +491,30 @@ impl FreeSwitch {
                     return "-USAGE: <uuid> [-bleg|-both] <dest-exten> [<dialplan>] [<context>]\n"
                         .into();
                 };
+                if a.get(2) == Some(&"inline") {
+                    // An inline dialplan: `app:args,app:args`; `set` and `park` are emulated.
+                    if st.ignore_inline {
+                        return "+OK\n".into();
+                    }
+                    let uuid = a[0].to_string();
+                    for app in ext.split(',') {
+                        let (name, args) = app.split_once(':').unwrap_or((app, ""));
+                        match name {
+                            "set" => {
+                                if let (Some(c), Some((k, v))) =
+                                    (st.channels.get_mut(&uuid), args.split_once('='))
+                                {
+                                    c.vars.insert(k.into(), v.into());
+                                }
+                            }
+                            "park" => park(st, &uuid),
+                            other => st
+                                .violations
+                                .push(format!("inline application {other} not emulated")),
+                        }
+                    }
+                    return "+OK\n".into();
+                }
                 c.transferred = Some((
                     ext.to_string(),
                     a.get(2).unwrap_or(&"XML").to_string(),
@@ -594,6 +642,7 @@ impl FreeSwitch {
                 transferred: None,
                 heard: vec![],
                 hangup_cause: None,
+                writes: false,
             },
         );
         tokio::time::sleep(callee.answer_after.min(Duration::from_secs(timeout))).await;
@@ -649,18 +698,28 @@ impl FreeSwitch {
                     st.violations.push(format!("uuid_audio_fork start with bad arguments: {args}"));
                     return "-ERR Operation Failed\n".into();
                 }
-                if rate != "8k" && rate != "8000" {
-                    st.violations.push("the emulator streams 8 kHz only".into());
-                }
+                let sample_rate = match rate {
+                    "8k" | "8000" => 8000,
+                    "16k" | "16000" => 16000,
+                    _ => {
+                        st.violations.push(format!("the emulator streams 8 or 16 kHz, not {rate}"));
+                        8000
+                    }
+                };
                 // The bidirectional form has exactly ten fields.
                 let bidir = argv.len() == 10 && argv[7] == "true" && argv[8] == "true";
-                if argv.len() == 10 && argv[9] != "8000" {
-                    st.violations.push("the emulator plays bidirectional audio at 8000 only".into());
-                }
+                let bidir_rate = match argv.get(9).map(String::as_str) {
+                    Some("16000") => 16000,
+                    Some("8000") | None => 8000,
+                    Some(other) => {
+                        st.violations.push(format!("bidirectional rate {other} not emulated"));
+                        8000
+                    }
+                };
                 let bugname = argv.get(5).cloned().filter(|b| !b.is_empty()).unwrap_or_else(|| "audio_fork".into());
                 let metadata = argv.get(6).cloned().unwrap_or_default();
                 let fs = self.clone();
-                self.rt.spawn(async move { fs.fork(uuid, url, bugname, metadata, bidir).await });
+                self.rt.spawn(async move { fs.fork(uuid, url, bugname, metadata, bidir, (sample_rate, bidir_rate)).await });
                 "+OK Success\n".into()
             }
             Some("stop") => {
@@ -686,7 +745,15 @@ impl FreeSwitch {
     }
 
     /// mod_audio_fork's websocket client for one channel.
-    async fn fork(self, uuid: String, url: String, bugname: String, metadata: String, bidir: bool) {
+    async fn fork(
+        self,
+        uuid: String,
+        url: String,
+        bugname: String,
+        metadata: String,
+        bidir: bool,
+        (rate, bidir_rate): (u32, u32),
+    ) {
         let mut req = match url.as_str().into_client_request() {
             Ok(r) => r,
             Err(e) => {
@@ -742,6 +809,7 @@ impl FreeSwitch {
                 to_server: Some(tx.clone()),
                 metadata: metadata.clone(),
                 bugname,
+                rate: bidir_rate,
                 ..Default::default()
             });
         }
@@ -754,8 +822,9 @@ impl FreeSwitch {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    // The caller's audio: 20 ms of silence, L16 little-endian, 8 kHz mono.
-                    if sink.send(Message::Binary(vec![0u8; 320].into())).await.is_err() { break }
+                    // The caller's audio: 20 ms of silence, L16 little-endian, mono.
+                    let bytes = (rate / 50 * 2) as usize;
+                    if sink.send(Message::Binary(vec![0u8; bytes].into())).await.is_err() { break }
                 }
                 m = rx.recv() => match m {
                     Some(Message::Close(_)) | None => { let _ = sink.send(Message::Close(None)).await; break }
@@ -852,19 +921,34 @@ impl FreeSwitch {
         emit(&mut st, h, &body.to_string());
     }
 
-    /// Every 20 ms each fork plays 160 samples of streamed audio to its caller.
+    /// Every 20 ms each fork plays 20 ms of streamed audio to its caller, into the frame
+    /// FreeSWITCH writes: a channel that writes none (parked without
+    /// `send_silence_when_idle`) plays nothing, and its marks wait for ever.
     async fn playout(&self) {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         loop {
             tick.tick().await;
             let mut st = self.lock();
             for c in st.channels.values_mut() {
+                if !c.writes {
+                    continue;
+                }
                 let Some(f) = c.fork.as_mut() else { continue };
-                let n = f.buffer.len().min(160);
+                let n = f.buffer.len().min((f.rate / 50) as usize);
                 if n == 0 {
                     continue;
                 }
-                c.heard.extend(f.buffer.drain(..n));
+                let played: Vec<i16> = f.buffer.drain(..n).collect();
+                if f.rate == 16000 {
+                    // Resampled to the caller's 8 kHz: the mean of each pair.
+                    c.heard.extend(
+                        played
+                            .chunks_exact(2)
+                            .map(|p| ((i32::from(p[0]) + i32::from(p[1])) / 2) as i16),
+                    );
+                } else {
+                    c.heard.extend(played);
+                }
                 let mut reached = vec![];
                 for m in f.marks.iter_mut() {
                     m.0 = m.0.saturating_sub(n);
@@ -915,6 +999,21 @@ fn channel_headers(c: &Chan, name: &str) -> Vec<(String, String)> {
     h
 }
 
+/// The channel parks (`CHANNEL_PARK`): whether it writes frames from now on is decided by its
+/// `send_silence_when_idle` at this moment.
+fn park(st: &mut State, uuid: &str) {
+    let Some(c) = st.channels.get_mut(uuid) else {
+        return;
+    };
+    c.writes = c
+        .vars
+        .get("send_silence_when_idle")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .is_some_and(|v| v != 0);
+    let h = channel_headers(c, "CHANNEL_PARK");
+    emit(st, h, "");
+}
+
 fn hangup(st: &mut State, uuid: &str, cause: &str) {
     let Some(c) = st.channels.get_mut(uuid) else {
         return;
@@ -942,8 +1041,7 @@ fn hangup(st: &mut State, uuid: &str, cause: &str) {
     {
         other.bridged = None;
         if other.vars.get("park_after_bridge").map(String::as_str) == Some("true") {
-            let h = channel_headers(&st.channels[&p], "CHANNEL_PARK");
-            emit(st, h, "");
+            park(st, &p);
         } else {
             hangup(st, &p, "NORMAL_CLEARING");
         }

@@ -13,12 +13,34 @@ pub mod asterisk;
 pub mod asterisk_real;
 pub mod carrier;
 pub mod freeswitch;
+pub mod freeswitch_real;
 pub mod smsc;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_topup-ivr");
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A test's turn on the machine. Tests of one binary run two at a time; a load test (a storm of
+/// calls through a softswitch) runs alone, so it neither starves nor is starved by the calls of
+/// another test (both softswitches play late audio under load, and tests that compare audio
+/// sample for sample would see it).
+pub enum Turn {
+    Shared(std::sync::RwLockReadGuard<'static, ()>),
+    Alone(std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+static TURNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+impl Turn {
+    pub fn shared() -> Turn {
+        Turn::Shared(TURNS.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn alone() -> Turn {
+        Turn::Alone(TURNS.write().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// Fails the test with a clear message when a peer program is missing.
@@ -782,6 +804,108 @@ pub fn heard_mixed_as(
     })
 }
 
+/// Whether the bytes of `frames`, run together, hold the whole prompt's `codec` bytes at any
+/// offset, sample for sample (µ-law's two zeros taken as one, see `Codec::canonical`): the
+/// caller received our G.711, re-framed by a softswitch's buffer.
+pub fn heard_bytes_as(
+    frames: &[Vec<u8>],
+    prompts: &topup_ivr::media::prompts::PromptStore,
+    lang: &str,
+    name: &str,
+    codec: topup_ivr::media::g711::Codec,
+) -> bool {
+    let p = prompts.get(lang, name).unwrap();
+    let want: Vec<u8> = (0..p.frames())
+        .flat_map(|i| p.frame(codec, i).to_vec())
+        .map(|b| codec.canonical(b))
+        .collect();
+    let heard: Vec<u8> = frames
+        .concat()
+        .into_iter()
+        .map(|b| codec.canonical(b))
+        .collect();
+    heard.windows(want.len()).any(|w| w == want.as_slice())
+}
+
+/// Whether the decoded `frames` hold the whole prompt (decoded from its `codec` frames) at
+/// any sample offset, with a normalized correlation of at least `min_ncc`: for audio a
+/// softswitch re-encoded and re-framed. The search narrows by the loudness envelope (20-sample
+/// blocks) before comparing samples, so a minute of audio takes milliseconds.
+pub fn heard_like_as(
+    frames: &[Vec<u8>],
+    prompts: &topup_ivr::media::prompts::PromptStore,
+    lang: &str,
+    name: &str,
+    codec: topup_ivr::media::g711::Codec,
+    min_ncc: f64,
+) -> bool {
+    let decode = |f: &[u8]| {
+        let mut pcm = vec![0i16; f.len()];
+        codec.decode(f, &mut pcm);
+        pcm
+    };
+    let p = prompts.get(lang, name).unwrap();
+    let want: Vec<f64> = (0..p.frames())
+        .flat_map(|i| decode(p.frame(codec, i)))
+        .map(f64::from)
+        .collect();
+    let heard: Vec<f64> = frames
+        .iter()
+        .flat_map(|f| decode(f))
+        .map(f64::from)
+        .collect();
+    best_match(&heard, &want) >= min_ncc
+}
+
+/// The highest normalized correlation of `want` with a stretch of `heard` (see
+/// [`heard_like_as`]).
+pub fn best_match(heard: &[f64], want: &[f64]) -> f64 {
+    const B: usize = 20;
+    if want.len() < B || heard.len() < want.len() {
+        return 0.0;
+    }
+    let envelope = |x: &[f64]| -> Vec<f64> {
+        x.chunks_exact(B)
+            .map(|c| (c.iter().map(|v| v * v).sum::<f64>() / B as f64).sqrt())
+            .collect()
+    };
+    let ncc = |a: &[f64], b: &[f64], centred: bool| {
+        let (ma, mb) = if centred {
+            (
+                a.iter().sum::<f64>() / a.len() as f64,
+                b.iter().sum::<f64>() / b.len() as f64,
+            )
+        } else {
+            (0.0, 0.0)
+        };
+        let (mut dot, mut ea, mut eb) = (0.0, 0.0, 0.0);
+        for (x, y) in a.iter().zip(b) {
+            dot += (x - ma) * (y - mb);
+            ea += (x - ma) * (x - ma);
+            eb += (y - mb) * (y - mb);
+        }
+        if ea > 0.0 && eb > 0.0 {
+            dot / (ea * eb).sqrt()
+        } else {
+            0.0
+        }
+    };
+    let (he, we) = (envelope(heard), envelope(want));
+    let mut blocks: Vec<(f64, usize)> = (0..=he.len() - we.len())
+        .map(|j| (ncc(&he[j..j + we.len()], &we, true), j))
+        .collect();
+    blocks.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut best = 0.0f64;
+    for &(_, j) in blocks.iter().take(3) {
+        let from = (j * B).saturating_sub(B);
+        let to = (j * B + B).min(heard.len() - want.len());
+        for o in from..=to {
+            best = best.max(ncc(&heard[o..o + want.len()], want, false));
+        }
+    }
+    best
+}
+
 /// UDP payloads of an Ethernet (or Linux cooked) IPv4 pcap.
 pub fn read_pcap_udp(data: &[u8]) -> Vec<(f64, Vec<u8>)> {
     let mut out = vec![];
@@ -870,4 +994,102 @@ pub fn rtp_packet(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &
     p.extend_from_slice(&ssrc.to_be_bytes());
     p.extend_from_slice(payload);
     p
+}
+
+/// A sipp caller into a softswitch, its audio captured.
+pub struct Call {
+    child: Child,
+    logs: tempfile::TempDir,
+    capture: Capture,
+    codec: topup_ivr::media::g711::Codec,
+}
+
+/// Dials `exten` at `target` from `caller`, offering `codec`, and presses `digits` from 1.5 s
+/// in (one key per 0.4 s); with `bye_after` the caller hangs up that long after the keys
+/// began, else it waits for the far end to hang up.
+pub fn dial(
+    target: SocketAddr,
+    exten: &str,
+    caller: &str,
+    digits: &str,
+    codec: topup_ivr::media::g711::Codec,
+    bye_after: Option<Duration>,
+) -> Call {
+    require("sipp");
+    let (pt, name) = match codec {
+        topup_ivr::media::g711::Codec::Pcmu => ("0", "PCMU"),
+        topup_ivr::media::g711::Codec::Pcma => ("8", "PCMA"),
+    };
+    let scenario = match bye_after {
+        Some(_) => "asterisk_keys_then_bye.xml",
+        None => "asterisk_keys.xml",
+    };
+    let mut sipp = keys(scenario, exten, caller, digits)
+        .arg("-key")
+        .arg("pt")
+        .arg(pt)
+        .arg("-key")
+        .arg("codec")
+        .arg(name);
+    if let Some(d) = bye_after {
+        sipp = sipp.arg("-d").arg(&d.as_millis().to_string());
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let capture = Capture::start(
+        logs.path(),
+        &format!("udp and dst port {}", sipp.media_port),
+    );
+    let child = sipp
+        .command_to(target, logs.path())
+        .spawn()
+        .expect("run sipp");
+    Call {
+        child,
+        logs,
+        capture,
+        codec,
+    }
+}
+
+impl Call {
+    /// Waits for sipp to finish (it must succeed) and returns the audio frames the caller
+    /// heard, in order.
+    pub fn heard(mut self, server: &Server) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "sipp did not finish:\n{}\n{}",
+                    read_logs(self.logs.path()),
+                    server.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let packets = self.capture.stop();
+        assert!(
+            status.success(),
+            "sipp failed ({status}):\n{}\n---- server log ----\n{}",
+            read_logs(self.logs.path()),
+            server.log()
+        );
+        let pt = match self.codec {
+            topup_ivr::media::g711::Codec::Pcmu => 0,
+            topup_ivr::media::g711::Codec::Pcma => 8,
+        };
+        rtp_frames(&packets, pt)
+    }
+}
+
+/// The payloads of the RTP packets of payload type `pt` among UDP payloads, in order.
+pub fn rtp_frames(packets: &[(f64, Vec<u8>)], pt: u8) -> Vec<Vec<u8>> {
+    packets
+        .iter()
+        .filter(|(_, p)| p.len() > 12 && p[0] >> 6 == 2 && p[1] & 0x7F == pt)
+        .map(|(_, p)| p[12..].to_vec())
+        .collect()
 }

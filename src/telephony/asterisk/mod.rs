@@ -74,17 +74,6 @@ type WsStream =
 /// down drops the SYN rather than refusing it).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The wait between attempts to reach ARI while Asterisk is down: short, so the application
-/// is registered again within a second of Asterisk's return (until then Asterisk refuses
-/// every call for it: "Stasis app doesn't exist"), and jittered, so the nodes of a cluster do
-/// not knock in step. An attempt costs one refused TCP connection.
-fn retry_delay() -> Duration {
-    Duration::from_millis(rand::random_range(200..=600))
-}
-
-/// How often a long outage is logged again (its first failure is logged at once).
-const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(30);
-
 /// Runs the Stasis application until the service stops (returns at once without `[asterisk]`).
 pub async fn run(shared: Arc<Shared>) {
     let Some(cfg) = shared.cfg.asterisk.clone() else {
@@ -140,11 +129,11 @@ pub async fn run(shared: Arc<Shared>) {
                 }
                 outage = Some((Instant::now(), Instant::now()));
             }
-            Ok(Err(e)) => log_outage(&mut outage, &e.to_string()),
-            Err(_) => log_outage(&mut outage, "no answer in 2 s"),
+            Ok(Err(e)) => edge::log_outage("ARI", &mut outage, &e.to_string()),
+            Err(_) => edge::log_outage("ARI", &mut outage, "no answer in 2 s"),
         }
         shared.asterisk_up.store(false, Ordering::Relaxed);
-        let wait = tokio::time::sleep(retry_delay());
+        let wait = tokio::time::sleep(edge::retry_delay());
         tokio::pin!(wait);
         loop {
             tokio::select! {
@@ -157,23 +146,6 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             }
         }
-    }
-}
-
-/// Logs a failed attempt to reach ARI: the first of an outage at once, then one line per
-/// [`OUTAGE_LOG_EVERY`] (attempts are a few a second).
-fn log_outage(outage: &mut Option<(Instant, Instant)>, error: &str) {
-    let now = Instant::now();
-    match outage {
-        None => {
-            warn!(%error, "cannot connect to ARI; retrying every 200-600 ms");
-            *outage = Some((now, now));
-        }
-        Some((since, logged)) if now.duration_since(*logged) >= OUTAGE_LOG_EVERY => {
-            warn!(%error, down_s = since.elapsed().as_secs(), "still cannot connect to ARI");
-            *logged = now;
-        }
-        Some(_) => debug!(%error, "cannot connect to ARI"),
     }
 }
 
@@ -516,6 +488,10 @@ async fn run_leg(
         dialled,
         plan,
         codec: t.cfg.codec,
+        payload: crate::media::player::Payload::G711,
+        // chan_websocket queues what we send and plays one frame per 20 ms: measured bit-exact
+        // without a lead.
+        lead: Duration::ZERO,
         inband,
         can_dial: t.cfg.calling_endpoint.is_some(),
     };

@@ -1,9 +1,15 @@
 //! Calls from FreeSWITCH: the event socket (inbound mode) for control and keys, and our own
 //! websocket server for mod_audio_fork's media. The dialplan answers and parks the recharge
 //! numbers; each `CHANNEL_PARK` becomes a call: we start `uuid_audio_fork` (bidirectional,
-//! L16 at 8 kHz) towards `<media_url>/fs/<uuid>`, play prompts as binary frames down that
-//! socket (`killAudio` on barge-in, `mark` to know they were heard), read keys from `DTMF`
-//! events, escalate with `uuid_transfer` and hang up with `uuid_kill`.
+//! L16 at `sample_rate`, 8 or 16 kHz) towards `<media_url>/fs/<uuid>`, play prompts as binary
+//! frames down that socket (`killAudio` on barge-in, `mark` to know they were heard), read keys
+//! from `DTMF` events, escalate with `uuid_transfer` and hang up with `uuid_kill`.
+//!
+//! FreeSWITCH 1.10.12 plays streamed audio only into frames it writes to the channel, and a
+//! parked channel writes none unless `send_silence_when_idle` was set before `park`: a call
+//! parked without it is parked again with it (one warning names the dialplan fix), and a call
+//! whose first audio is not played within [`AUDIO_CHECK_WAIT`] ends as `no-audio` rather than
+//! leave a caller in silence.
 
 pub mod esl;
 
@@ -22,6 +28,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::config::FreeswitchConfig;
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
+use crate::media::player::Payload;
 use crate::server::{Shared, Shutdown};
 use crate::telephony::edge::{
     self, DialEvent, EdgeCall, EdgeCommand, EdgeEvent, MEDIA_QUEUE, Refusal,
@@ -34,8 +41,6 @@ pub const SUBPROTOCOLS: [&str; 2] = ["audio.drachtio.org", "audio.jambonz.org"];
 /// The events we subscribe to.
 const EVENTS: &str = "event json CHANNEL_PARK CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE DTMF BACKGROUND_JOB CUSTOM mod_audio_fork::connect mod_audio_fork::connect_failed mod_audio_fork::disconnect";
 
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long FreeSWITCH has to open the media websocket after `uuid_audio_fork start`.
 const MEDIA_CONNECT_WAIT: Duration = Duration::from_secs(10);
 const PLAYOUT_WAIT: Duration = Duration::from_secs(2);
@@ -51,6 +56,9 @@ enum LegEvent {
     CalleeUp,
     /// The outbound leg is gone (or never came), with FreeSWITCH's hangup cause.
     CalleeGone(String),
+    /// The caller's channel parked again (after our repair), with its
+    /// `send_silence_when_idle`.
+    Parked(Option<String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,13 +116,20 @@ pub async fn run(shared: Arc<Shared>) {
     let (done_tx, mut done_rx) = mpsc::channel::<String>(64);
     let mut routes: HashMap<String, (mpsc::Sender<LegEvent>, Leg)> = HashMap::new();
     let mut shutdown = shared.shutdown.clone();
-    let mut backoff = BACKOFF_MIN;
+    // Since when the event socket has been out of reach, and when that was last logged.
+    let mut outage: Option<(Instant, Instant)> = None;
     'outer: loop {
         match connect(&cfg).await {
             Ok((mut sock, mut parser)) => {
-                info!(esl = %cfg.esl, "FreeSWITCH event socket connected");
+                match outage.take() {
+                    Some((since, _)) => info!(
+                        esl = %cfg.esl,
+                        down_ms = since.elapsed().as_millis() as u64,
+                        "FreeSWITCH event socket connected again"
+                    ),
+                    None => info!(esl = %cfg.esl, "FreeSWITCH event socket connected"),
+                }
                 shared.freeswitch_up.store(true, Ordering::Relaxed);
-                backoff = BACKOFF_MIN;
                 // Replies come in the order of the commands.
                 let mut waiting: VecDeque<oneshot::Sender<Result<String, String>>> =
                     VecDeque::new();
@@ -183,13 +198,12 @@ pub async fn run(shared: Arc<Shared>) {
                 for w in waiting.drain(..) {
                     let _ = w.send(Err("event socket lost".into()));
                 }
+                outage = Some((Instant::now(), Instant::now()));
             }
-            Err(e) => {
-                warn!(esl = %cfg.esl, error = %e, retry_in = ?backoff, "cannot connect to FreeSWITCH")
-            }
+            Err(e) => edge::log_outage("the FreeSWITCH event socket", &mut outage, &e.to_string()),
         }
         shared.freeswitch_up.store(false, Ordering::Relaxed);
-        let wait = tokio::time::sleep(backoff);
+        let wait = tokio::time::sleep(edge::retry_delay());
         tokio::pin!(wait);
         loop {
             tokio::select! {
@@ -204,7 +218,6 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             }
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     server.abort();
 }
@@ -344,6 +357,15 @@ fn on_frame(
                             .or_else(|| ev.get("Caller-Destination-Number"))
                             .unwrap_or("")
                             .to_string(),
+                        silence_when_idle: ev
+                            .get("variable_send_silence_when_idle")
+                            .map(str::to_string),
+                        // The caller's codec: 8 kHz prompts go as its G.711 frames, decoded,
+                        // so FreeSWITCH's encoding gives the caller exactly those frames.
+                        codec: match ev.get("variable_read_codec") {
+                            Some("PCMA") => Codec::Pcma,
+                            _ => Codec::Pcmu,
+                        },
                     };
                     let span = tracing::info_span!("call", call_id = %uuid);
                     tokio::spawn(
@@ -358,6 +380,10 @@ fn on_frame(
                         .instrument(span),
                     );
                 }
+                ("CHANNEL_PARK", Some(Leg::Caller)) => route(LegEvent::Parked(
+                    ev.get("variable_send_silence_when_idle")
+                        .map(str::to_string),
+                )),
                 ("DTMF", Some(Leg::Caller)) => {
                     let Some(d) = ev
                         .get("DTMF-Digit")
@@ -401,6 +427,79 @@ struct ParkedCall {
     uuid: String,
     caller: String,
     dialled: String,
+    /// The channel's `send_silence_when_idle` when it parked (see [`writes_when_idle`]).
+    silence_when_idle: Option<String>,
+    codec: Codec,
+}
+
+/// Whether a parked channel writes frames while idle, from its `send_silence_when_idle`.
+/// FreeSWITCH's `park` writes nothing unless the variable is set (to a non-zero level; -1 is
+/// silence) before it parks, and mod_audio_fork plays streamed audio only into frames
+/// FreeSWITCH writes: without it the caller hears nothing and every mark times out. `park`
+/// reads the variable once, so setting it later does nothing; a call parked again does.
+fn writes_when_idle(value: Option<&str>) -> bool {
+    value
+        .map(str::trim)
+        .and_then(|v| v.parse::<i64>().ok())
+        .is_some_and(|v| v != 0)
+}
+
+/// The dialplan fix, said once per process in the log (each call is repaired regardless).
+static SILENCE_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How long a repaired call has to park again.
+const REPARK_WAIT: Duration = Duration::from_secs(3);
+
+/// How long the first streamed audio has to be played (its mark to come back) before the
+/// call is taken to hear nothing.
+const AUDIO_CHECK_WAIT: Duration = Duration::from_secs(5);
+
+/// How far ahead of real time prompt audio is streamed. mod_audio_fork plays what it holds
+/// into each frame FreeSWITCH writes, with no buffer of its own to speak of: audio that comes
+/// late leaves a gap the caller hears (measured under load: prompts no longer arrived sample
+/// for sample). With 100 ms in hand, a wake-up of ours that late costs nothing; a barge-in
+/// still cuts at once (`killAudio` empties that buffer).
+const PLAYOUT_LEAD: Duration = Duration::from_millis(100);
+
+/// Frames streamed before the audio check's mark is sent.
+const AUDIO_CHECK_AFTER: u32 = 5;
+
+/// Parks the call again with `send_silence_when_idle=-1` (an inline dialplan), so FreeSWITCH
+/// writes the frames mod_audio_fork plays our audio into; returns once it has re-parked.
+async fn repair_silent_park(
+    api: &mpsc::Sender<Api>,
+    uuid: &str,
+    events: &mut mpsc::Receiver<LegEvent>,
+    early: &mut Vec<LegEvent>,
+) -> Result<(), String> {
+    if !SILENCE_WARNED.swap(true, Ordering::Relaxed) {
+        warn!(
+            "FreeSWITCH parked a call without send_silence_when_idle: callers would hear nothing. \
+             Each such call is parked again with it; set it in the dialplan before answer/park: \
+             <action application=\"set\" data=\"send_silence_when_idle=-1\"/> \
+             (docker/freeswitch/dialplan.xml)"
+        );
+    }
+    metrics::counter!("topup_ivr_freeswitch_repaired_parks_total").increment(1);
+    api_call(
+        api,
+        format!("uuid_transfer {uuid} set:send_silence_when_idle=-1,park inline"),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + REPARK_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(LegEvent::Parked(v))) if writes_when_idle(v.as_deref()) => return Ok(()),
+            Ok(Some(LegEvent::Parked(_))) => {}
+            Ok(Some(e @ LegEvent::Gone(_))) => {
+                early.push(e);
+                return Err("the caller left".into());
+            }
+            Ok(Some(e)) => early.push(e),
+            Ok(None) => return Err("event socket task gone".into()),
+            Err(_) => return Err(format!("not parked again in {REPARK_WAIT:?}")),
+        }
+    }
 }
 
 async fn api_call(api: &mpsc::Sender<Api>, command: String) -> Result<String, String> {
@@ -471,67 +570,108 @@ async fn run_leg(
         }
     };
     info!(service = %plan.service, from = %crate::redact::Phone(&call.caller), "incoming call");
-    // The `^^|` form: ten fields split on `|`, bidirectional streaming at 8 kHz.
+    // The dialplan answered the call before parking it.
+    let answered_at = crate::call::timestamp();
+    let (rate_word, payload) = match cfg.sample_rate {
+        16000 => ("16k", Payload::L16Le16k),
+        _ => ("8k", Payload::L16Le8k),
+    };
+    let edge_call = EdgeCall {
+        call_id: uuid.clone(),
+        caller: call.caller,
+        dialled: call.dialled,
+        plan,
+        codec: call.codec,
+        payload,
+        lead: PLAYOUT_LEAD,
+        inband: shared.cfg.inband_dtmf == crate::config::InbandDtmf::Always,
+        can_dial: cfg.calling_gateway.is_some(),
+    };
+    // Events that come while the call is set up (keys typed ahead), for the call once it runs.
+    let mut early: Vec<LegEvent> = vec![];
+    let caller_left = |early: &[LegEvent]| early.iter().any(|e| matches!(e, LegEvent::Gone(_)));
+    if !writes_when_idle(call.silence_when_idle.as_deref()) {
+        match repair_silent_park(api, &uuid, events, &mut early).await {
+            Ok(()) => debug!("parked again with send_silence_when_idle"),
+            Err(_) if caller_left(&early) => {
+                edge::record_unserved(shared, &edge_call, answered_at, "caller-hangup").await;
+                return None;
+            }
+            // The audio check below ends the call if the caller really hears nothing.
+            Err(e) => warn!(error = %e, "could not park the call again"),
+        }
+    }
+    // The `^^|` form: ten fields split on `|`, bidirectional streaming at the configured rate.
     let start = format!(
-        "uuid_audio_fork ^^|{uuid}|start|{}/fs/{uuid}|mono|8k|topup-ivr|{{\"uuid\":\"{uuid}\"}}|true|true|8000",
-        cfg.media_url
+        "uuid_audio_fork ^^|{uuid}|start|{}/fs/{uuid}|mono|{rate_word}|topup-ivr|{{\"uuid\":\"{uuid}\"}}|true|true|{}",
+        cfg.media_url, cfg.sample_rate
     );
+    debug!(rate = cfg.sample_rate, codec = %call.codec, "starting mod_audio_fork");
+    let setup_failed = |why: &str| warn!(%why, "call not set up");
     if let Err(e) = api_call(api, start).await {
-        warn!(error = %e, "uuid_audio_fork refused");
+        setup_failed(&format!("uuid_audio_fork refused: {e}"));
+        edge::record_unserved(shared, &edge_call, answered_at, "setup-failed").await;
         return Some("NORMAL_TEMPORARY_FAILURE");
     }
     let deadline = tokio::time::Instant::now() + MEDIA_CONNECT_WAIT;
     let mut ws = loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Some(LegEvent::Media(ws))) => break ws,
-            Ok(Some(LegEvent::Gone(_))) | Ok(None) => return None,
+            Ok(Some(LegEvent::Gone(_))) | Ok(None) => {
+                edge::record_unserved(shared, &edge_call, answered_at, "caller-hangup").await;
+                return None;
+            }
             Ok(Some(LegEvent::MediaFailed(why))) => {
-                warn!(%why, "mod_audio_fork could not connect");
+                setup_failed(&format!("mod_audio_fork could not connect: {why}"));
+                edge::record_unserved(shared, &edge_call, answered_at, "setup-failed").await;
                 return Some("NORMAL_TEMPORARY_FAILURE");
             }
-            Ok(Some(_)) => {}
+            Ok(Some(e)) => early.push(e),
             Err(_) => {
-                warn!("mod_audio_fork never connected");
+                setup_failed("mod_audio_fork never connected");
+                edge::record_unserved(shared, &edge_call, answered_at, "setup-failed").await;
                 return Some("NORMAL_TEMPORARY_FAILURE");
             }
         }
     };
 
-    let inband = shared.cfg.inband_dtmf == crate::config::InbandDtmf::Always;
+    let inband = edge_call.inband;
+    let wide = cfg.sample_rate == 16000;
     let (ev_tx, ev_rx) = mpsc::channel(64);
     let (cmd_tx, mut cmd_rx) = mpsc::channel(MEDIA_QUEUE);
     let driver = tokio::spawn(edge::run_call(
         shared.clone(),
-        EdgeCall {
-            call_id: uuid.clone(),
-            caller: call.caller,
-            dialled: call.dialled,
-            plan,
-            codec: Codec::Pcmu,
-            inband,
-            can_dial: cfg.calling_gateway.is_some(),
-        },
+        edge_call,
         ev_rx,
         cmd_tx,
         permit,
     ));
-    let mut pcm = vec![0i16; 160];
-    let mut l16: Vec<u8> = Vec::with_capacity(320);
+    for e in early {
+        if let LegEvent::Dtmf(d, method) = e {
+            let _ = ev_tx.send(EdgeEvent::Digit(d, method)).await;
+        }
+    }
+    let mut pcm: Vec<i16> = Vec::with_capacity(320);
     // The calling service's outbound leg, if one exists: whether it has answered.
     let mut callee: Option<bool> = None;
+    // The audio check: frames streamed since it was (re)armed, and until when its mark has to
+    // come back; `None` once FreeSWITCH has played our audio.
+    let mut streamed = 0u32;
+    let mut check_deadline: Option<tokio::time::Instant> = None;
+    let mut audio_heard = false;
     let cause = loop {
         tokio::select! {
             cmd = cmd_rx.recv() => match cmd {
                 Some(EdgeCommand::Media(pkt)) if pkt.len() > 12 => {
-                    // Bidirectional mod_audio_fork takes L16 (little-endian) at bidir_rate.
-                    let payload = &pkt[12..];
-                    pcm.resize(payload.len(), 0);
-                    Codec::Pcmu.decode(payload, &mut pcm);
-                    l16.clear();
-                    for s in &pcm {
-                        l16.extend_from_slice(&s.to_le_bytes());
+                    // Bidirectional mod_audio_fork takes L16 (little-endian) at bidir_rate: the
+                    // player made exactly that.
+                    let _ = ws.send(Message::Binary(pkt[12..].to_vec().into())).await;
+                    streamed += 1;
+                    if !audio_heard && check_deadline.is_none() && streamed >= AUDIO_CHECK_AFTER {
+                        let mark = r#"{"type":"mark","data":{"name":"audio-check"}}"#;
+                        let _ = ws.send(Message::Text(mark.into())).await;
+                        check_deadline = Some(tokio::time::Instant::now() + AUDIO_CHECK_WAIT);
                     }
-                    let _ = ws.send(Message::Binary(l16.clone().into())).await;
                 }
                 Some(EdgeCommand::Media(_)) => {}
                 Some(EdgeCommand::Flush) => {
@@ -606,17 +746,39 @@ async fn run_leg(
                         let _ = ev_tx.send(EdgeEvent::Dial(ev)).await;
                     }
                 }
-                Some(LegEvent::Media(_)) | Some(LegEvent::MediaFailed(_)) => {}
+                Some(LegEvent::Media(_) | LegEvent::MediaFailed(_) | LegEvent::Parked(_)) => {}
                 None => break Some("NORMAL_CLEARING"),
             },
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
                     if inband {
-                        let samples: Vec<i16> = b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
-                        let _ = ev_tx.try_send(EdgeEvent::Pcm(samples));
+                        crate::media::g711::l16le_read(&b, &mut pcm);
+                        if wide {
+                            // 16 kHz to the detector's 8 kHz: the mean of each pair (a low-pass
+                            // enough for keypad tones, all below 1.7 kHz).
+                            let narrow: Vec<i16> = pcm
+                                .chunks_exact(2)
+                                .map(|p| ((i32::from(p[0]) + i32::from(p[1])) / 2) as i16)
+                                .collect();
+                            let _ = ev_tx.try_send(EdgeEvent::Pcm(narrow));
+                        } else {
+                            let _ = ev_tx.try_send(EdgeEvent::Pcm(pcm.clone()));
+                        }
                     }
                 }
-                Some(Ok(Message::Text(t))) => debug!(text = %t.as_str().chars().take(100).collect::<String>(), "mod_audio_fork"),
+                Some(Ok(Message::Text(t))) => match mark_event(t.as_str()) {
+                    Some(("audio-check", "playout")) => {
+                        audio_heard = true;
+                        check_deadline = None;
+                        debug!("FreeSWITCH plays our audio");
+                    }
+                    // Barge-in cleared the mark with the audio: check again on what follows.
+                    Some(("audio-check", _)) => {
+                        check_deadline = None;
+                        streamed = 0;
+                    }
+                    _ => debug!(text = %t.as_str().chars().take(100).collect::<String>(), "mod_audio_fork"),
+                },
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {
                     // A hangup closes the fork and brings CHANNEL_HANGUP_COMPLETE, in either
@@ -630,6 +792,18 @@ async fn run_leg(
                     break Some("NORMAL_TEMPORARY_FAILURE");
                 }
             },
+            _ = async { tokio::time::sleep_until(check_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if check_deadline.is_some() => {
+                // FreeSWITCH took our audio but played none of it: the caller hears silence.
+                // Such a call must not look healthy: it ends, with its own end reason.
+                tracing::error!(
+                    "FreeSWITCH played none of the call's audio in {AUDIO_CHECK_WAIT:?}: the caller \
+                     hears nothing. Set send_silence_when_idle=-1 before park in the dialplan and \
+                     rtp-timer-name=soft in the SIP profile (README, Running behind FreeSWITCH)"
+                );
+                metrics::counter!("topup_ivr_freeswitch_silent_calls_total").increment(1);
+                let _ = ev_tx.send(EdgeEvent::Ended("no-audio".into())).await;
+                break Some("NORMAL_TEMPORARY_FAILURE");
+            }
         }
     };
     drop(ev_tx);
@@ -643,6 +817,26 @@ async fn run_leg(
     }
     let _ = ws.send(Message::Close(None)).await;
     cause
+}
+
+/// A mod_audio_fork mark report (`{"type":"mark","data":{"name":..,"event":..}}`): its name
+/// and event (`playout` once the audio before it was played, `cleared` when it was dropped).
+fn mark_event(text: &str) -> Option<(&str, &str)> {
+    #[derive(serde::Deserialize)]
+    struct Mark<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        #[serde(borrow)]
+        data: MarkData<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct MarkData<'a> {
+        name: &'a str,
+        #[serde(default)]
+        event: &'a str,
+    }
+    let m: Mark = serde_json::from_str(text).ok()?;
+    (m.kind == "mark").then_some((m.data.name, m.data.event))
 }
 
 /// Places the calling service's outbound leg with `bgapi originate` (a blocking `api` would
