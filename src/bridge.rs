@@ -10,7 +10,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::call::{CallSession, Latch};
+use crate::call::CallSession;
+use crate::media::peer::{RtpPeer, Verdict};
 use crate::server::Shared;
 use crate::services::OpResult;
 use crate::telephony::sip::endpoint::{CallHandle, EndReason, SipEvent};
@@ -22,8 +23,8 @@ use crate::topup::books::now_ms;
 pub struct CallerLeg<'a> {
     pub session: &'a mut CallSession,
     pub socket: &'a UdpSocket,
-    pub remote: &'a mut SocketAddr,
-    pub latch: &'a mut Latch,
+    /// Where the caller's media comes from and ours goes.
+    pub peer: &'a mut RtpPeer,
     pub last_rtp: &'a mut Instant,
     pub events: &'a mut mpsc::Receiver<SipEvent>,
     pub events_tx: mpsc::Sender<SipEvent>,
@@ -217,7 +218,9 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
     loop {
         let now = Instant::now();
         while let Some(pkt) = session.poll_transmit(now) {
-            let _ = leg.socket.send_to(&pkt, *leg.remote).await;
+            if let Some(to) = leg.peer.send_to(now) {
+                let _ = leg.socket.send_to(&pkt, to).await;
+            }
         }
         match clock.poll(now) {
             Some(PaidCallAction::RingTimeout) => {
@@ -300,9 +303,8 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
             r = leg.socket.recv_from(&mut buf) => {
                 let now = Instant::now();
                 if let Ok((n, from)) = r
-                    && leg.latch.accept(now, from)
+                    && leg.peer.handle_packet(now, from, &buf[..n]) == Verdict::Accept
                 {
-                    *leg.remote = from;
                     *leg.last_rtp = now;
                     if let Some(to) = out_remote {
                         let _ = out_socket.send_to(&buf[..n], to).await;
@@ -315,7 +317,9 @@ pub async fn call(shared: &Shared, leg: CallerLeg<'_>, number: &str) -> BridgeEn
                     && !session.is_announcing()
                 {
                     out_remote = Some(from);
-                    let _ = leg.socket.send_to(&out_buf[..n], *leg.remote).await;
+                    if let Some(to) = leg.peer.send_to(Instant::now()) {
+                        let _ = leg.socket.send_to(&out_buf[..n], to).await;
+                    }
                 }
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {

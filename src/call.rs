@@ -18,6 +18,7 @@ use crate::media::dtmf::inband::{InbandDetector, InbandDigit};
 use crate::media::dtmf::rfc4733::Rfc4733Receiver;
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
+use crate::media::peer::{RtpPeer, Verdict};
 use crate::media::player::{Payload, PlayItem, Player, PlayerEvent};
 use crate::media::prompts::PromptStore;
 use crate::server::{Shared, Shutdown};
@@ -388,6 +389,8 @@ pub struct SipCallSetup {
     pub events_tx: mpsc::Sender<SipEvent>,
     pub commands: mpsc::Sender<SipCommand>,
     pub started_at: String,
+    /// The call's hold on its source's share of calls, released when the call ends.
+    pub source_slot: crate::telephony::sip::admission::Slot,
 }
 
 /// Runs one SIP call to its end and writes its CDR. The admission `permit` is held until the
@@ -483,6 +486,13 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
     };
     let socket = match shared.ports.bind(cfg.advertise).await {
         Ok(s) => s,
+        Err(e) if crate::server::is_out_of_descriptors(&e) => {
+            tracing::error!(
+                "out of file descriptors: call refused (raise the open files limit, or lower calls.max / http.max_connections)"
+            );
+            send(SipCommand::Reject(call, 503, Some(5))).await;
+            return Outcome::new("no-descriptors");
+        }
         Err(e) => {
             warn!(error = %e, "no RTP port free");
             send(SipCommand::Reject(call, 503, Some(5))).await;
@@ -574,17 +584,23 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
     let mut referring: Option<String> = None;
     let started = Instant::now();
     session.start(started);
-    let mut remote = SocketAddr::new(negotiated.remote_addr, negotiated.remote_port);
-    let mut latch = Latch::default();
+    // Where media may come from and where ours goes (see media::peer).
+    let mut peer = RtpPeer::new(
+        started,
+        cfg.rtp_source,
+        SocketAddr::new(negotiated.remote_addr, negotiated.remote_port),
+        Some(incoming.source.ip()),
+    );
     let mut last_rtp = started;
     let mut buf = vec![0u8; 2048];
     let mut hangup_deadline: Option<Instant> = None;
 
     let reason = loop {
         let now = Instant::now();
+        let to = peer.send_to(now);
         while let Some(pkt) = session.poll_transmit(now) {
-            if !remote.ip().is_unspecified() {
-                let _ = socket.send_to(&pkt, remote).await;
+            if let Some(to) = to {
+                let _ = socket.send_to(&pkt, to).await;
             }
         }
         if let Some((op, args)) = session.poll_invoke() {
@@ -599,8 +615,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
                 let leg = crate::bridge::CallerLeg {
                     session: &mut session,
                     socket: &socket,
-                    remote: &mut remote,
-                    latch: &mut latch,
+                    peer: &mut peer,
                     last_rtp: &mut last_rtp,
                     events: &mut events,
                     events_tx: events_tx.clone(),
@@ -698,12 +713,13 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
             }
             r = socket.recv_from(&mut buf) => {
                 let now = Instant::now();
-                if let Ok((n, from)) = r
-                    && latch.accept(now, from)
-                {
-                    remote = from;
-                    last_rtp = now;
-                    session.handle_rtp(now, &buf[..n]);
+                if let Ok((n, from)) = r {
+                    if peer.handle_packet(now, from, &buf[..n]) == Verdict::Accept {
+                        last_rtp = now;
+                        session.handle_rtp(now, &buf[..n]);
+                    } else {
+                        metrics::counter!("topup_ivr_rtp_foreign_packets_total").increment(1);
+                    }
                 }
             }
             ev = events.recv() => {
@@ -715,9 +731,7 @@ async fn drive(setup: SipCallSetup, cdr: &mut Cdr) -> Outcome {
                             sdp_version += 1;
                             session.set_media(media_params(&n, cfg.inband_dtmf));
                             cdr.codec = Some(n.codec.name().to_string());
-                            if !latch.is_latched() || n.remote_addr.is_unspecified() {
-                                remote = SocketAddr::new(n.remote_addr, n.remote_port);
-                            }
+                            peer.set_sdp(now, SocketAddr::new(n.remote_addr, n.remote_port));
                             let answer = sdp::write_answer(&n, cfg.advertise, local_port, session_id, sdp_version);
                             send(SipCommand::AnswerReoffer(call, Ok(answer))).await;
                         }
@@ -881,38 +895,6 @@ fn media_params(n: &Negotiated, inband: crate::config::InbandDtmf) -> MediaParam
     }
 }
 
-/// Symmetric RTP (RFC 4961 style latching): we send to where the caller's packets come from.
-/// The first source is latched; another source takes over only after the latched one has been
-/// quiet for a while, so a stray or spoofed stream cannot hijack a live call.
-#[derive(Default)]
-pub struct Latch {
-    addr: Option<SocketAddr>,
-    last: Option<Instant>,
-}
-
-const RELATCH_AFTER: Duration = Duration::from_millis(500);
-
-impl Latch {
-    pub fn accept(&mut self, now: Instant, from: SocketAddr) -> bool {
-        match (self.addr, self.last) {
-            (Some(a), _) if a == from => {}
-            (Some(_), Some(last)) if now.duration_since(last) < RELATCH_AFTER => return false,
-            _ => {
-                if self.addr.is_some() {
-                    info!(%from, "RTP source changed");
-                }
-                self.addr = Some(from);
-            }
-        }
-        self.last = Some(now);
-        true
-    }
-
-    fn is_latched(&self) -> bool {
-        self.addr.is_some()
-    }
-}
-
 /// Used by the transport for calls refused before a task exists.
 pub fn refused_cdr(incoming: &IncomingCall, service: Option<String>, reason: &str) -> Cdr {
     let now = timestamp();
@@ -1072,25 +1054,6 @@ mod tests {
         s.handle_rtp(t0, &[1, 2, 3]);
         s.handle_rtp(t0, &[]);
         assert_eq!(s.interpreter().digits(), "");
-    }
-
-    #[test]
-    fn latch_keeps_the_first_source_until_it_goes_quiet() {
-        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let t0 = Instant::now();
-        let mut l = Latch::default();
-        assert!(l.accept(t0, a));
-        assert!(
-            !l.accept(t0 + Duration::from_millis(100), b),
-            "intruder while a is live"
-        );
-        assert!(l.accept(t0 + Duration::from_millis(120), a));
-        assert!(
-            l.accept(t0 + Duration::from_millis(700), b),
-            "a went quiet: b takes over"
-        );
-        assert!(!l.accept(t0 + Duration::from_millis(710), a));
     }
 
     #[test]

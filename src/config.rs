@@ -179,6 +179,9 @@ struct RawSip {
     user_agent: Option<String>,
     codecs: Option<Vec<String>>,
     t1: Option<String>,
+    per_source_calls: Option<usize>,
+    per_source_rate: Option<f64>,
+    trusted_sources: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -187,6 +190,7 @@ struct RawRtp {
     ports: Option<String>,
     timeout: Option<String>,
     inband_dtmf: Option<String>,
+    source: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -200,6 +204,9 @@ struct RawCalls {
 #[serde(deny_unknown_fields, default)]
 struct RawHttp {
     listen: Option<String>,
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
+    secure_cookies: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -270,6 +277,9 @@ pub struct Config {
     /// Address written into Via, Contact and SDP.
     pub advertise: IpAddr,
     pub max_calls: usize,
+    /// Per source host: calls at once, INVITEs a second, and the hosts exempt (see
+    /// telephony::sip::admission).
+    pub per_source: crate::telephony::sip::admission::Limits,
     pub answer_delay: Duration,
     pub user_agent: String,
     /// Codecs accepted, in our order of preference when the caller has none.
@@ -278,10 +288,18 @@ pub struct Config {
     /// Even RTP ports are used, each call gets one; RTCP (port + 1) is not bound.
     pub rtp_ports: (u16, u16),
     pub rtp_timeout: Duration,
+    /// Which sources a call takes media from (see media::peer).
+    pub rtp_source: crate::media::peer::SourcePolicy,
     pub inband_dtmf: InbandDtmf,
     pub max_call_duration: Duration,
     pub shutdown_grace: Duration,
     pub http_listen: SocketAddr,
+    /// HTTP connections open at once at most; more are closed as they come.
+    pub http_max_connections: usize,
+    /// How long a client has to send a request's headers (and an idle connection is kept).
+    pub http_header_timeout: Duration,
+    /// Mark the session cookie `Secure` (behind TLS).
+    pub http_secure_cookies: bool,
     pub data_dir: PathBuf,
     pub prompts_dir: PathBuf,
     pub dialplans_dir: PathBuf,
@@ -641,6 +659,41 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
     if max_calls == 0 {
         return Err(err(false, "sip.max_calls", "must be at least 1".into()));
     }
+    // One source may hold half the calls (an SBC or proxy in front: list it as trusted).
+    let per_source_calls = raw.sip.per_source_calls.unwrap_or((max_calls / 2).max(1));
+    if per_source_calls == 0 {
+        return Err(err(
+            false,
+            "sip.per_source_calls",
+            "must be at least 1".into(),
+        ));
+    }
+    let per_source_rate = raw.sip.per_source_rate.unwrap_or(50.0);
+    if !(per_source_rate > 0.0 && per_source_rate.is_finite()) {
+        return Err(err(
+            false,
+            "sip.per_source_rate",
+            "must be a number of INVITEs a second above 0".into(),
+        ));
+    }
+    let mut trusted = vec![];
+    for t in raw.sip.trusted_sources.iter().flatten() {
+        match t.parse::<std::net::IpAddr>() {
+            Ok(ip) => trusted.push(ip),
+            Err(_) => {
+                return Err(err(
+                    false,
+                    "sip.trusted_sources",
+                    format!("`{t}` is not an IP address"),
+                ));
+            }
+        }
+    }
+    let per_source = crate::telephony::sip::admission::Limits {
+        rate: per_source_rate,
+        calls: per_source_calls,
+        trusted,
+    };
     let codecs = match &raw.sip.codecs {
         None => Codec::ALL.to_vec(),
         Some(list) => {
@@ -684,6 +737,14 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
             ));
         }
     };
+    let source = raw.rtp.source.as_deref().unwrap_or("learn");
+    let rtp_source = crate::media::peer::SourcePolicy::from_name(source).ok_or_else(|| {
+        err(
+            false,
+            "rtp.source",
+            format!("`{source}`: expected learn or sdp"),
+        )
+    })?;
     let log_format = match raw.log.format.as_deref().unwrap_or("text") {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
@@ -785,12 +846,14 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
         sip_listen,
         advertise,
         max_calls,
+        per_source,
         answer_delay: dur("sip.answer_delay", &raw.sip.answer_delay, "0s")?,
         user_agent: raw
             .sip
             .user_agent
             .clone()
-            .unwrap_or_else(|| format!("topup-ivr/{}", env!("CARGO_PKG_VERSION"))),
+            // No version by default: it tells a scanner which flaws to try.
+            .unwrap_or_else(|| "topup-ivr".into()),
         codecs,
         tsx,
         rtp_ports,
@@ -799,6 +862,7 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
             "rtp.timeout",
             origin,
         )?,
+        rtp_source,
         inband_dtmf,
         max_call_duration: nonzero(
             dur("calls.max_duration", &raw.calls.max_duration, "1h")?,
@@ -810,6 +874,22 @@ fn resolve(origin: &str, raw: RawConfig, o: &Overrides) -> Result<Config, Config
             "http.listen",
             pick(&o.http_listen, &raw.http.listen, "127.0.0.1:8080"),
         )?,
+        http_max_connections: match raw.http.max_connections.unwrap_or(1024) {
+            0 => {
+                return Err(err(
+                    false,
+                    "http.max_connections",
+                    "must be at least 1".into(),
+                ));
+            }
+            n => n,
+        },
+        http_header_timeout: nonzero(
+            dur("http.header_timeout", &raw.http.header_timeout, "10s")?,
+            "http.header_timeout",
+            origin,
+        )?,
+        http_secure_cookies: raw.http.secure_cookies.unwrap_or(false),
         pin_pepper_file: raw
             .security
             .pin_pepper_file

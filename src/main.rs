@@ -289,6 +289,12 @@ fn main() -> ExitCode {
         }
     }
     if matches!(cli.command, Command::Serve(_)) {
+        // Everything the service writes (the database and its journal, the pepper file) is
+        // the service user's alone.
+        // SAFETY: umask only sets this process's file creation mask.
+        unsafe {
+            libc::umask(0o077);
+        }
         // The service holds PINs in memory while it checks them: a crash must not write them
         // to a core file. Only the soft limit is lowered: someone who needs a core can raise
         // it again knowingly (`prlimit --core=unlimited --pid ...`).
@@ -478,9 +484,12 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Serve(args) => {
-            let cfg = args.load()?;
+            let mut cfg = args.load()?;
             init_logging(&cfg);
             for w in &cfg.warnings {
+                tracing::warn!("{w}");
+            }
+            for w in topup_ivr::server::fit_descriptors(&mut cfg) {
                 tracing::warn!("{w}");
             }
             runtime()?.block_on(topup_ivr::server::serve(cfg))?;

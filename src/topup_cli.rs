@@ -214,26 +214,57 @@ pub enum AgentsCommand {
         username: String,
         #[arg(long)]
         name: String,
+        /// A supervisor: also sees the staff pages (every call, with callers' numbers).
+        #[arg(long)]
+        staff: bool,
+    },
+    /// Make an agent staff (`staff`) or not (`agent`).
+    Role {
+        username: String,
+        #[arg(value_parser = ["agent", "staff"])]
+        role: String,
     },
 }
 
 pub async fn agents(cfg: &Config, cmd: AgentsCommand) -> Result<()> {
-    let AgentsCommand::Create { username, name } = cmd;
-    eprintln!("password for {username} (then Enter):");
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    let core = open_core(cfg).await?;
-    let r = core
-        .create_agent(
-            &username,
-            &name,
-            line.trim_end_matches(['\r', '\n']),
-            now_ms(),
-        )
-        .await;
-    core.db.close().await;
-    r?;
-    println!("agent {username} created: log in at /console");
+    match cmd {
+        AgentsCommand::Create {
+            username,
+            name,
+            staff,
+        } => {
+            eprintln!("password for {username} (then Enter):");
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            let core = open_core(cfg).await?;
+            let r = core
+                .create_agent(
+                    &username,
+                    &name,
+                    line.trim_end_matches(['\r', '\n']),
+                    staff,
+                    now_ms(),
+                )
+                .await;
+            core.db.close().await;
+            r?;
+            let pages = if staff {
+                "/console and /staff"
+            } else {
+                "/console"
+            };
+            println!("agent {username} created: log in at {pages}");
+        }
+        AgentsCommand::Role { username, role } => {
+            let core = open_core(cfg).await?;
+            let r = core.set_agent_staff(&username, role == "staff").await;
+            core.db.close().await;
+            if !r? {
+                bail!("no agent {username}");
+            }
+            println!("{username} is now {role}");
+        }
+    }
     Ok(())
 }
 

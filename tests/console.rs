@@ -14,6 +14,7 @@ use common::smsc::{Smsc, smsc_config};
 use common::*;
 use serde_json::Value;
 
+/// A supervisor (the staff role: the browser opens the staff pages too).
 fn create_agent(server: &Server, username: &str, password: &str) {
     let mut c = Command::new(BIN)
         .args([
@@ -22,6 +23,7 @@ fn create_agent(server: &Server, username: &str, password: &str) {
             username,
             "--name",
             "Ana Agent",
+            "--staff",
             "--config",
         ])
         .arg(&server.config)

@@ -30,9 +30,10 @@ fn serve(fs: &RealFreeSwitch, extra: &str) -> Server {
 /// Whether the caller heard the whole prompt. FreeSWITCH encodes our linear audio to the
 /// caller's codec itself and plays it from a buffer into the frames it writes, so neither the
 /// bytes nor the frame boundaries are ours: the decoded audio is compared, at any offset
-/// (measured: normalized correlation 0.9999).
+/// (measured: normalized correlation 0.9999 on a quiet machine; 0.95 allows for a frame late
+/// or lost here and there on a loaded one).
 fn heard(frames: &[Vec<u8>], name: &str, codec: Codec) -> bool {
-    let ok = heard_like_as(frames, &prompts(), "en", name, codec, 0.99);
+    let ok = heard_like_as(frames, &prompts(), "en", name, codec, 0.95);
     if !ok {
         // What the caller heard, for a person to look at (G.711 in the call's codec).
         let file =

@@ -15,6 +15,8 @@ use super::say;
 use crate::media::dtmf::Digit;
 use crate::topup::money::Money;
 
+/// Keys a call's record keeps at most.
+pub const MAX_RECORDED_DIGITS: usize = 256;
 /// Transitions allowed without waiting for anything; more means a loop with no exit.
 const MAX_STEPS_PER_INPUT: usize = 256;
 /// Nodes remembered for escalations and analytics.
@@ -102,7 +104,8 @@ pub struct Interpreter {
     /// Failed attempts in the current menu/collect/choose node.
     tries: u32,
     actions: VecDeque<CallAction>,
-    /// Every key received (kept for the CDR only when the plan says so).
+    /// The keys received, up to [`MAX_RECORDED_DIGITS`] (kept for the CDR only when the plan
+    /// says so).
     digits: String,
     path: VecDeque<String>,
     inputs: BTreeMap<String, String>,
@@ -150,7 +153,11 @@ impl Interpreter {
     pub fn handle_event(&mut self, now: Instant, event: CallEvent) {
         match event {
             CallEvent::Digit(d) => {
-                self.digits.push(d.as_char());
+                // The record keeps the first keys of a call, not all of a caller who leans on
+                // the keypad for an hour.
+                if self.digits.len() < MAX_RECORDED_DIGITS {
+                    self.digits.push(d.as_char());
+                }
                 self.typeahead.push_back(d);
                 match &self.phase {
                     Phase::Playing { barge_in: true, .. } => {

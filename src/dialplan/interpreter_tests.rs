@@ -599,3 +599,13 @@ kind = "hangup"
     assert_eq!(get("pin"), "1234");
     assert_eq!(get("missing"), "");
 }
+
+#[test]
+fn a_caller_leaning_on_the_keypad_leaves_a_record_of_bounded_size() {
+    let t0 = Instant::now();
+    let mut i = echo();
+    i.start(t0);
+    keys(&mut i, t0, &"12".repeat(5000));
+    assert_eq!(i.digits().len(), MAX_RECORDED_DIGITS);
+    assert!(i.digits().starts_with("1212"));
+}

@@ -410,18 +410,20 @@ async fn redeem_card(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&st, &headers, "redeem").await?;
+    let key = authorize(&st, &headers, "redeem").await?;
     let req: Redeem = body(&bytes)?;
     let wallet = crate::topup::numbers::parse_number(&req.wallet)
         .map_err(|e| ApiError::bad_request(format!("field `wallet`: {e}")))?
         .e164;
+    // Wrong PINs count against this key, not against the wallet it names.
     let r = st
         .shared
         .core
-        .redeem_card(
+        .redeem_card_for(
             &Pin::new(&req.pin),
             req.serial.as_deref(),
             &wallet,
+            &format!("apikey:{}", key.id),
             now_ms(),
         )
         .await?;

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::server::Shared;
 use crate::topup::books::now_ms;
 
-const PAGE: &str = include_str!("console.html");
+pub(crate) const PAGE: &str = include_str!("console.html");
 const COOKIE: &str = "topup_agent";
 /// How often the live list looks for changed escalations.
 const POLL: Duration = Duration::from_millis(250);
@@ -29,12 +29,77 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/console", get(page))
         .route("/console/api/login", post(login))
+        .route("/console/api/me", get(me))
         .route("/console/api/logout", post(logout))
         .route("/console/api/escalations", get(list))
         .route("/console/api/escalations/{id}", get(detail))
         .route("/console/api/escalations/{id}/{action}", post(act))
         .route("/console/api/events", get(events))
+        .layer(axum::Extension(Arc::new(std::sync::Mutex::new(
+            crate::topup::agents::LoginGuard::default(),
+        ))))
         .with_state(shared)
+}
+
+/// The token a page must send back in `X-CSRF-Token` with every request that changes
+/// something: derived from the session (the cookie is HttpOnly, so a script learns it only
+/// from our answers), which a page of another origin can neither read nor forge.
+pub(crate) fn csrf_token(session: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(format!("csrf:{session}").as_bytes())[..16])
+}
+
+/// Refuses a cross-site request that would change something (cross-site request forgery):
+/// a browser says where a request comes from (`Sec-Fetch-Site`, `Origin`); a page of another
+/// origin (another port of the same host included) is refused, and a logged-in request must
+/// carry the session's CSRF token. Clients that are not browsers send neither header and are
+/// held to the token alone.
+pub(crate) async fn csrf_guard(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if site.is_some_and(|s| s != "same-origin" && s != "none") {
+        return err(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "cross-site request refused",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let same = origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority == host);
+        if !same {
+            return err(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "cross-site request refused",
+            );
+        }
+    }
+    if req.uri().path() != "/console/api/login"
+        && let Some(session) = session_token(headers)
+    {
+        let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+        if sent != Some(csrf_token(&session).as_str()) {
+            return err(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "missing or wrong CSRF token: reload the page",
+            );
+        }
+    }
+    next.run(req).await
 }
 
 fn err(status: StatusCode, code: &str, message: &str) -> Response {
@@ -92,27 +157,101 @@ struct Login {
     password: String,
 }
 
-async fn login(State(s): State<Arc<Shared>>, Json(l): Json<Login>) -> Response {
-    match s.core.login_agent(&l.username, &l.password, now_ms()).await {
+async fn login(
+    State(s): State<Arc<Shared>>,
+    axum::Extension(guard): axum::Extension<
+        Arc<std::sync::Mutex<crate::topup::agents::LoginGuard>>,
+    >,
+    ConnectInfo(from): ConnectInfo<std::net::SocketAddr>,
+    Json(l): Json<Login>,
+) -> Response {
+    let who = crate::redact::Untrusted(&l.username);
+    let source = from.ip().to_string();
+    let now = now_ms();
+    let lock = |g: &std::sync::Mutex<crate::topup::agents::LoginGuard>| {
+        g.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(now, &l.username, &source)
+    };
+    if let Err(secs) = lock(&guard) {
+        tracing::info!(agent = %who, %source, "agent login refused: too many failures");
+        let mut resp = err(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            &format!("too many failed logins: try again in {secs} s"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+    match s.core.login_agent(&l.username, &l.password, now).await {
         Ok(Some(token)) => {
-            tracing::info!(agent = %l.username, "agent logged in");
+            guard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .succeeded(&l.username);
+            tracing::info!(agent = %who, %source, "agent logged in");
             // Path=/: the staff pages use the same login.
-            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
-            let mut resp = Json(json!({ "agent": l.username })).into_response();
+            let secure = if s.cfg.http_secure_cookies {
+                "; Secure"
+            } else {
+                ""
+            };
+            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}");
+            let mut resp =
+                Json(json!({ "agent": l.username, "csrf": csrf_token(&token) })).into_response();
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
             }
             resp
         }
         Ok(None) => {
-            tracing::info!(agent = %l.username, "agent login refused");
+            guard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .failed(now, &l.username, &source);
+            metrics::counter!("topup_ivr_agent_login_failures_total").increment(1);
+            tracing::info!(agent = %who, %source, "agent login refused");
             err(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                "wrong_password",
                 "wrong username or password",
             )
         }
         Err(e) => unavailable(e),
+    }
+}
+
+/// Who is logged in, and the session's CSRF token (a page opened with a session from before
+/// asks for it).
+async fn me(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let agent = match agent(&s, &headers).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let token = session_token(&headers).unwrap_or_default();
+    let staff = s
+        .core
+        .agent_is_staff(&agent)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    Json(json!({ "agent": agent, "staff": staff, "csrf": csrf_token(&token) })).into_response()
+}
+
+/// The logged-in agent if they are staff, or the 401/403 to send.
+pub(crate) async fn staff(s: &Shared, headers: &HeaderMap) -> Result<String, Response> {
+    let agent = agent(s, headers).await?;
+    match s.core.agent_is_staff(&agent).await {
+        Ok(Some(true)) => Ok(agent),
+        Ok(_) => Err(err(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the staff pages are for staff: ask for the staff role",
+        )),
+        Err(e) => Err(unavailable(e)),
     }
 }
 

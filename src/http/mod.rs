@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -23,15 +24,141 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(shared.clone())
-        .merge(console::router(shared.clone()))
-        .merge(staff::router(shared.clone()))
+        .merge(
+            console::router(shared.clone())
+                .merge(staff::router(shared.clone()))
+                .layer(axum::middleware::from_fn(console::csrf_guard))
+                .layer(axum::middleware::from_fn(private_page_headers)),
+        )
         .merge(carriers::router(shared.clone()))
         .merge(api::router(shared))
+        .layer(axum::middleware::from_fn(common_headers))
 }
 
+/// Headers on every answer: no content-type sniffing, never framed, no referrer.
+async fn common_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    resp
+}
+
+/// The console and staff pages and their data are private: never cached, and the pages may
+/// run only their own script (by its hash) and talk only to us.
+async fn private_page_headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(page_csp()) {
+        h.insert("content-security-policy", v);
+    }
+    resp
+}
+
+/// The Content-Security-Policy of the private pages: their inline scripts allowed by hash,
+/// nothing else.
+fn page_csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        let mut hashes = String::new();
+        for page in [console::PAGE, staff::PAGE] {
+            for script in inline_scripts(page) {
+                use base64::Engine;
+                use sha2::{Digest, Sha256};
+                let h = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script));
+                hashes.push_str(&format!(" 'sha256-{h}'"));
+            }
+        }
+        format!(
+            "default-src 'self'; script-src{hashes}; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
+             form-action 'self'; base-uri 'none'; object-src 'none'"
+        )
+    })
+}
+
+/// The contents of a page's `<script>` elements.
+fn inline_scripts(page: &str) -> Vec<&str> {
+    let mut out = vec![];
+    let mut rest = page;
+    while let Some(start) = rest.find("<script") {
+        let Some(open_end) = rest[start..].find('>') else {
+            break;
+        };
+        let body = &rest[start + open_end + 1..];
+        let Some(end) = body.find("</script>") else {
+            break;
+        };
+        out.push(&body[..end]);
+        rest = &body[end..];
+    }
+    out
+}
+
+/// Serves HTTP on `listener` until the process ends. By hand rather than `axum::serve`, for
+/// what a service facing the network needs and axum's does not set: a client must send a
+/// request's headers within `http.header_timeout` (which also closes idle connections), at
+/// most `http.max_connections` are open at once (more are closed as they come, so a flood of
+/// unfinished connections cannot take the descriptors calls need), and handlers see the
+/// client's address.
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    if let Err(e) = axum::serve(listener, router(shared)).await {
-        tracing::error!(error = %e, "HTTP server stopped");
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let app = router(shared.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.http_max_connections));
+    let header_timeout = shared.cfg.http_header_timeout;
+    let mut full_logged = false;
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                crate::server::log_accept_error("HTTP", &e);
+                // Out of descriptors (or another passing error): let some close first.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("topup_ivr_http_connections_refused_total").increment(1);
+            if !full_logged {
+                tracing::warn!(
+                    max = shared.cfg.http_max_connections,
+                    "HTTP connections at http.max_connections: new ones are closed"
+                );
+                full_logged = true;
+            }
+            drop(stream);
+            continue;
+        };
+        full_logged = false;
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(remote));
+                    app.clone().oneshot(req)
+                },
+            );
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            let conn = http.serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "HTTP connection ended");
+            }
+            drop(slot);
+        });
     }
 }
 

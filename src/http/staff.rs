@@ -1,4 +1,5 @@
-//! Staff pages (`/staff`, behind the same login as the console): live calls, recent CDRs,
+//! Staff pages (`/staff`, behind the same login as the console, for agents with the staff
+//! role): live calls, recent CDRs,
 //! each dialplan drawn with how many callers reached each node and ended there, the prompt
 //! inventory with missing prompts flagged, the SMS outbox, pending top-ups, carriers.
 
@@ -14,10 +15,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::console::agent;
+use super::console::staff;
 use crate::server::Shared;
 
-const PAGE: &str = include_str!("staff.html");
+pub(crate) const PAGE: &str = include_str!("staff.html");
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -38,7 +39,7 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
 }
 
 async fn overview(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(r) = agent(&s, &headers).await {
+    if let Err(r) = staff(&s, &headers).await {
         return r;
     }
     // Missing means: a plan plays it in a language the plan offers, and it is not there.
@@ -109,7 +110,7 @@ async fn calls(
     headers: HeaderMap,
     Query(q): Query<CallsQuery>,
 ) -> Response {
-    if let Err(r) = agent(&s, &headers).await {
+    if let Err(r) = staff(&s, &headers).await {
         return r;
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
@@ -137,7 +138,7 @@ async fn graph(
     headers: HeaderMap,
     Path(service): Path<String>,
 ) -> Response {
-    if let Err(r) = agent(&s, &headers).await {
+    if let Err(r) = staff(&s, &headers).await {
         return r;
     }
     let plans = s.dialplans();

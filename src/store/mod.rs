@@ -52,6 +52,41 @@ pub struct Db {
     backend: Backend,
 }
 
+/// The data directory holds PIN hashes, balances and callers' numbers: it is the service
+/// user's alone (0700, its files 0600). What was open to others is closed, and said (the
+/// returned lines). Files made later are private too: `serve` runs with umask 077.
+#[cfg(unix)]
+pub fn make_private(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fixed = vec![];
+    let mut close = |path: &Path, private: u32| {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0
+            && std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)).is_ok()
+        {
+            fixed.push(format!(
+                "{} was open to others (mode {mode:o}): now {private:o}",
+                path.display()
+            ));
+        }
+    };
+    close(dir, 0o700);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            close(&entry.path(), 0o600);
+        }
+    }
+    fixed
+}
+
+#[cfg(not(unix))]
+pub fn make_private(_dir: &Path) -> Vec<String> {
+    vec![]
+}
+
 /// Kept for call sites that predate the top-up core.
 pub type Store = Db;
 
@@ -65,6 +100,9 @@ impl Db {
             dir: data_dir.display().to_string(),
             reason: e.to_string(),
         })?;
+        for fixed in make_private(data_dir) {
+            tracing::warn!("{fixed}");
+        }
         let path = data_dir.join("topup-ivr.db");
         Db::connect(&format!("sqlite://{}?mode=rwc", path.display())).await
     }

@@ -6,9 +6,10 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
 use super::books::{account, open_account, transfer};
+use super::hash_pool::HashPool;
 use super::ledger::{AccountKind, TransferSpec, accounts};
 use super::money::{Currency, Money};
-use super::secrets::{Pin, hash_pin, verify_pin};
+use super::secrets::{Pepper, Pin, PinCheck, hash_pin_keyed, verify_pin_keyed};
 use super::{Core, TopupError, auth};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -36,19 +37,21 @@ pub struct PrepaidAccount {
     pub failed_attempts: i64,
 }
 
-/// Verifies an argon2 PIN off the async threads (it is deliberately slow).
-async fn verify(pin: &Pin, hash: String) -> bool {
-    let pin = pin.clone();
-    tokio::task::spawn_blocking(move || verify_pin(&pin, &hash))
-        .await
-        .unwrap_or(false)
+/// Checks a wallet or funding PIN on the hash pool (argon2 is deliberately slow; see
+/// `hash_pool`).
+async fn verify(pin: &Pin, hash: String, pepper: &Pepper) -> Result<PinCheck, TopupError> {
+    let (pin, pepper) = (pin.clone(), pepper.clone());
+    Ok(HashPool::global()
+        .run(move || verify_pin_keyed(&pin, &hash, &pepper))
+        .await?)
 }
 
-async fn hash(pin: &Pin) -> String {
-    let pin = pin.clone();
-    tokio::task::spawn_blocking(move || hash_pin(&pin))
-        .await
-        .unwrap_or_default()
+/// A new PIN hash, keyed with the pepper, made on the hash pool.
+async fn hash(pin: &Pin, pepper: &Pepper) -> Result<String, TopupError> {
+    let (pin, pepper) = (pin.clone(), pepper.clone());
+    Ok(HashPool::global()
+        .run(move || hash_pin_keyed(&pin, &pepper))
+        .await?)
 }
 
 impl Core {
@@ -88,7 +91,7 @@ impl Core {
         if !pin.is_well_formed() {
             return Err(TopupError::InvalidPin);
         }
-        let h = hash(pin).await;
+        let h = hash(pin, &self.pepper).await?;
         let mut tx = self.db.begin().await?;
         self.open_wallet_in(&mut tx, number, currency, now).await?;
         sqlx::query("UPDATE wallets SET pin_hash = $1, language = $2, status = 'active', failed_attempts = 0 WHERE number = $3")
@@ -198,13 +201,25 @@ impl Core {
                 TopupError::NoFunding
             });
         };
-        if verify(pin, stored).await {
+        let check = verify(pin, stored, &self.pepper).await?;
+        if check != PinCheck::Wrong {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE {table} SET failed_attempts = 0 WHERE number = $1"
             )))
             .bind(key)
             .execute(self.db.pool())
             .await?;
+            if check == PinCheck::RightUnkeyed {
+                // A hash from before they were keyed: keyed now, while the PIN is at hand.
+                let keyed = hash(pin, &self.pepper).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET {pin_col} = $1 WHERE number = $2"
+                )))
+                .bind(keyed)
+                .bind(key)
+                .execute(self.db.pool())
+                .await?;
+            }
             return Ok(());
         }
         let failed: i64 = r.try_get("failed_attempts")?;
@@ -334,7 +349,7 @@ impl Core {
         if !pin.is_well_formed() {
             return Err(TopupError::InvalidPin);
         }
-        let h = hash(pin).await;
+        let h = hash(pin, &self.pepper).await?;
         let mut tx = self.db.begin().await?;
         let cur: String = sqlx::query("SELECT currency FROM prepaid_accounts WHERE number = $1")
             .bind(number)

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::escalations::Escalation;
+use super::hash_pool::HashPool;
 use super::secrets::{Pin, hash_pin, verify_pin};
 use super::{Core, TopupError};
 
@@ -21,16 +22,109 @@ pub struct Action {
     pub at: i64,
 }
 
+/// An argon2 hash of a random password, made once: what unknown usernames are checked
+/// against.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_pin(&Pin::new(&hex::encode(rand::random::<[u8; 16]>()))))
+}
+
+/// Throttles agent logins (sans-IO; the console keeps one). Failures are counted per
+/// username and per source address: after [`LoginGuard::FREE_PER_USER`] (or
+/// [`LoginGuard::FREE_PER_SOURCE`]) within [`LoginGuard::WINDOW_MS`] the door closes for 1 s,
+/// and each failure after that closes it for twice as long as the last (2 s, 4 s ... up to
+/// [`LoginGuard::MAX_BLOCK_MS`]); while it is closed every attempt, right or wrong, is refused
+/// unchecked. A successful login clears its username's count.
+#[derive(Debug, Default)]
+pub struct LoginGuard {
+    entries: std::collections::HashMap<String, GuardEntry>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GuardEntry {
+    failures: u32,
+    last: i64,
+    blocked_until: i64,
+}
+
+impl LoginGuard {
+    pub const FREE_PER_USER: u32 = 5;
+    pub const FREE_PER_SOURCE: u32 = 20;
+    pub const WINDOW_MS: i64 = 15 * 60 * 1000;
+    pub const MAX_BLOCK_MS: i64 = 15 * 60 * 1000;
+    /// Entries kept at most (the oldest go first): a flood of made-up usernames cannot grow
+    /// the guard without bound.
+    const MAX_ENTRIES: usize = 100_000;
+
+    fn keys(username: &str, source: &str) -> [(String, u32); 2] {
+        [
+            (format!("user:{username}"), Self::FREE_PER_USER),
+            (format!("source:{source}"), Self::FREE_PER_SOURCE),
+        ]
+    }
+
+    /// `Err(seconds)` when the door is closed for this username or source.
+    pub fn check(&self, now: i64, username: &str, source: &str) -> Result<(), u64> {
+        let wait = Self::keys(username, source)
+            .iter()
+            .filter_map(|(k, _)| self.entries.get(k))
+            .map(|e| e.blocked_until - now)
+            .max()
+            .unwrap_or(0);
+        if wait > 0 {
+            Err((wait as u64).div_ceil(1000))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn failed(&mut self, now: i64, username: &str, source: &str) {
+        if self.entries.len() >= Self::MAX_ENTRIES {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.entries.remove(&k);
+            }
+        }
+        for (key, free) in Self::keys(username, source) {
+            let e = self.entries.entry(key).or_insert(GuardEntry {
+                failures: 0,
+                last: now,
+                blocked_until: 0,
+            });
+            if now - e.last > Self::WINDOW_MS {
+                e.failures = 0;
+            }
+            e.failures += 1;
+            e.last = now;
+            if e.failures >= free {
+                let doubling = (e.failures - free).min(20);
+                let block = (1000i64 << doubling).min(Self::MAX_BLOCK_MS);
+                e.blocked_until = now + block;
+            }
+        }
+    }
+
+    pub fn succeeded(&mut self, username: &str) {
+        self.entries.remove(&format!("user:{username}"));
+    }
+}
+
 fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 impl Core {
+    /// Creates an agent (`staff`: a supervisor, who also sees the staff pages).
     pub async fn create_agent(
         &self,
         username: &str,
         name: &str,
         password: &str,
+        staff: bool,
         now: i64,
     ) -> Result<(), TopupError> {
         let ok = !username.is_empty()
@@ -48,16 +142,42 @@ impl Core {
                 "passwords are 10 characters or more".into(),
             ));
         }
+        let pin = Pin::new(password);
+        let hash = HashPool::global().run(move || hash_pin(&pin)).await?;
         sqlx::query(
-            "INSERT INTO agents (username, name, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO agents (username, name, password_hash, created_at, role)
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(username)
         .bind(name)
-        .bind(hash_pin(&Pin::new(password)))
+        .bind(hash)
         .bind(now)
+        .bind(if staff { "staff" } else { "agent" })
         .execute(self.db.pool())
         .await?;
         Ok(())
+    }
+
+    /// Whether an agent is staff (a supervisor); `None` for no such agent.
+    pub async fn agent_is_staff(&self, username: &str) -> Result<Option<bool>, TopupError> {
+        let row = sqlx::query("SELECT role FROM agents WHERE username = $1")
+            .bind(username)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<String, _>("role"))
+            .transpose()?
+            .map(|role| role == "staff"))
+    }
+
+    /// Makes an agent staff or not; false when there is no such agent.
+    pub async fn set_agent_staff(&self, username: &str, staff: bool) -> Result<bool, TopupError> {
+        let done = sqlx::query("UPDATE agents SET role = $1 WHERE username = $2")
+            .bind(if staff { "staff" } else { "agent" })
+            .bind(username)
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Checks a login; returns a new session token (for the cookie) or `None`.
@@ -71,9 +191,17 @@ impl Core {
             .bind(username)
             .fetch_optional(self.db.pool())
             .await?;
-        let Some(r) = row else { return Ok(None) };
-        let stored: String = r.try_get("password_hash")?;
-        if !verify_pin(&Pin::new(password), &stored) {
+        // An unknown user is checked against a hash too, so the answer takes as long as for a
+        // known one: the time of a refusal does not say which usernames exist.
+        let (known, stored) = match row {
+            Some(r) => (true, r.try_get::<String, _>("password_hash")?),
+            None => (false, dummy_hash().to_string()),
+        };
+        let pin = Pin::new(password);
+        let matches = HashPool::global()
+            .run(move || verify_pin(&pin, &stored))
+            .await?;
+        if !known || !matches {
             return Ok(None);
         }
         let token = hex::encode(rand::random::<[u8; 32]>());
@@ -297,10 +425,14 @@ mod tests {
     #[tokio::test]
     async fn agents_log_in_with_their_password_and_sessions_expire() {
         for (core, _dir) in cores().await {
-            core.create_agent("ana", "Ana", "correct horse battery", 1)
+            core.create_agent("ana", "Ana", "correct horse battery", false, 1)
                 .await
                 .unwrap();
-            assert!(core.create_agent("bob", "Bob", "short", 1).await.is_err());
+            assert!(
+                core.create_agent("bob", "Bob", "short", false, 1)
+                    .await
+                    .is_err()
+            );
             assert_eq!(
                 core.login_agent("ana", "wrong password!", 2).await.unwrap(),
                 None
@@ -346,5 +478,40 @@ mod tests {
             assert_eq!(live[0]["by_service"]["wallet"], 2);
             assert_eq!(core.live_nodes(0).await.unwrap().len(), 2);
         }
+    }
+
+    #[test]
+    fn logins_are_free_five_times_then_the_door_closes_for_longer_each_time() {
+        let mut g = LoginGuard::default();
+        let t = 1_000_000;
+        for i in 0..5 {
+            assert_eq!(g.check(t + i, "ann", "10.0.0.1"), Ok(()));
+            g.failed(t + i, "ann", "10.0.0.1");
+        }
+        // Closed for 1 s, then 2 s: for the right password as for a wrong one.
+        assert_eq!(g.check(t + 5, "ann", "10.0.0.2"), Err(1));
+        assert_eq!(g.check(t + 1004, "ann", "10.0.0.2"), Ok(()));
+        g.failed(t + 1004, "ann", "10.0.0.1");
+        assert_eq!(g.check(t + 1005, "ann", "10.0.0.1"), Err(2));
+        // Another user from another address is not held up.
+        assert_eq!(g.check(t + 1006, "bob", "10.0.0.9"), Ok(()));
+        // A success clears the user's count.
+        g.succeeded("ann");
+        assert_eq!(g.check(t + 5000, "ann", "10.0.0.3"), Ok(()));
+    }
+
+    #[test]
+    fn one_source_trying_many_usernames_is_held_up_too() {
+        let mut g = LoginGuard::default();
+        let t = 5_000_000;
+        for i in 0..LoginGuard::FREE_PER_SOURCE as i64 {
+            g.failed(t + i, &format!("user{i}"), "198.51.100.7");
+        }
+        assert!(g.check(t + 30, "someone-new", "198.51.100.7").is_err());
+        assert!(g.check(t + 30, "someone-new", "198.51.100.8").is_ok());
+        // A quiet window forgets.
+        let later = t + LoginGuard::WINDOW_MS + LoginGuard::MAX_BLOCK_MS + 1;
+        g.failed(later, "x", "198.51.100.7");
+        assert!(g.check(later + 1, "y", "198.51.100.7").is_ok());
     }
 }

@@ -273,7 +273,22 @@ impl Core {
         ani: &str,
         now: i64,
     ) -> Result<Redeemed, TopupError> {
-        self.redeem(pin, serial, ani, now, false).await
+        self.redeem(pin, serial, ani, ani, now, false).await
+    }
+
+    /// As [`Core::redeem_card`] into `wallet` for someone else, `trier` (an API key, as
+    /// `apikey:<id>`): wrong PINs and the velocity limits count against the one who tries,
+    /// never against the wallet named in the request, or anyone could lock a stranger's
+    /// wallet by naming it.
+    pub async fn redeem_card_for(
+        &self,
+        pin: &Pin,
+        serial: Option<&str>,
+        wallet: &str,
+        trier: &str,
+        now: i64,
+    ) -> Result<Redeemed, TopupError> {
+        self.redeem(pin, serial, wallet, trier, now, false).await
     }
 
     /// Redeems a card to recharge the caller's wallet: as [`Core::redeem_card`], and the
@@ -285,20 +300,22 @@ impl Core {
         ani: &str,
         now: i64,
     ) -> Result<Redeemed, TopupError> {
-        self.redeem(pin, None, ani, now, true).await
+        self.redeem(pin, None, ani, ani, now, true).await
     }
 
+    /// Redeems into `ani`'s wallet; `trier` is who is trying (failures count against it).
     async fn redeem(
         &self,
         pin: &Pin,
         serial: Option<&str>,
         ani: &str,
+        trier: &str,
         now: i64,
         notify: bool,
     ) -> Result<Redeemed, TopupError> {
         let hash = self.pepper.card_pin_hash(pin);
         let mut tx = self.db.begin().await?;
-        auth::check_velocity(&mut tx, ani, now, &self.policy).await?;
+        auth::check_velocity(&mut tx, trier, now, &self.policy).await?;
         let won = sqlx::query(
             "UPDATE cards SET state = 'redeemed', redeemed_at = $1, redeemed_by = $2
              WHERE pin_hash = $3 AND state = 'active' AND expires_at > $1 AND ($4 = '' OR serial = $4)",
@@ -397,7 +414,7 @@ impl Core {
                 }
             }
             _ => {
-                auth::record_failure(&mut tx, ani, "card", now).await?;
+                auth::record_failure(&mut tx, trier, "card", now).await?;
                 match serial {
                     Some(s) => self.count_card_failure(&mut tx, s).await?,
                     None => TopupError::InvalidPin,

@@ -57,6 +57,8 @@ pub enum TopupError {
     #[error("calling limit: {0}")]
     CallLimit(&'static str),
     // --- ours ---
+    #[error(transparent)]
+    Busy(#[from] super::hash_pool::Busy),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
     #[error("database: {0}")]
@@ -91,7 +93,10 @@ impl TopupError {
             TopupError::NoFunds => "no_funds",
             TopupError::DestinationBlocked => "blocked_destination",
             TopupError::CallLimit(_) => "call_limit",
-            TopupError::Corrupt(_) | TopupError::Db(_) | TopupError::Store(_) => "unavailable",
+            TopupError::Busy(_)
+            | TopupError::Corrupt(_)
+            | TopupError::Db(_)
+            | TopupError::Store(_) => "unavailable",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod carriers;
 pub mod demo;
 pub mod error;
 pub mod escalations;
+pub mod hash_pool;
 pub mod ledger;
 pub mod money;
 pub mod notices;

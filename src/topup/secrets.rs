@@ -187,6 +187,58 @@ pub fn verify_pin(pin: &Pin, stored: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Marks a wallet or funding PIN hash keyed with the pepper (argon2's secret input): without
+/// the pepper file (or variable), a copy of the database alone does not let anyone try PINs
+/// against it offline. Hashes made before have no mark and are keyed when next verified.
+const KEYED: &str = "k1:";
+
+/// What checking a stored PIN hash found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinCheck {
+    Wrong,
+    Right,
+    /// Right, against a hash made before hashes were keyed: store [`hash_pin_keyed`] anew.
+    RightUnkeyed,
+}
+
+impl Pepper {
+    fn argon2(&self) -> Option<Argon2<'_>> {
+        // argon2's secret is at most 2^32-1 bytes; a pepper is 16 to a few hundred.
+        Argon2::new_with_secret(
+            &self.0,
+            argon2::Algorithm::default(),
+            argon2::Version::default(),
+            argon2::Params::default(),
+        )
+        .ok()
+    }
+}
+
+/// argon2id hash of a wallet or funding PIN, keyed with the pepper (see [`KEYED`]).
+pub fn hash_pin_keyed(pin: &Pin, pepper: &Pepper) -> String {
+    pepper
+        .argon2()
+        .and_then(|a| a.hash_password(pin.expose().as_bytes()).ok())
+        .map(|h| format!("{KEYED}{h}"))
+        .unwrap_or_default()
+}
+
+/// Checks a wallet or funding PIN against its stored hash, keyed or from before.
+pub fn verify_pin_keyed(pin: &Pin, stored: &str, pepper: &Pepper) -> PinCheck {
+    match stored.strip_prefix(KEYED) {
+        Some(phc) => {
+            let ok = PasswordHash::new(phc).is_ok_and(|h| {
+                pepper
+                    .argon2()
+                    .is_some_and(|a| a.verify_password(pin.expose().as_bytes(), &h).is_ok())
+            });
+            if ok { PinCheck::Right } else { PinCheck::Wrong }
+        }
+        None if verify_pin(pin, stored) => PinCheck::RightUnkeyed,
+        None => PinCheck::Wrong,
+    }
+}
+
 /// `n` random decimal digits (cards' serials and PINs).
 pub fn random_digits(n: usize) -> String {
     let mut rng = rand::rng();
@@ -269,5 +321,32 @@ mod tests {
                 a.card_pin_hash(&pin)
             );
         }
+    }
+
+    #[test]
+    fn keyed_pin_hashes_need_the_pepper_and_old_ones_still_verify() {
+        let pepper = Pepper::new(b"pepper-0123456789abcdef").unwrap();
+        let other = Pepper::new(b"another-pepper-0123456789").unwrap();
+        let pin = Pin::new("4321");
+        let h = hash_pin_keyed(&pin, &pepper);
+        assert!(h.starts_with("k1:$argon2id$"), "{h}");
+        assert_eq!(verify_pin_keyed(&pin, &h, &pepper), PinCheck::Right);
+        assert_eq!(
+            verify_pin_keyed(&Pin::new("4322"), &h, &pepper),
+            PinCheck::Wrong
+        );
+        // The database alone is not enough: with another pepper (or none) the PIN fails.
+        assert_eq!(verify_pin_keyed(&pin, &h, &other), PinCheck::Wrong);
+        assert!(!verify_pin(&pin, h.trim_start_matches("k1:")));
+        // A hash from before is still good, and asks to be keyed.
+        let old = hash_pin(&pin);
+        assert_eq!(
+            verify_pin_keyed(&pin, &old, &pepper),
+            PinCheck::RightUnkeyed
+        );
+        assert_eq!(
+            verify_pin_keyed(&Pin::new("0000"), &old, &pepper),
+            PinCheck::Wrong
+        );
     }
 }

@@ -770,40 +770,6 @@ pub fn heard_start_as(
         .any(|w| w.iter().zip(&want).all(|(a, b)| a.as_slice() == *b))
 }
 
-/// Whether `frames` hold the whole prompt, frame-aligned, after a decode and re-encode (a
-/// mixing bridge of three parties): the normalized correlation of the decoded audio with the
-/// prompt's reaches `min_ncc` at some frame offset. (Measured through Asterisk 23.4.1's
-/// softmix: 0.9999; an unrelated prompt of the same length stays far below 0.9.)
-pub fn heard_mixed_as(
-    frames: &[Vec<u8>],
-    prompts: &topup_ivr::media::prompts::PromptStore,
-    lang: &str,
-    name: &str,
-    codec: topup_ivr::media::g711::Codec,
-    min_ncc: f64,
-) -> bool {
-    let decode = |f: &[u8]| {
-        let mut pcm = vec![0i16; f.len()];
-        codec.decode(f, &mut pcm);
-        pcm.into_iter().map(f64::from).collect::<Vec<f64>>()
-    };
-    let p = prompts.get(lang, name).unwrap();
-    let want: Vec<f64> = (0..p.frames())
-        .flat_map(|i| decode(p.frame(codec, i)))
-        .collect();
-    let heard: Vec<Vec<f64>> = frames.iter().map(|f| decode(f)).collect();
-    let want_energy: f64 = want.iter().map(|x| x * x).sum();
-    heard.windows(p.frames()).any(|w| {
-        let got: Vec<f64> = w.concat();
-        if got.len() != want.len() {
-            return false;
-        }
-        let dot: f64 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
-        let energy: f64 = got.iter().map(|x| x * x).sum();
-        energy > 0.0 && dot / (energy * want_energy).sqrt() >= min_ncc
-    })
-}
-
 /// Whether the bytes of `frames`, run together, hold the whole prompt's `codec` bytes at any
 /// offset, sample for sample (µ-law's two zeros taken as one, see `Codec::canonical`): the
 /// caller received our G.711, re-framed by a softswitch's buffer.

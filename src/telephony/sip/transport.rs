@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::admission::{Refused, SourceGuard};
 use super::endpoint::{CallHandle, Endpoint, IncomingCall, SipEvent};
 use crate::call::{SipCallSetup, refused_cdr, run_sip_call, timestamp};
 use crate::server::{Shared, Shutdown};
@@ -46,6 +47,8 @@ pub struct Transport {
     routes: HashMap<CallHandle, mpsc::Sender<SipEvent>>,
     commands_tx: mpsc::Sender<SipCommand>,
     commands_rx: mpsc::Receiver<SipCommand>,
+    /// Per-source limits on INVITEs, calls and refused-call records.
+    sources: SourceGuard,
 }
 
 impl Transport {
@@ -54,6 +57,7 @@ impl Transport {
         Transport {
             socket,
             endpoint,
+            sources: SourceGuard::new(shared.cfg.per_source.clone()),
             shared,
             routes: HashMap::new(),
             commands_tx,
@@ -162,14 +166,30 @@ impl Transport {
             info!(call = %inc.call, "refused: shutting down");
             return;
         }
+        let source = inc.source.ip();
+        if let Err(why) = self.sources.handle_invite(now, source) {
+            // One source flooding: refused cheaply, nothing written.
+            self.endpoint.reject(now, inc.call, 503, Some(5));
+            let reason = match why {
+                Refused::TooFast => "rate",
+                Refused::TooMany => "calls",
+            };
+            metrics::counter!("topup_ivr_calls_refused_total", "reason" => reason).increment(1);
+            debug!(call = %inc.call, %source, reason, "refused: over the per-source limit");
+            return;
+        }
         let Some(plan) = self.shared.dialplans().route(&inc.dialled, &inc.caller) else {
             self.endpoint.reject(now, inc.call, 404, None);
-            info!(call = %inc.call, "refused: no service for the dialled number");
-            let cdr = refused_cdr(&inc, None, "not-found");
-            let store = self.shared.store.clone();
-            tokio::spawn(async move {
-                let _ = store.insert_cdr(&cdr).await;
-            });
+            metrics::counter!("topup_ivr_calls_refused_total", "reason" => "not-found")
+                .increment(1);
+            if self.sources.poll_record(now, source) {
+                info!(call = %inc.call, "refused: no service for the dialled number");
+                let cdr = refused_cdr(&inc, None, "not-found");
+                let store = self.shared.store.clone();
+                tokio::spawn(async move {
+                    let _ = store.insert_cdr(&cdr).await;
+                });
+            }
             return;
         };
         let Ok(permit) = self.shared.calls.clone().try_acquire_owned() else {
@@ -178,6 +198,7 @@ impl Transport {
             debug!(call = %inc.call, "refused: at max_calls");
             return;
         };
+        let source_slot = self.sources.handle_call_started(now, source);
         let (tx, rx) = mpsc::channel(CALL_EVENT_QUEUE);
         self.routes.insert(inc.call, tx.clone());
         info!(call = %inc.call, service = %plan.service, from = %crate::redact::Phone(&inc.caller), "incoming call");
@@ -193,6 +214,7 @@ impl Transport {
             events_tx: tx,
             commands: self.commands_tx.clone(),
             started_at: timestamp(),
+            source_slot,
         };
         tokio::spawn(run_sip_call(setup, permit));
     }
