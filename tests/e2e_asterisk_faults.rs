@@ -687,6 +687,11 @@ fn against_both_the_real_asterisk_and_the_emulator_answer_alike() {
     use common::asterisk_real::{ARI_PASSWORD, Options, RealAsterisk};
     let mut real = RealAsterisk::start(Options::default());
     assert_eq!(run_probe(&real.url(), "topup", ARI_PASSWORD), expected());
+    // The crashing thread takes the process down a moment after the request died.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while real.is_running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(
         !real.is_running(),
         "Asterisk 23.4.1 survived a websocket id in use"

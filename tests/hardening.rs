@@ -663,3 +663,53 @@ fn the_data_directory_and_its_files_are_the_services_alone() {
         "no keyed hash stored"
     );
 }
+
+#[test]
+fn api_bodies_are_read_after_the_key_and_refused_in_json_when_too_large_or_too_long() {
+    let server = Server::start("");
+    let key = api_key(&server, "+12015550100", "topup", 100);
+    let big = format!(
+        r#"{{"recipient":"+525512345678","product_id":"{}"}}"#,
+        "x".repeat(20_000)
+    );
+    // No key: unauthorized, whatever the body.
+    assert_eq!(
+        api_call(&server, "POST", "/api/v1/topups", None, &[], Some(&big)).0,
+        401
+    );
+    // A key: the size is refused in the API's own error format.
+    let (status, v) = api_call(
+        &server,
+        "POST",
+        "/api/v1/topups",
+        Some(&key),
+        &[("Idempotency-Key", "big-1")],
+        Some(&big),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (413, Some("too_large")),
+        "{v}"
+    );
+    // A message over 100 characters is refused, not cut.
+    let long = format!(
+        r#"{{"recipient":"+525512345678","product_id":"telcel-mx-100","message":"{}"}}"#,
+        "m".repeat(101)
+    );
+    let (status, v) = api_call(
+        &server,
+        "POST",
+        "/api/v1/topups",
+        Some(&key),
+        &[("Idempotency-Key", "long-1")],
+        Some(&long),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`message`"),
+        "{v}"
+    );
+}

@@ -38,6 +38,8 @@ fuzz_target!(|data: &[u8]| {
     let (plan, store) = fixtures();
     let media = MediaParams {
         codec: Codec::Pcmu,
+        payload: Default::default(),
+        lead: Default::default(),
         telephone_event: Some(101),
         inband: true,
         send: true,

@@ -223,6 +223,23 @@ async fn authorize(st: &ApiState, headers: &HeaderMap, scope: &str) -> Result<Ap
 
 /// Parses a JSON body strictly: unknown fields, wrong types and missing fields are 400 with
 /// the field named.
+/// The largest request body: a top-up or a redemption is a few hundred bytes.
+const MAX_BODY: usize = 16 * 1024;
+/// The longest `message` of a top-up (what the recipient's SMS has room for).
+const MAX_MESSAGE: usize = 100;
+
+/// Reads a request body once its key has been checked (so a stranger's large body is refused
+/// as unauthorized, not read), up to [`MAX_BODY`]: more is a JSON 413.
+async fn read_body(raw: axum::body::Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(raw, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is over {} KiB", MAX_BODY / 1024),
+        )
+    })
+}
+
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -324,9 +341,10 @@ struct NewTopup {
 async fn create_topup(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
-    bytes: Bytes,
+    raw: axum::body::Body,
 ) -> Result<Json<crate::topup::topups::Receipt>, ApiError> {
     let key = authorize(&st, &headers, "topup").await?;
+    let bytes = read_body(raw).await?;
     let idem = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -342,6 +360,16 @@ async fn create_topup(
             ))
         })?;
     let req: NewTopup = body(&bytes)?;
+    if req
+        .message
+        .as_ref()
+        .is_some_and(|m| m.trim().chars().count() > MAX_MESSAGE)
+    {
+        // Cut silently, the recipient would read half a sentence.
+        return Err(ApiError::bad_request(format!(
+            "field `message`: at most {MAX_MESSAGE} characters"
+        )));
+    }
     let amount = match &req.amount {
         None => None,
         Some(a) => Some(Money::parse(a).map_err(|e| {
@@ -408,9 +436,10 @@ struct Redeem {
 async fn redeem_card(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
-    bytes: Bytes,
+    raw: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = authorize(&st, &headers, "redeem").await?;
+    let bytes = read_body(raw).await?;
     let req: Redeem = body(&bytes)?;
     let wallet = crate::topup::numbers::parse_number(&req.wallet)
         .map_err(|e| ApiError::bad_request(format!("field `wallet`: {e}")))?
