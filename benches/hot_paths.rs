@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use topup_ivr::call::{CallSession, MediaParams};
+use topup_ivr::call::{CallSession, MediaParams, Output};
 use topup_ivr::dialplan::interpreter::{CallEvent, Interpreter};
 use topup_ivr::dialplan::model::Dialplan;
 use topup_ivr::media::dtmf::Digit;
@@ -215,7 +215,7 @@ fn call_frame(c: &mut Criterion) {
             rtp[2..4].copy_from_slice(&(n as u16).to_be_bytes());
             rtp[4..8].copy_from_slice(&(n * 160).to_be_bytes());
             s.handle_rtp(now, &rtp);
-            while let Some(p) = s.poll_transmit(now) {
+            while let Output::Transmit(p) = s.poll_output(now) {
                 black_box(p.len());
             }
             s.handle_timeout(now);

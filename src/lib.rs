@@ -1,6 +1,5 @@
 //! topup-ivr: an IVR media service for prepaid mobile top-up.
 
-pub mod bridge;
 pub mod call;
 pub mod config;
 pub mod dialplan;

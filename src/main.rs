@@ -492,7 +492,10 @@ fn run(cli: Cli) -> Result<()> {
             for w in topup_ivr::server::fit_descriptors(&mut cfg) {
                 tracing::warn!("{w}");
             }
-            runtime()?.block_on(topup_ivr::server::serve(cfg))?;
+            runtime()?.block_on(topup_ivr::server::serve(
+                cfg,
+                topup_ivr::server::termination_signal(),
+            ))?;
         }
         Command::Calls {
             command:

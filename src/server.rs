@@ -334,8 +334,10 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .ok()
 }
 
-/// Runs the service until a termination signal, then shuts down gracefully.
-pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+/// Runs the service until `stop` completes (the command line passes [`termination_signal`]),
+/// then shuts down gracefully: new calls refused, calls in progress given `shutdown_grace`,
+/// then hung up.
+pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
     let (prompts, dialplans) = load_content(&cfg)?;
     // The number plan is loaded lazily on first use (about half a second): load it now, not
@@ -415,7 +417,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let webhooks = tokio::spawn(crate::http::webhooks::run(shared.clone()));
     let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), node_id(sip_local.port())));
 
-    wait_for_signal().await;
+    stop.await;
     info!(
         active = shared.active_calls(),
         "shutting down: refusing new calls"
@@ -497,18 +499,18 @@ fn release_free_memory() {
     }
 }
 
+/// Waits until no call is in progress (every call's permit is back, so every record is
+/// stored), at most `limit`. New calls are refused by then (shutdown state), so taking every
+/// permit is the moment the last call ends, not a poll.
 async fn wait_idle(shared: &Shared, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while shared.active_calls() > 0 {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
+    let all = u32::try_from(shared.cfg.max_calls).unwrap_or(u32::MAX);
+    tokio::time::timeout(limit, shared.calls.acquire_many(all))
+        .await
+        .is_ok_and(|permits| permits.is_ok())
 }
 
-async fn wait_for_signal() {
+/// SIGTERM or SIGINT: what stops a service run from the command line.
+pub async fn termination_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {

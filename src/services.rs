@@ -187,7 +187,7 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
                     _ => ok(vars),
                 })
             }
-            // Placing a call needs the call's media: the call driver runs it (crate::bridge).
+            // Placing a call needs the call's media: the call driver runs it (call::driver).
             "call" => Ok(("unavailable".into(), vec![])),
             // An SMS to the caller, with their wallet balance at hand ("call_no_funds": how to
             // recharge). The same message goes at most once per caller in ten minutes.

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use topup_ivr::call::{CallSession, MediaParams};
+use topup_ivr::call::{CallSession, MediaParams, Output};
 use topup_ivr::dialplan::model::Dialplan;
 use topup_ivr::media::g711::Codec;
 use topup_ivr::media::prompts::{Prompt, PromptStore};
@@ -58,12 +58,14 @@ fuzz_target!(|data: &[u8]| {
         now += Duration::from_millis(20);
         s.handle_rtp(now, pkt);
         s.handle_timeout(now);
-        while s.poll_transmit(now).is_some() {
-            sent += 1;
-        }
-        while s.poll_invoke().is_some() {}
-        if s.poll_hangup(now).is_some() {
-            return;
+        loop {
+            match s.poll_output(now) {
+                Output::Transmit(_) => sent += 1,
+                Output::Hangup(_) => return,
+                Output::Timeout(_) => break,
+                // Operations are never answered: the plan waits, the media goes on.
+                _ => {}
+            }
         }
     }
     let frames = (now - t0).as_millis() as u32 / 20;

@@ -1,23 +1,22 @@
-//! The call driver for softswitch edges (Asterisk, FreeSWITCH): the softswitch owns the
-//! caller's channel and the network media; the adapter turns its protocol into [`EdgeEvent`]s
-//! and carries out [`EdgeCommand`]s. Everything a call *does* (plan, prompts, operations,
-//! escalation records, CDR) is the same [`CallSession`] the built-in SIP edge runs.
+//! What the softswitch edges (Asterisk, FreeSWITCH) share: the softswitch owns the caller's
+//! channel and the network media; the adapter turns its protocol into [`EdgeEvent`]s and
+//! carries out [`EdgeCommand`]s, over channels to the call's task, which runs the one call
+//! driver (`call::drive`) the built-in SIP edge runs too. Also admission, the retry policy
+//! for their control connections, and the DTMF de-duplication Asterisk needs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, warn};
 
-use crate::call::{
-    CallSession, MediaParams, finish_op, next_wake, record_escalation, spawn_op, timestamp,
-};
+pub use crate::call::{DialEvent, EdgeCommand, EdgeEvent};
+use crate::call::{Edge, MediaParams, Record};
 use crate::dialplan::Dialplan;
-use crate::media::dtmf::{Digit, DtmfMethod};
+use crate::media::dtmf::Digit;
 use crate::media::g711::Codec;
 use crate::media::player::Payload;
 use crate::server::{Shared, Shutdown};
-use crate::store::Cdr;
 
 /// A call the softswitch handed to us, already answered.
 pub struct EdgeCall {
@@ -41,57 +40,6 @@ pub struct EdgeCall {
     pub can_dial: bool,
 }
 
-/// What the adapter reports about a call.
-#[derive(Debug)]
-pub enum EdgeEvent {
-    /// The caller's audio, 8 kHz linear (only needed for in-band DTMF).
-    Pcm(Vec<i16>),
-    Digit(Digit, DtmfMethod),
-    /// The escalation transfer was carried out (the call has left us) or failed.
-    Transferred(Result<(), String>),
-    /// The caller's channel is gone; the reason is for the CDR.
-    Ended(String),
-    /// What became of the outbound leg of [`EdgeCommand::Dial`].
-    Dial(DialEvent),
-}
-
-/// The outbound leg's progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DialEvent {
-    /// Answered, and joined with the caller by the softswitch.
-    Answered,
-    Busy,
-    NoAnswer,
-    Failed,
-    /// The callee hung up after answering.
-    Ended,
-}
-
-/// What the call asks of the adapter.
-#[derive(Debug, PartialEq, Eq)]
-pub enum EdgeCommand {
-    /// One 20 ms RTP packet of prompt audio (or silence) in the call's payload format, paced
-    /// in real time; adapters that carry bare frames send the payload after the 12-byte
-    /// header.
-    Media(Vec<u8>),
-    /// Barge-in: drop whatever audio the softswitch still has queued.
-    Flush,
-    /// Send the caller to the agents (`target` is the plan's transfer target); answer with
-    /// [`EdgeEvent::Transferred`].
-    Transfer {
-        escalation: String,
-        target: String,
-        reason: String,
-    },
-    /// End the call (the plan finished, or the service is shutting down).
-    Hangup(String),
-    /// Calling service: call `number` (E.164) from `caller` and join it with the caller once
-    /// answered; report with [`EdgeEvent::Dial`].
-    Dial { number: String, caller: String },
-    /// End the outbound leg (the money ran out, nobody answered, the caller left).
-    DropDial,
-}
-
 /// Outgoing audio queued for one call's media connection: about 200 ms. When a connection is
 /// this far behind, frames are dropped rather than delaying the call's logic.
 pub const MEDIA_QUEUE: usize = 10;
@@ -107,64 +55,76 @@ pub async fn run_call(
 ) {
     let span = tracing::info_span!("call", call_id = %call.call_id);
     async move {
-        let mut cdr = Cdr {
-            call_id: call.call_id.clone(),
-            caller: call.caller.clone(),
-            dialled: call.dialled.clone(),
-            service: Some(call.plan.service.clone()),
-            codec: Some(call.codec.name().to_string()),
-            dtmf_methods: String::new(),
-            started_at: timestamp(),
-            answered_at: Some(timestamp()),
-            ended_at: String::new(),
-            end_reason: String::new(),
-            digits: None,
+        let mut record = Record::new(&call.call_id, &call.caller, &call.dialled, &call.plan);
+        record.cdr.codec = Some(call.codec.name().to_string());
+        record.cdr.answered_at = Some(record.cdr.started_at.clone());
+        let _active = shared.call_started(&call.plan.service);
+        let media = MediaParams {
+            codec: call.codec,
+            payload: call.payload,
+            lead: call.lead,
+            telephone_event: None,
+            inband: call.inband,
+            send: true,
         };
-        let record_digits = call.plan.record_digits;
-        let service = call.plan.service.clone();
-        let _active = shared.call_started(&service);
-        let (reason, session) = drive(&shared, call, events, &commands).await;
-        shared
-            .core
-            .record_path(&service, &session.interpreter().context().path)
-            .await;
-        cdr.end_reason = reason;
-        cdr.dtmf_methods = session.dtmf_methods();
-        if record_digits {
-            cdr.digits = Some(session.interpreter().digits().to_string());
-        }
-        cdr.ended_at = timestamp();
-        info!(reason = %cdr.end_reason, "call ended");
-        if let Err(e) = shared.store.insert_cdr(&cdr).await {
-            warn!(error = %e, "CDR not written");
-        }
+        let mut edge = ChannelEdge {
+            events,
+            commands,
+            can_dial: call.can_dial,
+        };
+        let (reason, session) =
+            crate::call::drive(&shared, call.plan, media, &mut edge, &mut record).await;
+        record.finish(&shared, &reason, Some(&session)).await;
         drop(permit);
     }
     .instrument(span)
     .await
 }
 
+/// A softswitch call's edge: the adapter's task reports events and carries out commands over
+/// a pair of channels.
+struct ChannelEdge {
+    events: mpsc::Receiver<EdgeEvent>,
+    commands: mpsc::Sender<EdgeCommand>,
+    can_dial: bool,
+}
+
+impl Edge for ChannelEdge {
+    async fn recv(&mut self, _buf: &mut [u8]) -> Option<EdgeEvent> {
+        self.events.recv().await
+    }
+
+    async fn send(&mut self, _now: Instant, command: EdgeCommand) {
+        match command {
+            // Real-time pacing keeps the softswitch's queue short; a connection that cannot
+            // keep up loses frames, never the call.
+            EdgeCommand::Media(packet) => {
+                if self.commands.try_send(EdgeCommand::Media(packet)).is_err() {
+                    tracing::trace!("media frame dropped: connection behind");
+                }
+            }
+            // The softswitch joins the legs itself: nothing of ours to hold.
+            EdgeCommand::Announcing(_) => {}
+            command => {
+                let _ = self.commands.send(command).await;
+            }
+        }
+    }
+
+    fn can_dial(&self) -> bool {
+        self.can_dial
+    }
+}
+
 /// Writes the record of a call that was answered but never reached its plan: the softswitch
 /// could not set its media up, or the caller left meanwhile. Every answered call gets a CDR,
 /// whatever failed (staff count answered calls against records).
 pub async fn record_unserved(shared: &Shared, call: &EdgeCall, answered_at: String, reason: &str) {
-    let cdr = Cdr {
-        call_id: call.call_id.clone(),
-        caller: call.caller.clone(),
-        dialled: call.dialled.clone(),
-        service: Some(call.plan.service.clone()),
-        codec: Some(call.codec.name().to_string()),
-        dtmf_methods: String::new(),
-        started_at: answered_at.clone(),
-        answered_at: Some(answered_at),
-        ended_at: timestamp(),
-        end_reason: reason.to_string(),
-        digits: None,
-    };
-    info!(reason, "call ended before its plan started");
-    if let Err(e) = shared.store.insert_cdr(&cdr).await {
-        warn!(error = %e, "CDR not written");
-    }
+    let mut record = Record::new(&call.call_id, &call.caller, &call.dialled, &call.plan);
+    record.cdr.codec = Some(call.codec.name().to_string());
+    record.cdr.started_at = answered_at.clone();
+    record.cdr.answered_at = Some(answered_at);
+    record.finish(shared, reason, None).await;
 }
 
 /// The wait between attempts to reach a softswitch's control connection while it is down:
@@ -216,7 +176,8 @@ impl Refusal {
     }
 }
 
-/// Admission, as for SIP calls: the plan for the dialled number and a call permit.
+/// Admission, the same on every edge: not while shutting down, the plan for the dialled number,
+/// and a call permit (`calls.max`). The SIP edge first applies its per-source limits.
 pub fn admit(
     shared: &Shared,
     edge: &'static str,
@@ -242,167 +203,6 @@ pub fn admit(
     Ok((plan, permit))
 }
 
-async fn drive(
-    shared: &Arc<Shared>,
-    call: EdgeCall,
-    mut events: mpsc::Receiver<EdgeEvent>,
-    commands: &mpsc::Sender<EdgeCommand>,
-) -> (String, CallSession) {
-    let cfg = &shared.cfg;
-    let caller = crate::services::caller_e164(&call.caller);
-    let mut session = CallSession::with_vars(
-        call.plan.clone(),
-        shared.prompts(),
-        MediaParams {
-            codec: call.codec,
-            payload: call.payload,
-            lead: call.lead,
-            telephone_event: None,
-            inband: call.inband,
-            send: true,
-        },
-        rand::random(),
-        rand::random(),
-        rand::random(),
-        [
-            ("caller".to_string(), caller.clone()),
-            ("dialled".to_string(), call.dialled.clone()),
-        ],
-    );
-    let mut shutdown = shared.shutdown.clone();
-    let mut op_task: Option<tokio::task::JoinHandle<crate::services::OpResult>> = None;
-    let mut op_seq = 0u32;
-    let mut topup_ids: Vec<String> = vec![];
-    let mut transferring: Option<String> = None;
-    let mut hangup_deadline: Option<Instant> = None;
-    let started = Instant::now();
-    session.start(started);
-
-    let reason = loop {
-        let now = Instant::now();
-        if session.take_flush() {
-            let _ = commands.send(EdgeCommand::Flush).await;
-        }
-        while let Some(pkt) = session.poll_transmit(now) {
-            // Real-time pacing keeps the softswitch's queue short; a connection that cannot
-            // keep up loses frames, never the call.
-            if commands.try_send(EdgeCommand::Media(pkt)).is_err() {
-                tracing::trace!("media frame dropped: connection behind");
-            }
-        }
-        if let Some((op, args)) = session.poll_invoke() {
-            op_seq += 1;
-            if op == "call" {
-                let number = args
-                    .iter()
-                    .find(|(k, _)| k == "number")
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-                let id = format!("{}:{op_seq}", call.call_id);
-                let leg = DialLeg {
-                    session: &mut session,
-                    events: &mut events,
-                    commands,
-                    caller: &caller,
-                    id,
-                };
-                match dial(shared, leg, &number, call.can_dial).await {
-                    Ok((code, mut vars)) => {
-                        tracing::debug!(op = %"call", result = %code, "operation done");
-                        if let Ok(b) = shared.core.wallet_balance(&caller).await {
-                            vars.push(("balance".into(), b.to_string()));
-                        }
-                        session.handle_result(Instant::now(), code, vars);
-                    }
-                    Err(reason) => return (reason, session),
-                }
-                continue;
-            }
-            let request_id = format!("voice:{}:{op_seq}", call.call_id);
-            op_task = Some(spawn_op(shared, &caller, request_id, &session, op, args));
-        }
-        if let Some((target, reason, context)) = session.take_transfer() {
-            let id = record_escalation(
-                shared,
-                &call.call_id,
-                &caller,
-                &reason,
-                &context,
-                &topup_ids,
-            )
-            .await;
-            info!(escalation = %id, %target, %reason, "escalating");
-            transferring = Some(id.clone());
-            let _ = commands
-                .send(EdgeCommand::Transfer {
-                    escalation: id,
-                    target,
-                    reason,
-                })
-                .await;
-        }
-        if let Some(r) = session.poll_hangup(now) {
-            break r.to_string();
-        }
-        if now >= started + cfg.max_call_duration {
-            break "max-duration".into();
-        }
-        if hangup_deadline.is_some_and(|d| now >= d) {
-            break "shutdown".into();
-        }
-        let wake = next_wake(
-            now,
-            [
-                session.poll_timeout(),
-                Some(started + cfg.max_call_duration),
-                hangup_deadline,
-            ],
-        );
-        tokio::select! {
-            r = async { op_task.as_mut().expect("guarded").await }, if op_task.is_some() => {
-                op_task = None;
-                finish_op(&mut session, r, &mut topup_ids);
-            }
-            ev = events.recv() => {
-                let now = Instant::now();
-                match ev {
-                    Some(EdgeEvent::Pcm(pcm)) => session.handle_pcm(now, &pcm),
-                    Some(EdgeEvent::Digit(d, method)) => session.handle_digit(now, d, method),
-                    Some(EdgeEvent::Transferred(r)) => {
-                        let Some(id) = transferring.take() else { continue };
-                        let ms = crate::topup::books::now_ms();
-                        match r {
-                            Ok(()) => {
-                                let _ = shared.core.set_escalation_state(&id, "transferred", ms).await;
-                                // The call has left us: nothing to hang up.
-                                return ("transferred".into(), session);
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "transfer failed");
-                                let _ = shared.core.set_escalation_state(&id, "failed", ms).await;
-                                session.announce_then_hangup(now, &["agents-unavailable"], "escalation-failed");
-                            }
-                        }
-                    }
-                    Some(EdgeEvent::Ended(reason)) => return (reason, session),
-                    Some(EdgeEvent::Dial(_)) => {}
-                    None => break "internal".into(),
-                }
-            }
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() == Shutdown::HangupNow {
-                    hangup_deadline = Some(Instant::now());
-                }
-            }
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                session.handle_timeout(Instant::now());
-            }
-        }
-    };
-    let _ = commands.send(EdgeCommand::Hangup(reason.clone())).await;
-    (reason, session)
-}
-
 /// How long a lost media leg waits for the hangup that explains it: when a caller hangs up,
 /// the softswitch closes the media connection and reports the hangup on the control
 /// connection, in either order. Only a close without a hangup is a media failure.
@@ -426,155 +226,6 @@ pub async fn wait_for<T, R>(
     }
 }
 
-/// The caller's side, lent to [`dial`] for the length of an outbound call.
-struct DialLeg<'a> {
-    session: &'a mut CallSession,
-    events: &'a mut mpsc::Receiver<EdgeEvent>,
-    commands: &'a mpsc::Sender<EdgeCommand>,
-    caller: &'a str,
-    /// Unique per call attempt (billing ids).
-    id: String,
-}
-
-/// The calling service on a softswitch edge: reserve the wallet's money, have the softswitch
-/// place and join the call, warn and cut by [`PaidCall`], charge the talk time. Returns the
-/// result for the plan, or `Err(reason)` when the caller hung up.
-async fn dial(
-    shared: &Shared,
-    leg: DialLeg<'_>,
-    number: &str,
-    can_dial: bool,
-) -> Result<crate::services::OpResult, String> {
-    use crate::bridge::{PaidCall, PaidCallAction, WARNING_PROMPT};
-    let cfg = &shared.cfg;
-    if !can_dial {
-        return Ok(("unavailable".into(), vec![]));
-    }
-    let e164 = match crate::topup::numbers::parse_callable(number) {
-        Ok(n) => n.e164,
-        Err(_) => return Ok(("invalid_number".into(), vec![])),
-    };
-    let now_ms = crate::topup::books::now_ms;
-    let budget = match shared
-        .core
-        .reserve_call(&leg.id, leg.caller, &e164, cfg.max_call_duration, now_ms())
-        .await
-    {
-        Ok(b) => b,
-        Err(e) => return Ok((e.code().into(), vec![])),
-    };
-    let settle = |talk: Duration| {
-        let id = leg.id.clone();
-        async move {
-            match shared
-                .core
-                .settle_call(&id, leg.caller, &budget, talk, now_ms())
-                .await
-            {
-                Ok(cost) => cost.to_string(),
-                Err(e) => {
-                    // The reservation stays pending: nothing is lost, staff can settle it.
-                    warn!(error = %e, "call not settled");
-                    String::new()
-                }
-            }
-        }
-    };
-    info!(to = %crate::redact::Phone(&e164), max_secs = budget.max.as_secs(), "placing call");
-    let _ = leg
-        .commands
-        .send(EdgeCommand::Dial {
-            number: e164,
-            caller: leg.caller.to_string(),
-        })
-        .await;
-    let session = leg.session;
-    let mut clock = PaidCall::new(
-        Instant::now(),
-        cfg.calling_ring_timeout,
-        budget.max,
-        cfg.calling_warning_before,
-    );
-    let result = |code: &str, talk: Duration, cost: String| {
-        Ok((
-            code.to_string(),
-            vec![
-                ("call_secs".to_string(), talk.as_secs().to_string()),
-                ("call_cost".to_string(), cost),
-            ],
-        ))
-    };
-    let outcome = loop {
-        let now = Instant::now();
-        while let Some(pkt) = session.poll_transmit(now) {
-            let _ = leg.commands.try_send(EdgeCommand::Media(pkt));
-        }
-        match clock.poll(now) {
-            Some(PaidCallAction::RingTimeout) => {
-                let _ = leg.commands.send(EdgeCommand::DropDial).await;
-                settle(Duration::ZERO).await;
-                break result("no_answer", Duration::ZERO, String::new());
-            }
-            Some(PaidCallAction::Cut) => {
-                info!("balance used up: cutting the call");
-                let _ = leg.commands.send(EdgeCommand::DropDial).await;
-                let talk = clock.talk(now);
-                let cost = settle(talk).await;
-                break result("cut", talk, cost);
-            }
-            Some(PaidCallAction::Warn) => {
-                info!("warning the caller: the money runs out soon");
-                session.announce(&[WARNING_PROMPT]);
-            }
-            None => {}
-        }
-        let wake = next_wake(now, [session.poll_timeout(), Some(clock.poll_timeout())]);
-        tokio::select! {
-            ev = leg.events.recv() => {
-                let now = Instant::now();
-                match ev {
-                    Some(EdgeEvent::Dial(DialEvent::Answered)) => {
-                        info!("call answered");
-                        clock.handle_answer(now);
-                        session.set_bridged(true);
-                    }
-                    Some(EdgeEvent::Dial(DialEvent::Ended)) => {
-                        let talk = clock.talk(now);
-                        let cost = settle(talk).await;
-                        break result("ok", talk, cost);
-                    }
-                    Some(EdgeEvent::Dial(other)) => {
-                        let code = match other {
-                            DialEvent::Busy => "busy",
-                            DialEvent::NoAnswer => "no_answer",
-                            _ => "failed",
-                        };
-                        let talk = clock.talk(now);
-                        let cost = settle(talk).await;
-                        break result(code, talk, cost);
-                    }
-                    Some(EdgeEvent::Ended(reason)) => {
-                        let _ = leg.commands.send(EdgeCommand::DropDial).await;
-                        settle(clock.talk(now)).await;
-                        break Err(reason);
-                    }
-                    // Keys and audio during the call are the callee's business.
-                    Some(_) => {}
-                    None => {
-                        settle(clock.talk(now)).await;
-                        break Err("internal".into());
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                session.handle_timeout(Instant::now());
-            }
-        }
-    };
-    session.set_bridged(false);
-    outcome
-}
-
 /// Which way a key reached an adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeySource {
@@ -585,9 +236,11 @@ pub enum KeySource {
 }
 
 /// Asterisk reports one key press twice when media runs over chan_websocket: as
-/// `ChannelDtmfReceived` on the caller and as `DTMF_END` on the media socket, at the same
-/// moment. A key from one source is dropped when the same key came from the *other* source
-/// within [`DtmfDedup::WINDOW`]; two presses reported by one source always count twice.
+/// `ChannelDtmfReceived` on the caller and as `DTMF_END` on the media socket, usually at the
+/// same moment but, on a loaded machine, measured more than 80 ms apart. A key from one source
+/// is dropped when it pairs with an unpaired report of the same key from the *other* source
+/// within [`DtmfDedup::WINDOW`] (the oldest first); two presses reported by one source always
+/// count twice, so a quick "5 5" is two keys however late the second source is.
 #[derive(Debug, Default)]
 pub struct DtmfDedup {
     /// Keys seen from one source and not yet matched by the other.
@@ -595,9 +248,11 @@ pub struct DtmfDedup {
 }
 
 impl DtmfDedup {
-    /// Long enough for the two reports of one key (measured: the same moment), short enough
-    /// that a caller's next press of the same key (≥ 100 ms apart in practice) is not lost.
-    pub const WINDOW: Duration = Duration::from_millis(80);
+    /// How long a report waits for its pair: well beyond the lag of either connection under
+    /// load (a 200-call storm on a busy machine doubled keys with 80 ms). Pairing is by order,
+    /// not by time, so a long window loses no press; it only bounds how long a report that
+    /// never gets its pair (a source that stopped reporting) can absorb a later one.
+    pub const WINDOW: Duration = Duration::from_secs(1);
 
     /// Whether the key is new (deliver it) or the other report of a key already delivered.
     pub fn handle(&mut self, now: Instant, digit: Digit, source: KeySource) -> bool {
@@ -648,12 +303,30 @@ mod tests {
     }
 
     #[test]
+    fn a_report_late_under_load_still_pairs_and_quick_presses_stay_two() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut dd = DtmfDedup::default();
+        // "5 5" pressed 150 ms apart; the media connection reports each 300 ms late.
+        assert!(dd.handle(t, d('5'), KeySource::Control));
+        assert!(dd.handle(t + ms(150), d('5'), KeySource::Control));
+        assert!(!dd.handle(t + ms(300), d('5'), KeySource::Media));
+        assert!(!dd.handle(t + ms(450), d('5'), KeySource::Media));
+        // The next press counts.
+        assert!(dd.handle(t + ms(600), d('5'), KeySource::Media));
+    }
+
+    #[test]
     fn reports_far_apart_are_two_presses() {
         let t = Instant::now();
         let mut dd = DtmfDedup::default();
         assert!(dd.handle(t, d('2'), KeySource::Control));
-        assert!(dd.handle(t + Duration::from_millis(500), d('2'), KeySource::Media));
+        assert!(dd.handle(
+            t + DtmfDedup::WINDOW + Duration::from_millis(1),
+            d('2'),
+            KeySource::Media
+        ));
         // A different key is never matched.
-        assert!(dd.handle(t + Duration::from_millis(501), d('3'), KeySource::Control));
+        assert!(dd.handle(t + DtmfDedup::WINDOW * 2, d('3'), KeySource::Control));
     }
 }

@@ -805,6 +805,18 @@ pub fn heard_like_as(
     codec: topup_ivr::media::g711::Codec,
     min_ncc: f64,
 ) -> bool {
+    heard_score(frames, prompts, lang, name, codec) >= min_ncc
+}
+
+/// The best normalized correlation of the prompt with the decoded `frames` (see
+/// [`heard_like_as`]): for a failure message that says how close it came.
+pub fn heard_score(
+    frames: &[Vec<u8>],
+    prompts: &topup_ivr::media::prompts::PromptStore,
+    lang: &str,
+    name: &str,
+    codec: topup_ivr::media::g711::Codec,
+) -> f64 {
     let decode = |f: &[u8]| {
         let mut pcm = vec![0i16; f.len()];
         codec.decode(f, &mut pcm);
@@ -820,7 +832,7 @@ pub fn heard_like_as(
         .flat_map(|f| decode(f))
         .map(f64::from)
         .collect();
-    best_match(&heard, &want) >= min_ncc
+    best_match(&heard, &want)
 }
 
 /// The highest normalized correlation of `want` with a stretch of `heard` (see

@@ -580,6 +580,8 @@ async fn run_leg(
                         let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Failed)).await;
                     }
                 }
+                // The softswitch joins the legs and holds nothing of ours.
+                Some(EdgeCommand::Announcing(_)) => {}
                 Some(EdgeCommand::DropDial) => {
                     if let Some(callee) = st.callee.take()
                         && let Err(e) = t.ari.hangup(&callee.id, "normal").await

@@ -699,6 +699,8 @@ async fn run_leg(
                         }
                     }
                 }
+                // The softswitch joins the legs and holds nothing of ours.
+                Some(EdgeCommand::Announcing(_)) => {}
                 Some(EdgeCommand::DropDial) => {
                     if callee.take().is_some() {
                         let _ = api_call(api, format!("uuid_kill {} NORMAL_CLEARING", callee_uuid(&uuid))).await;

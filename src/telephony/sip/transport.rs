@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::admission::{Refused, SourceGuard};
+use super::call::{SipCallSetup, refused_cdr, run_sip_call};
 use super::endpoint::{CallHandle, Endpoint, IncomingCall, SipEvent};
-use crate::call::{SipCallSetup, refused_cdr, run_sip_call, timestamp};
 use crate::server::{Shared, Shutdown};
+use crate::telephony::edge::{Refusal, admit};
 
 /// What call tasks ask of the SIP layer.
 #[derive(Debug)]
@@ -161,11 +162,6 @@ impl Transport {
 
     fn admit(&mut self, inc: IncomingCall) {
         let now = Instant::now();
-        if *self.shared.shutdown.borrow() != Shutdown::Running {
-            self.endpoint.reject(now, inc.call, 503, Some(30));
-            info!(call = %inc.call, "refused: shutting down");
-            return;
-        }
         let source = inc.source.ip();
         if let Err(why) = self.sources.handle_invite(now, source) {
             // One source flooding: refused cheaply, nothing written.
@@ -178,34 +174,39 @@ impl Transport {
             debug!(call = %inc.call, %source, reason, "refused: over the per-source limit");
             return;
         }
-        let Some(plan) = self.shared.dialplans().route(&inc.dialled, &inc.caller) else {
-            self.endpoint.reject(now, inc.call, 404, None);
-            metrics::counter!("topup_ivr_calls_refused_total", "reason" => "not-found")
-                .increment(1);
-            if self.sources.poll_record(now, source) {
-                info!(call = %inc.call, "refused: no service for the dialled number");
-                let cdr = refused_cdr(&inc, None, "not-found");
-                let store = self.shared.store.clone();
-                tokio::spawn(async move {
-                    let _ = store.insert_cdr(&cdr).await;
-                });
+        // The same admission as every edge: the plan for the number, and a call permit.
+        let (plan, permit) = match admit(&self.shared, "sip", &inc.dialled, &inc.caller) {
+            Ok(admitted) => admitted,
+            Err(Refusal::ShuttingDown) => {
+                self.endpoint.reject(now, inc.call, 503, Some(30));
+                info!(call = %inc.call, "refused: shutting down");
+                return;
             }
-            return;
-        };
-        let Ok(permit) = self.shared.calls.clone().try_acquire_owned() else {
-            // Over capacity: refuse quickly and cheaply (no CDR write under a flood).
-            self.endpoint.reject(now, inc.call, 503, Some(5));
-            debug!(call = %inc.call, "refused: at max_calls");
-            return;
+            Err(Refusal::NoService) => {
+                self.endpoint.reject(now, inc.call, 404, None);
+                metrics::counter!("topup_ivr_calls_refused_total", "reason" => "not-found")
+                    .increment(1);
+                if self.sources.poll_record(now, source) {
+                    info!(call = %inc.call, "refused: no service for the dialled number");
+                    let cdr = refused_cdr(&inc, None, "not-found");
+                    let store = self.shared.store.clone();
+                    tokio::spawn(async move {
+                        let _ = store.insert_cdr(&cdr).await;
+                    });
+                }
+                return;
+            }
+            Err(Refusal::Full) => {
+                // Over capacity: refuse quickly and cheaply (no CDR write under a flood).
+                self.endpoint.reject(now, inc.call, 503, Some(5));
+                debug!(call = %inc.call, "refused: at max_calls");
+                return;
+            }
         };
         let source_slot = self.sources.handle_call_started(now, source);
         let (tx, rx) = mpsc::channel(CALL_EVENT_QUEUE);
         self.routes.insert(inc.call, tx.clone());
         info!(call = %inc.call, service = %plan.service, from = %crate::redact::Phone(&inc.caller), "incoming call");
-        self.shared
-            .calls_total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metrics::counter!("topup_ivr_calls_total", "edge" => "sip").increment(1);
         let setup = SipCallSetup {
             shared: self.shared.clone(),
             incoming: inc,
@@ -213,7 +214,6 @@ impl Transport {
             events: rx,
             events_tx: tx,
             commands: self.commands_tx.clone(),
-            started_at: timestamp(),
             source_slot,
         };
         tokio::spawn(run_sip_call(setup, permit));
