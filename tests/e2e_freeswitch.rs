@@ -33,7 +33,9 @@ fn serve(fs: &RealFreeSwitch, extra: &str) -> Server {
 /// (measured: normalized correlation 0.9999 on a quiet machine; 0.95 allows for a frame late
 /// or lost here and there on a loaded one).
 fn heard(frames: &[Vec<u8>], name: &str, codec: Codec) -> bool {
-    let ok = heard_like_as(frames, &prompts(), "en", name, codec, 0.95);
+    // Whole, or with the one frame FreeSWITCH drops or inserts now and then on a loaded
+    // machine (measured: one frame inserted mid-prompt, the rest sample for sample).
+    let ok = heard_through_glitch(frames, &prompts(), "en", name, codec, 0.95);
     if !ok {
         // What the caller heard, for a person to look at (G.711 in the call's codec).
         let file =

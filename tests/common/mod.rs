@@ -808,6 +808,42 @@ pub fn heard_like_as(
     heard_score(frames, prompts, lang, name, codec) >= min_ncc
 }
 
+/// Whether the prompt was heard through a softswitch that may drop or insert a frame under
+/// load: of its five equal pieces, at least four are each found (at any offset) with a
+/// normalized correlation of at least `min_ncc`. One glitch spoils one piece; a prompt not
+/// played, or another prompt, matches none.
+pub fn heard_through_glitch(
+    frames: &[Vec<u8>],
+    prompts: &topup_ivr::media::prompts::PromptStore,
+    lang: &str,
+    name: &str,
+    codec: topup_ivr::media::g711::Codec,
+    min_ncc: f64,
+) -> bool {
+    let decode = |f: &[u8]| {
+        let mut pcm = vec![0i16; f.len()];
+        codec.decode(f, &mut pcm);
+        pcm
+    };
+    let p = prompts.get(lang, name).unwrap();
+    let want: Vec<f64> = (0..p.frames())
+        .flat_map(|i| decode(p.frame(codec, i)))
+        .map(f64::from)
+        .collect();
+    let heard: Vec<f64> = frames
+        .iter()
+        .flat_map(|f| decode(f))
+        .map(f64::from)
+        .collect();
+    let piece = want.len() / 5;
+    let found = want
+        .chunks_exact(piece)
+        .take(5)
+        .filter(|w| best_match(&heard, w) >= min_ncc)
+        .count();
+    found >= 4
+}
+
 /// The best normalized correlation of the prompt with the decoded `frames` (see
 /// [`heard_like_as`]): for a failure message that says how close it came.
 pub fn heard_score(
