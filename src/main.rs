@@ -314,7 +314,9 @@ fn main() -> ExitCode {
             eprintln!("warning: could not turn core dumps off");
         }
     }
-    match run(cli) {
+    // One runtime for every command: the service, the load generator and the commands that
+    // open the database.
+    match runtime().and_then(|rt| rt.block_on(run(cli))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
@@ -360,7 +362,7 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-fn dialplan(command: DialplanCommand) -> Result<()> {
+async fn dialplan(command: DialplanCommand) -> Result<()> {
     use std::sync::Arc;
     use topup_ivr::dialplan::{Dialplan, Dialplans, graph};
     use topup_ivr::media::prompts::PromptStore;
@@ -434,7 +436,7 @@ fn dialplan(command: DialplanCommand) -> Result<()> {
             let cfg = config.load()?;
             let prompts = load_prompts(&cfg)?;
             let plan = Arc::new(load_plan(&file, &prompts)?);
-            runtime()?.block_on(async {
+            async {
                 let scratch = tempfile::tempdir()?;
                 let core = topup_ivr::topup::Core::new(
                     topup_ivr::store::Db::open(scratch.path()).await?,
@@ -459,17 +461,18 @@ fn dialplan(command: DialplanCommand) -> Result<()> {
                 }
                 core.db.close().await;
                 anyhow::Ok(())
-            })?;
+            }
+            .await?;
         }
     }
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Loadgen(args) => {
             let json = args.json;
-            let report = runtime()?.block_on(topup_ivr::loadgen::run(args))?;
+            let report = topup_ivr::loadgen::run(args).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -492,10 +495,7 @@ fn run(cli: Cli) -> Result<()> {
             for w in topup_ivr::server::fit_descriptors(&mut cfg) {
                 tracing::warn!("{w}");
             }
-            runtime()?.block_on(topup_ivr::server::serve(
-                cfg,
-                topup_ivr::server::termination_signal(),
-            ))?;
+            topup_ivr::server::serve(cfg, topup_ivr::server::termination_signal()).await?;
         }
         Command::Calls {
             command:
@@ -506,12 +506,13 @@ fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             let cfg = config.load()?;
-            let cdrs = runtime()?.block_on(async {
+            let cdrs = async {
                 let core = topup_ivr::server::open_core(&cfg).await?;
                 let rows = core.db.recent_cdrs(limit).await;
                 core.db.close().await;
                 anyhow::Ok(rows?)
-            })?;
+            }
+            .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&cdrs)?);
             } else {
@@ -560,49 +561,40 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Dialplan { command } => dialplan(command)?,
-        Command::Cards { config, command } => {
-            runtime()?.block_on(topup_cli::cards(&config.load()?, command))?
-        }
+        Command::Dialplan { command } => dialplan(command).await?,
+        Command::Cards { config, command } => topup_cli::cards(&config.load()?, command).await?,
         Command::Carriers { config, command } => {
-            runtime()?.block_on(topup_cli::carriers(&config.load()?, command))?
+            topup_cli::carriers(&config.load()?, command).await?
         }
         Command::Products { config, command } => {
-            runtime()?.block_on(topup_cli::products(&config.load()?, command))?
+            topup_cli::products(&config.load()?, command).await?
         }
         Command::Numbers { config, command } => {
-            runtime()?.block_on(topup_cli::numbers(&config.load()?, command))?
+            topup_cli::numbers(&config.load()?, command).await?
         }
         Command::Accounts { config, command } => {
-            runtime()?.block_on(topup_cli::accounts_cmd(&config.load()?, command))?
+            topup_cli::accounts_cmd(&config.load()?, command).await?
         }
-        Command::Topups { config, command } => {
-            runtime()?.block_on(topup_cli::topups(&config.load()?, command))?
-        }
+        Command::Topups { config, command } => topup_cli::topups(&config.load()?, command).await?,
         Command::Escalations { config, command } => {
-            runtime()?.block_on(topup_cli::escalations(&config.load()?, command))?
+            topup_cli::escalations(&config.load()?, command).await?
         }
-        Command::Agents { config, command } => {
-            runtime()?.block_on(topup_cli::agents(&config.load()?, command))?
-        }
+        Command::Agents { config, command } => topup_cli::agents(&config.load()?, command).await?,
         Command::Apikeys { config, command } => {
-            runtime()?.block_on(topup_cli::apikeys(&config.load()?, command))?
+            topup_cli::apikeys(&config.load()?, command).await?
         }
-        Command::Sms { config, command } => {
-            runtime()?.block_on(topup_cli::sms(&config.load()?, command))?
-        }
-        Command::Ledger { config, command } => {
-            runtime()?.block_on(topup_cli::ledger(&config.load()?, command))?
-        }
+        Command::Sms { config, command } => topup_cli::sms(&config.load()?, command).await?,
+        Command::Ledger { config, command } => topup_cli::ledger(&config.load()?, command).await?,
         Command::Db {
             command: DbCommand::Migrate(args),
         } => {
             let cfg = args.load()?;
-            runtime()?.block_on(async {
+            async {
                 let core = topup_ivr::server::open_core(&cfg).await?;
                 core.db.close().await;
                 anyhow::Ok(())
-            })?;
+            }
+            .await?;
             println!("database ready");
         }
         Command::Prompts {
