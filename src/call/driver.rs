@@ -22,7 +22,7 @@ use crate::store::Cdr;
 #[derive(Debug)]
 pub enum EdgeEvent {
     /// An RTP packet from the caller, in the first `n` bytes of the buffer handed to
-    /// [`Edge::recv`] (edges that carry the caller's RTP themselves).
+    /// [`Edge::wait`] (edges that carry the caller's RTP themselves).
     Packet(usize),
     /// The caller's audio, 8 kHz linear (softswitch edges; only needed for in-band DTMF).
     Pcm(Vec<i16>),
@@ -79,11 +79,23 @@ pub enum EdgeCommand {
     Announcing(bool),
 }
 
-/// One call's edge, as the driver sees it.
+/// One call's edge, as the driver sees it. A call is one task: the driver waits on the edge's
+/// inputs and its own timers together, then lets the edge handle what came.
 pub trait Edge: Send {
-    /// The next event. Must be cancel-safe (the driver selects over it and other wake-ups):
-    /// dropping the future loses nothing but, at worst, a packet being relayed.
-    fn recv(&mut self, buf: &mut [u8]) -> impl Future<Output = Option<EdgeEvent>> + Send;
+    /// What the edge waits on: a packet, a media message, an event of its control connection.
+    type Input: Send;
+
+    /// Waits for the next input; `None` when the edge is gone. Must be cancel-safe: the driver
+    /// drops it whenever a timer fires first (every 20 ms while a prompt plays).
+    fn wait(&mut self, buf: &mut [u8]) -> impl Future<Output = Option<Self::Input>> + Send;
+
+    /// Turns an input into what the driver is told, if anything. Runs to completion (it may
+    /// talk to the softswitch); `buf` holds what [`Edge::wait`] put there.
+    fn handle(
+        &mut self,
+        input: Self::Input,
+        buf: &[u8],
+    ) -> impl Future<Output = Option<EdgeEvent>> + Send;
 
     /// Carries out a command; media is sent at once or dropped, never queued for long.
     fn send(&mut self, now: Instant, command: EdgeCommand) -> impl Future<Output = ()> + Send;
@@ -244,7 +256,14 @@ pub async fn drive<E: Edge>(
                 op_task = None;
                 finish_op(&mut session, r, &mut topup_ids);
             }
-            ev = edge.recv(&mut buf) => {
+            input = edge.wait(&mut buf) => {
+                let ev = match input {
+                    Some(input) => match edge.handle(input, &buf).await {
+                        Some(ev) => Some(ev),
+                        None => continue,
+                    },
+                    None => None,
+                };
                 let now = Instant::now();
                 match ev {
                     Some(EdgeEvent::Packet(n)) => session.handle_rtp(now, &buf[..n]),
@@ -405,7 +424,14 @@ async fn dial<E: Edge>(
         }
         let wake = next_wake(now, [Some(wake), Some(clock.poll_timeout())]);
         tokio::select! {
-            ev = edge.recv(buf) => {
+            input = edge.wait(buf) => {
+                let ev = match input {
+                    Some(input) => match edge.handle(input, buf).await {
+                        Some(ev) => Some(ev),
+                        None => continue,
+                    },
+                    None => None,
+                };
                 let now = Instant::now();
                 match ev {
                     Some(EdgeEvent::Dial(DialEvent::Answered)) => {

@@ -1,17 +1,18 @@
 //! What the softswitch edges (Asterisk, FreeSWITCH) share: the softswitch owns the caller's
-//! channel and the network media; the adapter turns its protocol into [`EdgeEvent`]s and
-//! carries out [`EdgeCommand`]s, over channels to the call's task, which runs the one call
-//! driver (`call::drive`) the built-in SIP edge runs too. Also admission, the retry policy
-//! for their control connections, and the DTMF de-duplication Asterisk needs.
+//! channel and the network media; each adapter is an [`Edge`] that turns its protocol into
+//! [`EdgeEvent`]s and carries out [`EdgeCommand`]s, run by the one call driver
+//! (`call::drive`) the built-in SIP edge runs too, in the call's own task. Also admission (for
+//! every edge), the retry policy for the control connections, and the DTMF pairing Asterisk
+//! needs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tracing::{Instrument, warn};
+use tracing::warn;
 
-pub use crate::call::{DialEvent, EdgeCommand, EdgeEvent};
-use crate::call::{Edge, MediaParams, Record};
+pub use crate::call::{DialEvent, Edge, EdgeCommand, EdgeEvent};
+use crate::call::{MediaParams, Record};
 use crate::dialplan::Dialplan;
 use crate::media::dtmf::Digit;
 use crate::media::g711::Codec;
@@ -40,80 +41,30 @@ pub struct EdgeCall {
     pub can_dial: bool,
 }
 
-/// Outgoing audio queued for one call's media connection: about 200 ms. When a connection is
-/// this far behind, frames are dropped rather than delaying the call's logic.
-pub const MEDIA_QUEUE: usize = 10;
-
-/// Runs one softswitch call to its end and writes its CDR; the admission `permit` is held until
-/// the record is stored (as for SIP calls).
-pub async fn run_call(
-    shared: Arc<Shared>,
+/// Runs one softswitch call to its end on `edge` (in the adapter's task: a call is one task)
+/// and writes its CDR; the admission `permit` is held until the record is stored (as for SIP
+/// calls), and the adapter's clean-up follows.
+pub async fn run_call<E: Edge>(
+    shared: &Arc<Shared>,
     call: EdgeCall,
-    events: mpsc::Receiver<EdgeEvent>,
-    commands: mpsc::Sender<EdgeCommand>,
+    edge: &mut E,
     permit: OwnedSemaphorePermit,
 ) {
-    let span = tracing::info_span!("call", call_id = %call.call_id);
-    async move {
-        let mut record = Record::new(&call.call_id, &call.caller, &call.dialled, &call.plan);
-        record.cdr.codec = Some(call.codec.name().to_string());
-        record.cdr.answered_at = Some(record.cdr.started_at.clone());
-        let _active = shared.call_started(&call.plan.service);
-        let media = MediaParams {
-            codec: call.codec,
-            payload: call.payload,
-            lead: call.lead,
-            telephone_event: None,
-            inband: call.inband,
-            send: true,
-        };
-        let mut edge = ChannelEdge {
-            events,
-            commands,
-            can_dial: call.can_dial,
-        };
-        let (reason, session) =
-            crate::call::drive(&shared, call.plan, media, &mut edge, &mut record).await;
-        record.finish(&shared, &reason, Some(&session)).await;
-        drop(permit);
-    }
-    .instrument(span)
-    .await
-}
-
-/// A softswitch call's edge: the adapter's task reports events and carries out commands over
-/// a pair of channels.
-struct ChannelEdge {
-    events: mpsc::Receiver<EdgeEvent>,
-    commands: mpsc::Sender<EdgeCommand>,
-    can_dial: bool,
-}
-
-impl Edge for ChannelEdge {
-    async fn recv(&mut self, _buf: &mut [u8]) -> Option<EdgeEvent> {
-        self.events.recv().await
-    }
-
-    async fn send(&mut self, _now: Instant, command: EdgeCommand) {
-        match command {
-            // Real-time pacing keeps the softswitch's queue short; a connection that cannot
-            // keep up loses frames, never the call.
-            EdgeCommand::Media(packet) => {
-                if self.commands.try_send(EdgeCommand::Media(packet)).is_err() {
-                    tracing::trace!("media frame dropped: connection behind");
-                }
-            }
-            // The softswitch joins the legs itself: nothing of ours to hold.
-            EdgeCommand::Announcing(_) => {}
-            command => {
-                let _ = self.commands.send(command).await;
-            }
-        }
-    }
-
-    fn can_dial(&self) -> bool {
-        self.can_dial
-    }
+    let mut record = Record::new(&call.call_id, &call.caller, &call.dialled, &call.plan);
+    record.cdr.codec = Some(call.codec.name().to_string());
+    record.cdr.answered_at = Some(record.cdr.started_at.clone());
+    let _active = shared.call_started(&call.plan.service);
+    let media = MediaParams {
+        codec: call.codec,
+        payload: call.payload,
+        lead: call.lead,
+        telephone_event: None,
+        inband: call.inband,
+        send: true,
+    };
+    let (reason, session) = crate::call::drive(shared, call.plan, media, edge, &mut record).await;
+    record.finish(shared, &reason, Some(&session)).await;
+    drop(permit);
 }
 
 /// Writes the record of a call that was answered but never reached its plan: the softswitch

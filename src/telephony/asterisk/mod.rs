@@ -7,7 +7,8 @@
 //! One task reads the events websocket and routes each event by channel id to the task of its
 //! call; a call task owns its media connection and its REST clean-up, so a lost events
 //! connection neither stops media nor leaks channels (on reconnect, calls whose channel is
-//! gone are ended).
+//! gone are ended). A call task is the call: its [`AsteriskEdge`] is the edge the one call
+//! driver (`call::drive`) runs the plan on.
 
 pub mod ari;
 pub mod chan_websocket;
@@ -30,7 +31,7 @@ use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
 use crate::server::{Shared, Shutdown};
 use crate::telephony::edge::{
-    self, DialEvent, DtmfDedup, EdgeCall, EdgeCommand, EdgeEvent, KeySource, MEDIA_QUEUE, Refusal,
+    self, DialEvent, DtmfDedup, EdgeCall, EdgeCommand, EdgeEvent, KeySource, Refusal,
 };
 use ari::{Ari, Channel, Event};
 use chan_websocket::Command;
@@ -515,184 +516,254 @@ async fn run_leg(
         return "failure";
     };
 
-    let (ev_tx, ev_rx) = mpsc::channel(64);
-    let (cmd_tx, mut cmd_rx) = mpsc::channel(MEDIA_QUEUE);
-    let driver = tokio::spawn(edge::run_call(
-        t.shared.clone(),
-        call,
-        ev_rx,
-        cmd_tx,
-        permit,
-    ));
-    let mut dedup = DtmfDedup::default();
-    let mut key = |now: Instant, d: Digit, source: KeySource| {
-        dedup
-            .handle(now, d, source)
-            .then_some(EdgeEvent::Digit(d, DtmfMethod::Softswitch))
+    let mut edge = AsteriskEdge {
+        t,
+        bridge_id,
+        st,
+        media,
+        dedup: DtmfDedup::default(),
+        pending: std::collections::VecDeque::new(),
+        pcm: vec![],
+        inband: call.inband,
+        can_dial: call.can_dial,
+        end: None,
     };
     for (at, d) in early {
-        if let Some(e) = key(at, d, KeySource::Control) {
-            let _ = ev_tx.send(e).await;
+        if let Some(e) = edge.key(at, d, KeySource::Control) {
+            edge.pending.push_back(e);
         }
     }
-    let mut buf = vec![0u8; 2048];
-    let mut pcm = vec![0i16; 0];
-    let codec = t.cfg.codec;
-    let reason = loop {
-        tokio::select! {
-            cmd = cmd_rx.recv() => match cmd {
-                Some(EdgeCommand::Media(pkt)) => match media {
-                    MediaConn::Ws { ws, xoff, closed } => {
-                        // chan_websocket takes bare frames in the channel's format.
-                        if !*xoff && !*closed && pkt.len() > 12 {
-                            let _ = ws.send(Message::Binary(pkt[12..].to_vec().into())).await;
-                        }
-                    }
-                    MediaConn::Rtp { socket, asterisk } => {
-                        let _ = socket.send_to(&pkt, *asterisk).await;
-                    }
-                },
-                Some(EdgeCommand::Flush) => {
-                    if let MediaConn::Ws { ws, .. } = media
-                        && let Ok(text) = Command::FlushMedia.to_json()
-                    {
-                        let _ = ws.send(Message::Text(text.into())).await;
-                    }
-                }
-                Some(EdgeCommand::Transfer { escalation, target, reason }) => {
-                    // "Please hold while I transfer you" must be heard to its end first.
-                    played_out(media).await;
-                    let r = escalate(t, bridge_id, st, media, &escalation, &target, &reason).await;
-                    let ok = r.is_ok();
-                    let _ = ev_tx.send(EdgeEvent::Transferred(r)).await;
-                    if ok {
-                        break "normal";
-                    }
-                }
-                Some(EdgeCommand::Hangup(_)) => {
-                    played_out(media).await;
-                    break "normal";
-                }
-                Some(EdgeCommand::Dial { number, caller }) => {
-                    if let Err(e) = originate(t, st, &number, &caller).await {
-                        warn!(error = %e, "cannot place the call");
-                        st.callee = None;
-                        let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Failed)).await;
-                    }
-                }
-                // The softswitch joins the legs and holds nothing of ours.
-                Some(EdgeCommand::Announcing(_)) => {}
-                Some(EdgeCommand::DropDial) => {
-                    if let Some(callee) = st.callee.take()
-                        && let Err(e) = t.ari.hangup(&callee.id, "normal").await
-                        && !e.is_not_found()
-                    {
-                        warn!(error = %e, "outbound leg not hung up");
-                    }
-                }
-                None => break "normal",
-            },
-            ev = t.events.recv() => match ev {
-                Some(LegEvent::Dtmf(d)) => {
-                    if let Some(e) = key(Instant::now(), d, KeySource::Control) {
-                        let _ = ev_tx.send(e).await;
-                    }
-                }
-                Some(LegEvent::CallerGone(why)) => {
-                    st.caller_gone = true;
-                    let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
-                    break "normal";
-                }
-                Some(LegEvent::CalleeUp(id)) => {
-                    if st.callee.as_ref().is_some_and(|c| c.id == id) {
-                        match t.ari.add_channels(bridge_id, &[&id]).await {
-                            Ok(()) => {
-                                if let Some(c) = st.callee.as_mut() {
-                                    c.answered = true;
-                                }
-                                let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Answered)).await;
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "cannot join the outbound leg");
-                                let _ = t.ari.hangup(&id, "normal").await;
-                                st.callee = None;
-                                let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Failed)).await;
-                            }
-                        }
-                    }
-                }
-                Some(LegEvent::CalleeGone(id, cause)) => {
-                    if st.callee.as_ref().is_some_and(|c| c.id == id)
-                        && let Some(Callee { answered, .. }) = st.callee.take()
-                    {
-                        let ev = match (answered, cause) {
-                            (true, _) => DialEvent::Ended,
-                            // Q.850: 17 user busy; 18 no user responding, 19 no answer.
-                            (false, 17) => DialEvent::Busy,
-                            (false, 18 | 19) => DialEvent::NoAnswer,
-                            (false, _) => DialEvent::Failed,
-                        };
-                        let _ = ev_tx.send(EdgeEvent::Dial(ev)).await;
-                    }
-                }
-                Some(LegEvent::MediaUp) => {}
-                Some(LegEvent::MediaGone) | None => {
-                    st.media = false;
-                    if let Some(why) = edge::wait_for(&mut t.events, caller_gone).await {
-                        st.caller_gone = true;
-                        let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
-                        break "normal";
-                    }
-                    let _ = ev_tx.send(EdgeEvent::Ended("media-lost".into())).await;
-                    break "failure";
-                }
-            },
-            msg = media_recv(media, &mut buf) => match msg {
-                MediaIn::Audio(frame) => {
-                    if inband {
-                        pcm.resize(frame.len(), 0);
-                        codec.decode(&frame, &mut pcm);
-                        let _ = ev_tx.try_send(EdgeEvent::Pcm(pcm.clone()));
-                    }
-                }
-                MediaIn::Control(text) => match chan_websocket::parse_event(&text) {
-                    Some(chan_websocket::Event::DtmfEnd(c)) => {
-                        if let Some(e) = Digit::from_char(c).and_then(|d| key(Instant::now(), d, KeySource::Media)) {
-                            let _ = ev_tx.send(e).await;
-                        }
-                    }
-                    Some(chan_websocket::Event::MediaXoff) => set_xoff(media, true),
-                    Some(chan_websocket::Event::MediaXon) => set_xoff(media, false),
-                    Some(chan_websocket::Event::MediaStart { format, optimal_frame_size, .. }) => {
-                        debug!(%format, optimal_frame_size, "media started");
-                    }
-                    Some(chan_websocket::Event::Error(e)) => warn!(error = %e, "chan_websocket error"),
-                    _ => {}
-                },
-                MediaIn::Closed => {
-                    // Asterisk closed it: the media channel is gone with it.
-                    st.media = false;
-                    if let MediaConn::Ws { closed, .. } = media {
-                        *closed = true;
-                    }
-                    // When the caller hangs up, the media channel may go first.
-                    if let Some(why) = edge::wait_for(&mut t.events, caller_gone).await {
-                        st.caller_gone = true;
-                        let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
-                        break "normal";
-                    }
-                    info!("media connection closed");
-                    let _ = ev_tx.send(EdgeEvent::Ended("media-lost".into())).await;
-                    break "failure";
-                }
-                MediaIn::Nothing => {}
-            },
+    let shared = edge.t.shared.clone();
+    edge::run_call(&shared, call, &mut edge, permit).await;
+    edge.end.unwrap_or("normal")
+}
+
+/// One Asterisk call as the call driver sees it: the caller's channel (the ARI events routed
+/// to this call), the media channel (chan_websocket or RTP), and their bridge.
+struct AsteriskEdge<'a> {
+    t: &'a mut CallTask,
+    bridge_id: &'a str,
+    st: &'a mut Cleanup,
+    media: &'a mut MediaConn,
+    dedup: DtmfDedup,
+    /// Events decided while carrying out a command (or typed ahead), to report next.
+    pending: std::collections::VecDeque<EdgeEvent>,
+    pcm: Vec<i16>,
+    inband: bool,
+    can_dial: bool,
+    /// How the caller's channel is to be hung up once the call is over (set when the edge
+    /// ends it).
+    end: Option<&'static str>,
+}
+
+/// What the Asterisk edge waits on.
+enum AsteriskInput {
+    Pending,
+    Leg(Option<LegEvent>),
+    Media(MediaIn),
+}
+
+impl AsteriskEdge<'_> {
+    /// A key from one of the two reports Asterisk makes of it, once.
+    fn key(&mut self, now: Instant, d: Digit, source: KeySource) -> Option<EdgeEvent> {
+        self.dedup
+            .handle(now, d, source)
+            .then_some(EdgeEvent::Digit(d, DtmfMethod::Softswitch))
+    }
+
+    /// The media channel is gone: the caller hung up (the hangup may come just after), or
+    /// the media failed.
+    async fn media_lost(&mut self) -> Option<EdgeEvent> {
+        if let Some(why) = edge::wait_for(&mut self.t.events, caller_gone).await {
+            self.st.caller_gone = true;
+            self.end = Some("normal");
+            return Some(EdgeEvent::Ended(why));
         }
-    };
-    drop(ev_tx);
-    // The driver writes the CDR; wait for it so the call's permit is back before clean-up ends.
-    let _ = driver.await;
-    reason
+        info!("media connection closed");
+        self.end = Some("failure");
+        Some(EdgeEvent::Ended("media-lost".into()))
+    }
+}
+
+impl edge::Edge for AsteriskEdge<'_> {
+    type Input = AsteriskInput;
+
+    async fn wait(&mut self, buf: &mut [u8]) -> Option<AsteriskInput> {
+        if !self.pending.is_empty() {
+            return Some(AsteriskInput::Pending);
+        }
+        // Both are cancel-safe: a channel receive, and a websocket or UDP read.
+        tokio::select! {
+            ev = self.t.events.recv() => Some(AsteriskInput::Leg(ev)),
+            msg = media_recv(self.media, buf) => Some(AsteriskInput::Media(msg)),
+        }
+    }
+
+    async fn handle(&mut self, input: AsteriskInput, _buf: &[u8]) -> Option<EdgeEvent> {
+        match input {
+            AsteriskInput::Pending => self.pending.pop_front(),
+            AsteriskInput::Leg(Some(LegEvent::Dtmf(d))) => {
+                self.key(Instant::now(), d, KeySource::Control)
+            }
+            AsteriskInput::Leg(Some(LegEvent::CallerGone(why))) => {
+                self.st.caller_gone = true;
+                self.end = Some("normal");
+                Some(EdgeEvent::Ended(why))
+            }
+            AsteriskInput::Leg(Some(LegEvent::CalleeUp(id))) => {
+                if self.st.callee.as_ref().is_none_or(|c| c.id != id) {
+                    return None;
+                }
+                match self.t.ari.add_channels(self.bridge_id, &[&id]).await {
+                    Ok(()) => {
+                        if let Some(c) = self.st.callee.as_mut() {
+                            c.answered = true;
+                        }
+                        Some(EdgeEvent::Dial(DialEvent::Answered))
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot join the outbound leg");
+                        let _ = self.t.ari.hangup(&id, "normal").await;
+                        self.st.callee = None;
+                        Some(EdgeEvent::Dial(DialEvent::Failed))
+                    }
+                }
+            }
+            AsteriskInput::Leg(Some(LegEvent::CalleeGone(id, cause))) => {
+                if self.st.callee.as_ref().is_none_or(|c| c.id != id) {
+                    return None;
+                }
+                let Callee { answered, .. } = self.st.callee.take()?;
+                Some(EdgeEvent::Dial(match (answered, cause) {
+                    (true, _) => DialEvent::Ended,
+                    // Q.850: 17 user busy; 18 no user responding, 19 no answer.
+                    (false, 17) => DialEvent::Busy,
+                    (false, 18 | 19) => DialEvent::NoAnswer,
+                    (false, _) => DialEvent::Failed,
+                }))
+            }
+            AsteriskInput::Leg(Some(LegEvent::MediaUp)) => None,
+            AsteriskInput::Leg(Some(LegEvent::MediaGone) | None) => {
+                self.st.media = false;
+                self.media_lost().await
+            }
+            AsteriskInput::Media(MediaIn::Audio(frame)) => {
+                if !self.inband {
+                    return None;
+                }
+                self.pcm.resize(frame.len(), 0);
+                self.t.cfg.codec.decode(&frame, &mut self.pcm);
+                Some(EdgeEvent::Pcm(self.pcm.clone()))
+            }
+            AsteriskInput::Media(MediaIn::Control(text)) => {
+                match chan_websocket::parse_event(&text) {
+                    Some(chan_websocket::Event::DtmfEnd(c)) => Digit::from_char(c)
+                        .and_then(|d| self.key(Instant::now(), d, KeySource::Media)),
+                    Some(chan_websocket::Event::MediaXoff) => {
+                        set_xoff(self.media, true);
+                        None
+                    }
+                    Some(chan_websocket::Event::MediaXon) => {
+                        set_xoff(self.media, false);
+                        None
+                    }
+                    Some(chan_websocket::Event::MediaStart {
+                        format,
+                        optimal_frame_size,
+                        ..
+                    }) => {
+                        debug!(%format, optimal_frame_size, "media started");
+                        None
+                    }
+                    Some(chan_websocket::Event::Error(e)) => {
+                        warn!(error = %e, "chan_websocket error");
+                        None
+                    }
+                    _ => None,
+                }
+            }
+            AsteriskInput::Media(MediaIn::Closed) => {
+                // Asterisk closed it: the media channel is gone with it.
+                self.st.media = false;
+                if let MediaConn::Ws { closed, .. } = self.media {
+                    *closed = true;
+                }
+                // When the caller hangs up, the media channel may go first.
+                self.media_lost().await
+            }
+            AsteriskInput::Media(MediaIn::Nothing) => None,
+        }
+    }
+
+    async fn send(&mut self, _now: Instant, command: EdgeCommand) {
+        match command {
+            EdgeCommand::Media(pkt) => match self.media {
+                MediaConn::Ws { ws, xoff, closed } => {
+                    // chan_websocket takes bare frames in the channel's format.
+                    if !*xoff && !*closed && pkt.len() > 12 {
+                        let _ = ws.send(Message::Binary(pkt[12..].to_vec().into())).await;
+                    }
+                }
+                MediaConn::Rtp { socket, asterisk } => {
+                    let _ = socket.send_to(&pkt, *asterisk).await;
+                }
+            },
+            EdgeCommand::Flush => {
+                if let MediaConn::Ws { ws, .. } = self.media
+                    && let Ok(text) = Command::FlushMedia.to_json()
+                {
+                    let _ = ws.send(Message::Text(text.into())).await;
+                }
+            }
+            EdgeCommand::Transfer {
+                escalation,
+                target,
+                reason,
+            } => {
+                // "Please hold while I transfer you" must be heard to its end first.
+                played_out(self.media).await;
+                let r = escalate(
+                    self.t,
+                    self.bridge_id,
+                    self.st,
+                    self.media,
+                    &escalation,
+                    &target,
+                    &reason,
+                )
+                .await;
+                if r.is_ok() {
+                    self.end = Some("normal");
+                }
+                self.pending.push_back(EdgeEvent::Transferred(r));
+            }
+            EdgeCommand::Hangup(_) => {
+                played_out(self.media).await;
+                self.end = Some("normal");
+            }
+            EdgeCommand::Dial { number, caller } => {
+                if let Err(e) = originate(self.t, self.st, &number, &caller).await {
+                    warn!(error = %e, "cannot place the call");
+                    self.st.callee = None;
+                    self.pending.push_back(EdgeEvent::Dial(DialEvent::Failed));
+                }
+            }
+            // Asterisk's bridge joins the legs and holds nothing of ours.
+            EdgeCommand::Announcing(_) => {}
+            EdgeCommand::DropDial => {
+                if let Some(callee) = self.st.callee.take()
+                    && let Err(e) = self.t.ari.hangup(&callee.id, "normal").await
+                    && !e.is_not_found()
+                {
+                    warn!(error = %e, "outbound leg not hung up");
+                }
+            }
+        }
+    }
+
+    fn can_dial(&self) -> bool {
+        self.can_dial
+    }
 }
 
 /// Answered caller → media channel in the application → caller and media in one bridge.

@@ -30,9 +30,7 @@ use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
 use crate::media::player::Payload;
 use crate::server::{Shared, Shutdown};
-use crate::telephony::edge::{
-    self, DialEvent, EdgeCall, EdgeCommand, EdgeEvent, MEDIA_QUEUE, Refusal,
-};
+use crate::telephony::edge::{self, DialEvent, EdgeCall, EdgeCommand, EdgeEvent, Refusal};
 
 /// The sub-protocols mod_audio_fork asks for (drachtio's default, jambonz's); the one offered
 /// is echoed back, as libwebsockets requires.
@@ -614,7 +612,7 @@ async fn run_leg(
         return Some("NORMAL_TEMPORARY_FAILURE");
     }
     let deadline = tokio::time::Instant::now() + MEDIA_CONNECT_WAIT;
-    let mut ws = loop {
+    let ws = loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Some(LegEvent::Media(ws))) => break ws,
             Ok(Some(LegEvent::Gone(_))) | Ok(None) => {
@@ -635,166 +633,199 @@ async fn run_leg(
         }
     };
 
-    let inband = edge_call.inband;
-    let wide = cfg.sample_rate == 16000;
-    let (ev_tx, ev_rx) = mpsc::channel(64);
-    let (cmd_tx, mut cmd_rx) = mpsc::channel(MEDIA_QUEUE);
-    let driver = tokio::spawn(edge::run_call(
-        shared.clone(),
-        edge_call,
-        ev_rx,
-        cmd_tx,
-        permit,
-    ));
+    let mut edge = FsEdge {
+        cfg,
+        uuid: uuid.clone(),
+        events,
+        api,
+        ws,
+        pending: VecDeque::new(),
+        pcm: Vec::with_capacity(320),
+        inband: edge_call.inband,
+        wide: cfg.sample_rate == 16000,
+        can_dial: edge_call.can_dial,
+        ring_timeout: shared.cfg.calling_ring_timeout,
+        callee: None,
+        streamed: 0,
+        check_deadline: None,
+        audio_heard: false,
+        end: None,
+    };
     for e in early {
         if let LegEvent::Dtmf(d, method) = e {
-            let _ = ev_tx.send(EdgeEvent::Digit(d, method)).await;
+            edge.pending.push_back(EdgeEvent::Digit(d, method));
         }
     }
-    let mut pcm: Vec<i16> = Vec::with_capacity(320);
-    // The calling service's outbound leg, if one exists: whether it has answered.
-    let mut callee: Option<bool> = None;
-    // The audio check: frames streamed since it was (re)armed, and until when its mark has to
-    // come back; `None` once FreeSWITCH has played our audio.
-    let mut streamed = 0u32;
-    let mut check_deadline: Option<tokio::time::Instant> = None;
-    let mut audio_heard = false;
-    let cause = loop {
+    edge::run_call(shared, edge_call, &mut edge, permit).await;
+    if edge.callee.is_some() {
+        let _ = api_call(
+            api,
+            format!("uuid_kill {} NORMAL_CLEARING", callee_uuid(&uuid)),
+        )
+        .await;
+    }
+    let _ = edge.ws.send(Message::Close(None)).await;
+    edge.end.unwrap_or(Some("NORMAL_CLEARING"))
+}
+
+/// One FreeSWITCH call as the call driver sees it: the caller's channel (ESL events routed to
+/// this call, API commands) and mod_audio_fork's websocket.
+struct FsEdge<'a> {
+    cfg: &'a FreeswitchConfig,
+    uuid: String,
+    events: &'a mut mpsc::Receiver<LegEvent>,
+    api: &'a mpsc::Sender<Api>,
+    ws: Box<WebSocket>,
+    /// Events decided while carrying out a command (or typed ahead), to report next.
+    pending: VecDeque<EdgeEvent>,
+    pcm: Vec<i16>,
+    inband: bool,
+    /// The fork streams 16 kHz audio.
+    wide: bool,
+    can_dial: bool,
+    ring_timeout: Duration,
+    /// The calling service's outbound leg, if one exists: whether it has answered.
+    callee: Option<bool>,
+    /// The audio check: frames streamed since it was (re)armed, and until when its mark has
+    /// to come back; `None` once FreeSWITCH has played our audio.
+    streamed: u32,
+    check_deadline: Option<tokio::time::Instant>,
+    audio_heard: bool,
+    /// How the caller's channel is to be hung up once the call is over (`Some(None)`: not
+    /// ours to hang up), set when the edge ends the call.
+    end: Option<Option<&'static str>>,
+}
+
+/// What the FreeSWITCH edge waits on.
+enum FsInput {
+    Pending,
+    Leg(Option<LegEvent>),
+    Media(Option<Result<Message, axum::Error>>),
+    /// The audio check's mark did not come back in time.
+    Silent,
+}
+
+impl FsEdge<'_> {
+    fn kill_callee(&self) -> String {
+        format!("uuid_kill {} NORMAL_CLEARING", callee_uuid(&self.uuid))
+    }
+}
+
+impl edge::Edge for FsEdge<'_> {
+    type Input = FsInput;
+
+    async fn wait(&mut self, _buf: &mut [u8]) -> Option<FsInput> {
+        if !self.pending.is_empty() {
+            return Some(FsInput::Pending);
+        }
+        let check = self.check_deadline;
+        // All cancel-safe: a channel receive, a websocket read, a sleep.
         tokio::select! {
-            cmd = cmd_rx.recv() => match cmd {
-                Some(EdgeCommand::Media(pkt)) if pkt.len() > 12 => {
-                    // Bidirectional mod_audio_fork takes L16 (little-endian) at bidir_rate: the
-                    // player made exactly that.
-                    let _ = ws.send(Message::Binary(pkt[12..].to_vec().into())).await;
-                    streamed += 1;
-                    if !audio_heard && check_deadline.is_none() && streamed >= AUDIO_CHECK_AFTER {
-                        let mark = r#"{"type":"mark","data":{"name":"audio-check"}}"#;
-                        let _ = ws.send(Message::Text(mark.into())).await;
-                        check_deadline = Some(tokio::time::Instant::now() + AUDIO_CHECK_WAIT);
+            ev = self.events.recv() => Some(FsInput::Leg(ev)),
+            msg = self.ws.next() => Some(FsInput::Media(msg)),
+            _ = async { tokio::time::sleep_until(check.unwrap_or_else(tokio::time::Instant::now)).await }, if check.is_some() => Some(FsInput::Silent),
+        }
+    }
+
+    async fn handle(&mut self, input: FsInput, _buf: &[u8]) -> Option<EdgeEvent> {
+        match input {
+            FsInput::Pending => self.pending.pop_front(),
+            FsInput::Leg(Some(LegEvent::Dtmf(d, method))) => Some(EdgeEvent::Digit(d, method)),
+            FsInput::Leg(Some(LegEvent::Gone(why))) => {
+                self.end = Some(None);
+                Some(EdgeEvent::Ended(why))
+            }
+            FsInput::Leg(Some(LegEvent::CalleeUp)) => {
+                if self.callee != Some(false) {
+                    return None;
+                }
+                // The caller returns to the park (and to us) when the callee hangs up.
+                let uuid = &self.uuid;
+                let api = self.api;
+                let joined = async {
+                    api_call(api, format!("uuid_setvar {uuid} park_after_bridge true")).await?;
+                    api_call(api, format!("uuid_bridge {uuid} {}", callee_uuid(uuid))).await
+                };
+                match joined.await {
+                    Ok(_) => {
+                        self.callee = Some(true);
+                        Some(EdgeEvent::Dial(DialEvent::Answered))
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot bridge the outbound leg");
+                        self.callee = None;
+                        let _ = api_call(self.api, self.kill_callee()).await;
+                        Some(EdgeEvent::Dial(DialEvent::Failed))
                     }
                 }
-                Some(EdgeCommand::Media(_)) => {}
-                Some(EdgeCommand::Flush) => {
-                    let _ = ws.send(Message::Text(r#"{"type":"killAudio"}"#.into())).await;
-                }
-                Some(EdgeCommand::Transfer { escalation, target, reason }) => {
-                    played_out(&mut ws).await;
-                    let r = transfer(api, &uuid, cfg, &escalation, &target, &reason).await;
-                    let ok = r.is_ok();
-                    let _ = ev_tx.send(EdgeEvent::Transferred(r)).await;
-                    if ok {
-                        break None;
+            }
+            FsInput::Leg(Some(LegEvent::CalleeGone(cause))) => {
+                let answered = self.callee.take()?;
+                Some(EdgeEvent::Dial(match (answered, cause.as_str()) {
+                    (true, _) => DialEvent::Ended,
+                    (false, "USER_BUSY") => DialEvent::Busy,
+                    (false, "NO_ANSWER" | "NO_USER_RESPONSE" | "ALLOTTED_TIMEOUT") => {
+                        DialEvent::NoAnswer
                     }
+                    (false, _) => DialEvent::Failed,
+                }))
+            }
+            FsInput::Leg(Some(
+                LegEvent::Media(_) | LegEvent::MediaFailed(_) | LegEvent::Parked(_),
+            )) => None,
+            FsInput::Leg(None) => {
+                self.end = Some(Some("NORMAL_CLEARING"));
+                Some(EdgeEvent::Ended("internal".into()))
+            }
+            FsInput::Media(Some(Ok(Message::Binary(b)))) => {
+                if !self.inband {
+                    return None;
                 }
-                Some(EdgeCommand::Hangup(_)) => {
-                    played_out(&mut ws).await;
-                    break Some("NORMAL_CLEARING");
+                crate::media::g711::l16le_read(&b, &mut self.pcm);
+                if self.wide {
+                    // 16 kHz to the detector's 8 kHz: the mean of each pair (a low-pass enough
+                    // for keypad tones, all below 1.7 kHz).
+                    let narrow: Vec<i16> = self
+                        .pcm
+                        .chunks_exact(2)
+                        .map(|p| ((i32::from(p[0]) + i32::from(p[1])) / 2) as i16)
+                        .collect();
+                    Some(EdgeEvent::Pcm(narrow))
+                } else {
+                    Some(EdgeEvent::Pcm(self.pcm.clone()))
                 }
-                Some(EdgeCommand::Dial { number, caller }) => {
-                    match originate(api, cfg, &uuid, &number, &caller, shared.cfg.calling_ring_timeout).await {
-                        Ok(()) => callee = Some(false),
-                        Err(e) => {
-                            warn!(error = %e, "cannot place the call");
-                            let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Failed)).await;
-                        }
-                    }
-                }
-                // The softswitch joins the legs and holds nothing of ours.
-                Some(EdgeCommand::Announcing(_)) => {}
-                Some(EdgeCommand::DropDial) => {
-                    if callee.take().is_some() {
-                        let _ = api_call(api, format!("uuid_kill {} NORMAL_CLEARING", callee_uuid(&uuid))).await;
-                    }
-                }
-                None => break Some("NORMAL_CLEARING"),
-            },
-            ev = events.recv() => match ev {
-                Some(LegEvent::Dtmf(d, method)) => {
-                    let _ = ev_tx.send(EdgeEvent::Digit(d, method)).await;
-                }
-                Some(LegEvent::Gone(why)) => {
-                    let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
-                    break None;
-                }
-                Some(LegEvent::CalleeUp) => {
-                    if callee == Some(false) {
-                        // The caller returns to the park (and to us) when the callee hangs up.
-                        let joined = async {
-                            api_call(api, format!("uuid_setvar {uuid} park_after_bridge true")).await?;
-                            api_call(api, format!("uuid_bridge {uuid} {}", callee_uuid(&uuid))).await
-                        };
-                        match joined.await {
-                            Ok(_) => {
-                                callee = Some(true);
-                                let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Answered)).await;
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "cannot bridge the outbound leg");
-                                callee = None;
-                                let _ = api_call(api, format!("uuid_kill {} NORMAL_CLEARING", callee_uuid(&uuid))).await;
-                                let _ = ev_tx.send(EdgeEvent::Dial(DialEvent::Failed)).await;
-                            }
-                        }
-                    }
-                }
-                Some(LegEvent::CalleeGone(cause)) => {
-                    if let Some(answered) = callee.take() {
-                        let ev = match (answered, cause.as_str()) {
-                            (true, _) => DialEvent::Ended,
-                            (false, "USER_BUSY") => DialEvent::Busy,
-                            (false, "NO_ANSWER" | "NO_USER_RESPONSE" | "ALLOTTED_TIMEOUT") => DialEvent::NoAnswer,
-                            (false, _) => DialEvent::Failed,
-                        };
-                        let _ = ev_tx.send(EdgeEvent::Dial(ev)).await;
-                    }
-                }
-                Some(LegEvent::Media(_) | LegEvent::MediaFailed(_) | LegEvent::Parked(_)) => {}
-                None => break Some("NORMAL_CLEARING"),
-            },
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    if inband {
-                        crate::media::g711::l16le_read(&b, &mut pcm);
-                        if wide {
-                            // 16 kHz to the detector's 8 kHz: the mean of each pair (a low-pass
-                            // enough for keypad tones, all below 1.7 kHz).
-                            let narrow: Vec<i16> = pcm
-                                .chunks_exact(2)
-                                .map(|p| ((i32::from(p[0]) + i32::from(p[1])) / 2) as i16)
-                                .collect();
-                            let _ = ev_tx.try_send(EdgeEvent::Pcm(narrow));
-                        } else {
-                            let _ = ev_tx.try_send(EdgeEvent::Pcm(pcm.clone()));
-                        }
-                    }
-                }
-                Some(Ok(Message::Text(t))) => match mark_event(t.as_str()) {
+            }
+            FsInput::Media(Some(Ok(Message::Text(t)))) => {
+                match mark_event(t.as_str()) {
                     Some(("audio-check", "playout")) => {
-                        audio_heard = true;
-                        check_deadline = None;
+                        self.audio_heard = true;
+                        self.check_deadline = None;
                         debug!("FreeSWITCH plays our audio");
                     }
                     // Barge-in cleared the mark with the audio: check again on what follows.
                     Some(("audio-check", _)) => {
-                        check_deadline = None;
-                        streamed = 0;
+                        self.check_deadline = None;
+                        self.streamed = 0;
                     }
-                    _ => debug!(text = %t.as_str().chars().take(100).collect::<String>(), "mod_audio_fork"),
-                },
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
-                    // A hangup closes the fork and brings CHANNEL_HANGUP_COMPLETE, in either
-                    // order: only a close without a hangup is a media failure.
-                    if let Some(why) = edge::wait_for(events, caller_gone).await {
-                        let _ = ev_tx.send(EdgeEvent::Ended(why)).await;
-                        break None;
+                    _ => {
+                        debug!(text = %t.as_str().chars().take(100).collect::<String>(), "mod_audio_fork")
                     }
-                    info!("media connection closed");
-                    let _ = ev_tx.send(EdgeEvent::Ended("media-lost".into())).await;
-                    break Some("NORMAL_TEMPORARY_FAILURE");
                 }
-            },
-            _ = async { tokio::time::sleep_until(check_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if check_deadline.is_some() => {
+                None
+            }
+            FsInput::Media(Some(Ok(_))) => None,
+            FsInput::Media(Some(Err(_)) | None) => {
+                // A hangup closes the fork and brings CHANNEL_HANGUP_COMPLETE, in either
+                // order: only a close without a hangup is a media failure.
+                if let Some(why) = edge::wait_for(self.events, caller_gone).await {
+                    self.end = Some(None);
+                    return Some(EdgeEvent::Ended(why));
+                }
+                info!("media connection closed");
+                self.end = Some(Some("NORMAL_TEMPORARY_FAILURE"));
+                Some(EdgeEvent::Ended("media-lost".into()))
+            }
+            FsInput::Silent => {
                 // FreeSWITCH took our audio but played none of it: the caller hears silence.
                 // Such a call must not look healthy: it ends, with its own end reason.
                 tracing::error!(
@@ -803,22 +834,93 @@ async fn run_leg(
                      rtp-timer-name=soft in the SIP profile (README, Running behind FreeSWITCH)"
                 );
                 metrics::counter!("topup_ivr_freeswitch_silent_calls_total").increment(1);
-                let _ = ev_tx.send(EdgeEvent::Ended("no-audio".into())).await;
-                break Some("NORMAL_TEMPORARY_FAILURE");
+                self.end = Some(Some("NORMAL_TEMPORARY_FAILURE"));
+                Some(EdgeEvent::Ended("no-audio".into()))
             }
         }
-    };
-    drop(ev_tx);
-    let _ = driver.await;
-    if callee.is_some() {
-        let _ = api_call(
-            api,
-            format!("uuid_kill {} NORMAL_CLEARING", callee_uuid(&uuid)),
-        )
-        .await;
     }
-    let _ = ws.send(Message::Close(None)).await;
-    cause
+
+    async fn send(&mut self, _now: Instant, command: EdgeCommand) {
+        match command {
+            EdgeCommand::Media(pkt) if pkt.len() > 12 => {
+                // Bidirectional mod_audio_fork takes L16 (little-endian) at bidir_rate: the
+                // player made exactly that.
+                let _ = self
+                    .ws
+                    .send(Message::Binary(pkt[12..].to_vec().into()))
+                    .await;
+                self.streamed += 1;
+                if !self.audio_heard
+                    && self.check_deadline.is_none()
+                    && self.streamed >= AUDIO_CHECK_AFTER
+                {
+                    let mark = r#"{"type":"mark","data":{"name":"audio-check"}}"#;
+                    let _ = self.ws.send(Message::Text(mark.into())).await;
+                    self.check_deadline = Some(tokio::time::Instant::now() + AUDIO_CHECK_WAIT);
+                }
+            }
+            EdgeCommand::Media(_) => {}
+            EdgeCommand::Flush => {
+                let _ = self
+                    .ws
+                    .send(Message::Text(r#"{"type":"killAudio"}"#.into()))
+                    .await;
+            }
+            EdgeCommand::Transfer {
+                escalation,
+                target,
+                reason,
+            } => {
+                played_out(&mut self.ws).await;
+                let r = transfer(
+                    self.api,
+                    &self.uuid,
+                    self.cfg,
+                    &escalation,
+                    &target,
+                    &reason,
+                )
+                .await;
+                if r.is_ok() {
+                    self.end = Some(None);
+                }
+                self.pending.push_back(EdgeEvent::Transferred(r));
+            }
+            EdgeCommand::Hangup(_) => {
+                played_out(&mut self.ws).await;
+                self.end = Some(Some("NORMAL_CLEARING"));
+            }
+            EdgeCommand::Dial { number, caller } => {
+                match originate(
+                    self.api,
+                    self.cfg,
+                    &self.uuid,
+                    &number,
+                    &caller,
+                    self.ring_timeout,
+                )
+                .await
+                {
+                    Ok(()) => self.callee = Some(false),
+                    Err(e) => {
+                        warn!(error = %e, "cannot place the call");
+                        self.pending.push_back(EdgeEvent::Dial(DialEvent::Failed));
+                    }
+                }
+            }
+            // FreeSWITCH bridges the legs and holds nothing of ours.
+            EdgeCommand::Announcing(_) => {}
+            EdgeCommand::DropDial => {
+                if self.callee.take().is_some() {
+                    let _ = api_call(self.api, self.kill_callee()).await;
+                }
+            }
+        }
+    }
+
+    fn can_dial(&self) -> bool {
+        self.can_dial
+    }
 }
 
 /// A mod_audio_fork mark report (`{"type":"mark","data":{"name":..,"event":..}}`): its name

@@ -380,10 +380,25 @@ impl SipEdge {
     }
 }
 
+/// What the SIP edge waits on.
+pub enum SipInput {
+    /// Events decided while carrying out a command, to report now.
+    Pending,
+    /// A datagram on the caller's RTP port (in the driver's buffer), and its source.
+    Rtp(usize, SocketAddr),
+    /// A datagram on the outbound leg's RTP port (in the edge's own buffer).
+    OutRtp(usize, SocketAddr),
+    Sip(SipEvent),
+    /// Nothing from the caller for `rtp.timeout`.
+    RtpTimeout,
+}
+
 impl Edge for SipEdge {
-    async fn recv(&mut self, buf: &mut [u8]) -> Option<EdgeEvent> {
-        if let Some(ev) = self.pending.pop_front() {
-            return Some(ev);
+    type Input = SipInput;
+
+    async fn wait(&mut self, buf: &mut [u8]) -> Option<SipInput> {
+        if !self.pending.is_empty() {
+            return Some(SipInput::Pending);
         }
         loop {
             // The caller is expected to send RTP unless the stream is on hold the other way
@@ -392,45 +407,59 @@ impl Edge for SipEdge {
                 .then(|| self.last_rtp + self.shared.cfg.rtp_timeout);
             tokio::select! {
                 r = self.socket.recv_from(buf) => {
-                    let now = Instant::now();
-                    let Ok((n, from)) = r else { continue };
-                    if self.peer.handle_packet(now, from, &buf[..n]) != Verdict::Accept {
-                        metrics::counter!("topup_ivr_rtp_foreign_packets_total").increment(1);
-                        continue;
-                    }
-                    self.last_rtp = now;
-                    match &self.out {
-                        None => return Some(EdgeEvent::Packet(n)),
-                        Some(out) => {
-                            if let Some(to) = out.remote {
-                                let _ = out.socket.send_to(&buf[..n], to).await;
-                            }
-                        }
+                    if let Ok((n, from)) = r {
+                        return Some(SipInput::Rtp(n, from));
                     }
                 }
                 r = async {
                     let out = self.out.as_ref().expect("guarded");
                     out.socket.recv_from(&mut self.out_buf).await
                 }, if self.out.is_some() => {
-                    let Ok((n, from)) = r else { continue };
-                    let Some(out) = self.out.as_mut() else { continue };
-                    if out.remote.is_some_and(|o| o.ip() == from.ip()) && !self.announcing {
-                        out.remote = Some(from);
-                        if let Some(to) = self.peer.send_to(Instant::now()) {
-                            let _ = self.socket.send_to(&self.out_buf[..n], to).await;
+                    if let Ok((n, from)) = r {
+                        return Some(SipInput::OutRtp(n, from));
+                    }
+                }
+                ev = self.events.recv() => return ev.map(SipInput::Sip),
+                _ = super::transport::sleep_until(rtp_deadline) => return Some(SipInput::RtpTimeout),
+            }
+        }
+    }
+
+    async fn handle(&mut self, input: SipInput, buf: &[u8]) -> Option<EdgeEvent> {
+        match input {
+            SipInput::Pending => self.pending.pop_front(),
+            SipInput::Rtp(n, from) => {
+                let now = Instant::now();
+                if self.peer.handle_packet(now, from, &buf[..n]) != Verdict::Accept {
+                    metrics::counter!("topup_ivr_rtp_foreign_packets_total").increment(1);
+                    return None;
+                }
+                self.last_rtp = now;
+                match &self.out {
+                    None => return Some(EdgeEvent::Packet(n)),
+                    // Joined with a callee: the caller's media goes to them.
+                    Some(out) => {
+                        if let Some(to) = out.remote {
+                            let _ = out.socket.send_to(&buf[..n], to).await;
                         }
                     }
                 }
-                ev = self.events.recv() => {
-                    let ev = ev?;
-                    if let Some(ev) = self.handle_sip(ev).await {
-                        return Some(ev);
+                None
+            }
+            SipInput::OutRtp(n, from) => {
+                let out = self.out.as_mut()?;
+                // The callee's media, from the address its answer gave (its port may differ),
+                // goes to the caller unless an announcement is being spoken.
+                if out.remote.is_some_and(|o| o.ip() == from.ip()) && !self.announcing {
+                    out.remote = Some(from);
+                    if let Some(to) = self.peer.send_to(Instant::now()) {
+                        let _ = self.socket.send_to(&self.out_buf[..n], to).await;
                     }
                 }
-                _ = super::transport::sleep_until(rtp_deadline) => {
-                    return Some(EdgeEvent::Lost("rtp-timeout".into()));
-                }
+                None
             }
+            SipInput::Sip(ev) => self.handle_sip(ev).await,
+            SipInput::RtpTimeout => Some(EdgeEvent::Lost("rtp-timeout".into())),
         }
     }
 
