@@ -130,6 +130,13 @@ impl Shared {
         }
     }
 
+    /// Resolves once the service is told to stop (the last step of a shutdown): the
+    /// background tasks end on it.
+    pub async fn stopped(&self) {
+        let mut shutdown = self.shutdown.clone();
+        let _ = shutdown.wait_for(|s| *s == Shutdown::Stop).await;
+    }
+
     pub fn active_calls(&self) -> usize {
         self.cfg.max_calls - self.calls.available_permits()
     }
@@ -272,6 +279,7 @@ async fn reload_loop(shared: Arc<Shared>) {
         let forced = tokio::select! {
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
             _ = tokio::time::sleep(if every.is_zero() { Duration::from_secs(3600) } else { every }) => false,
+            _ = shared.stopped() => return,
         };
         let now = content_signature(&shared.cfg);
         if !forced && (every.is_zero() || now == last) {
@@ -439,11 +447,15 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
     let _ = tokio::time::timeout(Duration::from_secs(6), sms).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), asterisk).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), freeswitch).await;
-    http_task.abort();
-    reconciler.abort();
-    reloader.abort();
-    webhooks.abort();
-    heartbeat.abort();
+    // Every background task ends on Stop (one in the middle of a database write finishes it).
+    for task in [http_task, reconciler, reloader, webhooks, heartbeat] {
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            warn!("a background task did not stop within 5 s");
+        }
+    }
     store.close().await;
     info!("stopped");
     Ok(())
@@ -485,7 +497,10 @@ async fn heartbeat_loop(shared: Arc<Shared>, node: String) {
             trimmed_at_total = total;
             release_free_memory();
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shared.stopped() => return,
+        }
     }
 }
 

@@ -117,7 +117,12 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let header_timeout = shared.cfg.http_header_timeout;
     let mut full_logged = false;
     loop {
-        let (stream, remote) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            // Connections in progress finish on their own; no new one is taken.
+            _ = shared.stopped() => return,
+        };
+        let (stream, remote) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 crate::server::log_accept_error("HTTP", &e);
