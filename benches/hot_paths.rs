@@ -69,7 +69,7 @@ fn inband(c: &mut Criterion) {
     let mut i = 0;
     c.bench_function("goertzel detector per 20 ms frame", |b| {
         b.iter(|| {
-            det.process(black_box(&frames[i % frames.len()]), &mut found);
+            det.handle_pcm(black_box(&frames[i % frames.len()]), &mut found);
             found.clear();
             i += 1;
         })

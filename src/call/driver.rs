@@ -402,7 +402,7 @@ async fn dial<E: Edge>(
             announcing = !announcing;
             edge.send(now, EdgeCommand::Announcing(announcing)).await;
         }
-        match clock.poll(now) {
+        match clock.poll_action(now) {
             Some(PaidCallAction::RingTimeout) => {
                 debug!("no answer");
                 edge.send(now, EdgeCommand::DropDial).await;

@@ -61,7 +61,7 @@ impl PaidCall {
         (!self.warned && self.max > self.warn_before).then(|| at + self.max - self.warn_before)
     }
 
-    /// The next moment [`PaidCall::poll`] has something to say.
+    /// The next moment [`PaidCall::poll_action`] has something to say.
     pub fn poll_timeout(&self) -> Instant {
         match self.answered {
             None => self.ring_deadline,
@@ -69,7 +69,7 @@ impl PaidCall {
         }
     }
 
-    pub fn poll(&mut self, now: Instant) -> Option<PaidCallAction> {
+    pub fn poll_action(&mut self, now: Instant) -> Option<PaidCallAction> {
         match self.answered {
             None => (now >= self.ring_deadline).then_some(PaidCallAction::RingTimeout),
             Some(at) => {
@@ -97,8 +97,11 @@ mod tests {
         let t0 = Instant::now();
         let mut c = PaidCall::new(t0, 45 * S, 300 * S, 60 * S);
         assert_eq!(c.poll_timeout(), t0 + 45 * S);
-        assert_eq!(c.poll(t0 + 44 * S), None);
-        assert_eq!(c.poll(t0 + 45 * S), Some(PaidCallAction::RingTimeout));
+        assert_eq!(c.poll_action(t0 + 44 * S), None);
+        assert_eq!(
+            c.poll_action(t0 + 45 * S),
+            Some(PaidCallAction::RingTimeout)
+        );
         assert_eq!(c.talk(t0 + 50 * S), Duration::ZERO);
     }
 
@@ -108,12 +111,12 @@ mod tests {
         let mut c = PaidCall::new(t0, 45 * S, 300 * S, 60 * S);
         c.handle_answer(t0 + 5 * S);
         // The ring deadline no longer matters.
-        assert_eq!(c.poll(t0 + 50 * S), None);
+        assert_eq!(c.poll_action(t0 + 50 * S), None);
         assert_eq!(c.poll_timeout(), t0 + 245 * S);
-        assert_eq!(c.poll(t0 + 245 * S), Some(PaidCallAction::Warn));
-        assert_eq!(c.poll(t0 + 246 * S), None, "warned once");
+        assert_eq!(c.poll_action(t0 + 245 * S), Some(PaidCallAction::Warn));
+        assert_eq!(c.poll_action(t0 + 246 * S), None, "warned once");
         assert_eq!(c.poll_timeout(), t0 + 305 * S);
-        assert_eq!(c.poll(t0 + 305 * S), Some(PaidCallAction::Cut));
+        assert_eq!(c.poll_action(t0 + 305 * S), Some(PaidCallAction::Cut));
         assert_eq!(c.talk(t0 + 305 * S), 300 * S);
     }
 
@@ -123,7 +126,7 @@ mod tests {
         let mut c = PaidCall::new(t0, 45 * S, 30 * S, 60 * S);
         c.handle_answer(t0);
         assert_eq!(c.poll_timeout(), t0 + 30 * S);
-        assert_eq!(c.poll(t0 + 29 * S), None);
-        assert_eq!(c.poll(t0 + 30 * S), Some(PaidCallAction::Cut));
+        assert_eq!(c.poll_action(t0 + 29 * S), None);
+        assert_eq!(c.poll_action(t0 + 30 * S), Some(PaidCallAction::Cut));
     }
 }

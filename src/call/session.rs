@@ -194,7 +194,7 @@ impl CallSession {
         if !self.media.inband {
             return;
         }
-        self.inband.process(pcm, &mut self.inband_found);
+        self.inband.handle_pcm(pcm, &mut self.inband_found);
         let found: Vec<Digit> = self.inband_found.drain(..).map(|d| d.digit).collect();
         for d in found {
             self.handle_digit(now, d, DtmfMethod::Inband);

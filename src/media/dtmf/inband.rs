@@ -164,7 +164,7 @@ impl InbandDetector {
     }
 
     /// Feeds samples; digits found are pushed to `out` as soon as they qualify.
-    pub fn process(&mut self, pcm: &[i16], out: &mut Vec<InbandDigit>) {
+    pub fn handle_pcm(&mut self, pcm: &[i16], out: &mut Vec<InbandDigit>) {
         for &s in pcm {
             self.ring[self.pos] = s as f32;
             self.pos = (self.pos + 1) % WINDOW;
@@ -183,9 +183,9 @@ impl InbandDetector {
     pub fn detect_all(pcm: &[i16]) -> Vec<InbandDigit> {
         let mut d = InbandDetector::new();
         let mut out = Vec::new();
-        d.process(pcm, &mut out);
+        d.handle_pcm(pcm, &mut out);
         // Trailing silence lets a tone at the very end finish.
-        d.process(&[0; WINDOW * 2], &mut out);
+        d.handle_pcm(&[0; WINDOW * 2], &mut out);
         out
     }
 

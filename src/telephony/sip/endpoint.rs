@@ -516,7 +516,7 @@ impl Endpoint {
 
         if req.method == Method::Ack {
             if let Some((tsx, _)) = self.server_invite.get_mut(&key)
-                && tsx.on_ack(now, &self.cfg.tsx)
+                && tsx.handle_ack(now, &self.cfg.tsx)
             {
                 self.schedule(TimerOwner::Server(key));
                 return;
@@ -526,7 +526,7 @@ impl Endpoint {
         }
         // Retransmissions are answered by their transaction.
         if let Some((tsx, _)) = self.server_invite.get_mut(&key) {
-            if let Some(bytes) = tsx.on_retransmission() {
+            if let Some(bytes) = tsx.handle_retransmission() {
                 self.transmits.push_back(Transmit {
                     to: tsx.peer,
                     payload: bytes,
@@ -535,7 +535,7 @@ impl Endpoint {
             return;
         }
         if let Some(tsx) = self.server_other.get_mut(&key) {
-            if let Some(bytes) = tsx.on_retransmission() {
+            if let Some(bytes) = tsx.handle_retransmission() {
                 self.transmits.push_back(Transmit {
                     to: tsx.peer,
                     payload: bytes,
@@ -858,7 +858,7 @@ impl Endpoint {
         }
         let key = format!("{branch}|{method}");
         if let Some(tsx) = self.client.get_mut(&key) {
-            tsx.on_response(now, &self.cfg.tsx, resp.code);
+            tsx.handle_response(now, &self.cfg.tsx, resp.code);
             if resp.code >= 200
                 && let Some(call) = self.refers.remove(&key)
             {
@@ -916,7 +916,7 @@ impl Endpoint {
             }
             .to_bytes()
         };
-        if let Some(bytes) = tsx.on_response(now, code, ack_for_failure) {
+        if let Some(bytes) = tsx.handle_response(now, code, ack_for_failure) {
             self.transmits.push_back(Transmit {
                 to: peer,
                 payload: bytes,
@@ -1147,7 +1147,7 @@ impl Endpoint {
     fn on_server_timeout(&mut self, now: Instant, key: TsxKey) {
         let cfg = self.cfg.tsx;
         if let Some((tsx, call)) = self.server_invite.get_mut(&key) {
-            let out = tsx.on_timeout(now, &cfg);
+            let out = tsx.handle_timeout(now, &cfg);
             if let Some(bytes) = out.send {
                 self.transmits.push_back(Transmit {
                     to: tsx.peer,
@@ -1162,7 +1162,7 @@ impl Endpoint {
                 }
             }
         } else if let Some(tsx) = self.server_other.get_mut(&key)
-            && tsx.on_timeout(now).terminated
+            && tsx.handle_timeout(now).terminated
         {
             self.server_other.remove(&key);
         }
@@ -1172,7 +1172,7 @@ impl Endpoint {
     fn on_client_timeout(&mut self, now: Instant, branch: String) {
         let cfg = self.cfg.tsx;
         if let Some(tsx) = self.client.get_mut(&branch) {
-            let out = tsx.on_timeout(now, &cfg);
+            let out = tsx.handle_timeout(now, &cfg);
             if let Some(bytes) = out.send {
                 self.transmits.push_back(Transmit {
                     to: tsx.peer,
@@ -1196,7 +1196,7 @@ impl Endpoint {
     fn on_client_invite_timeout(&mut self, now: Instant, branch: String) {
         if let Some((tsx, call)) = self.client_invite.get_mut(&branch) {
             let (call, peer) = (*call, tsx.peer);
-            let out = tsx.on_timeout(now);
+            let out = tsx.handle_timeout(now);
             if let Some(bytes) = out.send {
                 self.transmits.push_back(Transmit {
                     to: peer,

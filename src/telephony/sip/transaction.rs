@@ -130,7 +130,7 @@ impl ServerInviteTsx {
     }
 
     /// A retransmitted INVITE arrived.
-    pub fn on_retransmission(&mut self) -> Option<Vec<u8>> {
+    pub fn handle_retransmission(&mut self) -> Option<Vec<u8>> {
         match self.state {
             InviteState::Proceeding | InviteState::Completed => self.last_response.clone(),
             _ => None,
@@ -139,7 +139,7 @@ impl ServerInviteTsx {
 
     /// An ACK matching this transaction arrived (only non-2xx ACKs match; §17.2.1).
     /// Returns true when the ACK was absorbed here.
-    pub fn on_ack(&mut self, now: Instant, cfg: &TsxConfig) -> bool {
+    pub fn handle_ack(&mut self, now: Instant, cfg: &TsxConfig) -> bool {
         match self.state {
             InviteState::Completed => {
                 self.state = InviteState::Confirmed;
@@ -160,7 +160,7 @@ impl ServerInviteTsx {
             .min()
     }
 
-    pub fn on_timeout(&mut self, now: Instant, cfg: &TsxConfig) -> TsxOutput {
+    pub fn handle_timeout(&mut self, now: Instant, cfg: &TsxConfig) -> TsxOutput {
         let mut out = TsxOutput::default();
         if let Some((at, interval)) = self.g
             && now >= at
@@ -237,7 +237,7 @@ impl ServerNonInviteTsx {
         Some(bytes)
     }
 
-    pub fn on_retransmission(&mut self) -> Option<Vec<u8>> {
+    pub fn handle_retransmission(&mut self) -> Option<Vec<u8>> {
         match self.state {
             NonInviteState::Proceeding | NonInviteState::Completed => self.last_response.clone(),
             _ => None,
@@ -248,7 +248,7 @@ impl ServerNonInviteTsx {
         self.j
     }
 
-    pub fn on_timeout(&mut self, now: Instant) -> TsxOutput {
+    pub fn handle_timeout(&mut self, now: Instant) -> TsxOutput {
         if self.j.is_some_and(|j| now >= j) {
             self.state = NonInviteState::Terminated;
             self.j = None;
@@ -292,7 +292,7 @@ impl ClientNonInviteTsx {
         &self.request
     }
 
-    pub fn on_response(&mut self, now: Instant, cfg: &TsxConfig, code: u16) {
+    pub fn handle_response(&mut self, now: Instant, cfg: &TsxConfig, code: u16) {
         match (self.state, code) {
             (NonInviteState::Trying | NonInviteState::Proceeding, 100..=199) => {
                 self.state = NonInviteState::Proceeding;
@@ -316,7 +316,7 @@ impl ClientNonInviteTsx {
             .min()
     }
 
-    pub fn on_timeout(&mut self, now: Instant, cfg: &TsxConfig) -> TsxOutput {
+    pub fn handle_timeout(&mut self, now: Instant, cfg: &TsxConfig) -> TsxOutput {
         let mut out = TsxOutput::default();
         if self.f.is_some_and(|f| now >= f) {
             self.state = NonInviteState::Terminated;
@@ -382,7 +382,7 @@ impl ClientInviteTsx {
 
     /// A response arrived. For a non-2xx final, `ack` is the ACK to send (and re-send).
     /// Returns bytes to send now.
-    pub fn on_response(
+    pub fn handle_response(
         &mut self,
         now: Instant,
         code: u16,
@@ -424,7 +424,7 @@ impl ClientInviteTsx {
             .min()
     }
 
-    pub fn on_timeout(&mut self, now: Instant) -> TsxOutput {
+    pub fn handle_timeout(&mut self, now: Instant) -> TsxOutput {
         let mut out = TsxOutput::default();
         if self.b.is_some_and(|b| now >= b) {
             self.state = InviteState::Terminated;
@@ -496,7 +496,7 @@ mod tests {
             t0,
             t0 + Duration::from_secs(60),
             || tsx.borrow().next_deadline(),
-            |at| tsx.borrow_mut().on_timeout(at, &cfg),
+            |at| tsx.borrow_mut().handle_timeout(at, &cfg),
         );
         let ms: Vec<u128> = sends.iter().map(|d| d.as_millis()).collect();
         assert_eq!(&ms[..5], &[500, 1500, 3500, 7500, 11500]);
@@ -513,7 +513,7 @@ mod tests {
         let mut now;
         loop {
             now = tsx.next_deadline().unwrap();
-            if tsx.on_timeout(now, &cfg).terminated {
+            if tsx.handle_timeout(now, &cfg).terminated {
                 break;
             }
         }
@@ -527,14 +527,14 @@ mod tests {
         let t0 = Instant::now();
         let mut tsx = ServerInviteTsx::new(peer());
         tsx.send_response(t0, &cfg, 404, b"404".to_vec());
-        assert!(tsx.on_ack(t0 + Duration::from_millis(10), &cfg));
+        assert!(tsx.handle_ack(t0 + Duration::from_millis(10), &cfg));
         assert_eq!(tsx.state, InviteState::Confirmed);
-        assert_eq!(tsx.on_retransmission(), None);
+        assert_eq!(tsx.handle_retransmission(), None);
         assert_eq!(
             tsx.next_deadline(),
             Some(t0 + Duration::from_millis(10) + cfg.t4)
         );
-        let out = tsx.on_timeout(t0 + Duration::from_millis(10) + cfg.t4, &cfg);
+        let out = tsx.handle_timeout(t0 + Duration::from_millis(10) + cfg.t4, &cfg);
         assert!(out.terminated && !out.timed_out);
     }
 
@@ -544,11 +544,11 @@ mod tests {
         let t0 = Instant::now();
         let mut tsx = ServerInviteTsx::new(peer());
         tsx.send_response(t0, &cfg, 100, b"100".to_vec());
-        assert_eq!(tsx.on_retransmission(), Some(b"100".to_vec()));
+        assert_eq!(tsx.handle_retransmission(), Some(b"100".to_vec()));
         tsx.send_response(t0, &cfg, 200, b"200".to_vec());
         assert_eq!(tsx.state, InviteState::Accepted);
-        assert_eq!(tsx.on_retransmission(), None, "absorbed (RFC 6026)");
-        assert!(!tsx.on_ack(t0, &cfg), "2xx ACK goes to the dialog");
+        assert_eq!(tsx.handle_retransmission(), None, "absorbed (RFC 6026)");
+        assert!(!tsx.handle_ack(t0, &cfg), "2xx ACK goes to the dialog");
         assert_eq!(tsx.next_deadline(), Some(t0 + cfg.timeout()), "Timer L");
         assert_eq!(tsx.send_response(t0, &cfg, 500, b"x".to_vec()), None);
     }
@@ -558,11 +558,11 @@ mod tests {
         let cfg = TsxConfig::default();
         let t0 = Instant::now();
         let mut tsx = ServerNonInviteTsx::new(peer());
-        assert_eq!(tsx.on_retransmission(), None);
+        assert_eq!(tsx.handle_retransmission(), None);
         tsx.send_response(t0, &cfg, 200, b"200".to_vec());
-        assert_eq!(tsx.on_retransmission(), Some(b"200".to_vec()));
+        assert_eq!(tsx.handle_retransmission(), Some(b"200".to_vec()));
         assert_eq!(tsx.next_deadline(), Some(t0 + cfg.timeout()));
-        assert!(tsx.on_timeout(t0 + cfg.timeout()).terminated);
+        assert!(tsx.handle_timeout(t0 + cfg.timeout()).terminated);
     }
 
     #[test]
@@ -575,7 +575,7 @@ mod tests {
             t0,
             t0 + Duration::from_secs(60),
             || tsx.borrow().next_deadline(),
-            |at| tsx.borrow_mut().on_timeout(at, &cfg),
+            |at| tsx.borrow_mut().handle_timeout(at, &cfg),
         );
         let ms: Vec<u128> = sends.iter().map(|d| d.as_millis()).collect();
         assert_eq!(&ms[..6], &[500, 1500, 3500, 7500, 11500, 15500]);
@@ -589,13 +589,13 @@ mod tests {
         let cfg = TsxConfig::default();
         let t0 = Instant::now();
         let mut tsx = ClientNonInviteTsx::new(t0, &cfg, peer(), b"BYE".to_vec());
-        tsx.on_response(t0 + Duration::from_millis(5), &cfg, 200);
+        tsx.handle_response(t0 + Duration::from_millis(5), &cfg, 200);
         assert_eq!(tsx.final_code, Some(200));
         assert_eq!(
             tsx.next_deadline(),
             Some(t0 + Duration::from_millis(5) + cfg.t4)
         );
-        let out = tsx.on_timeout(t0 + Duration::from_millis(5) + cfg.t4, &cfg);
+        let out = tsx.handle_timeout(t0 + Duration::from_millis(5) + cfg.t4, &cfg);
         assert!(out.terminated && !out.timed_out && out.send.is_none());
     }
 
@@ -609,7 +609,7 @@ mod tests {
             t0,
             t0 + Duration::from_secs(60),
             || tsx.borrow().next_deadline(),
-            |at| tsx.borrow_mut().on_timeout(at),
+            |at| tsx.borrow_mut().handle_timeout(at),
         );
         let ms: Vec<u128> = sends.iter().map(|d| d.as_millis()).collect();
         assert_eq!(ms, [500, 1500, 3500, 7500, 15500, 31500]);
@@ -621,23 +621,23 @@ mod tests {
         let cfg = TsxConfig::default();
         let t0 = Instant::now();
         let mut tsx = ClientInviteTsx::new(t0, &cfg, peer(), b"INVITE".to_vec());
-        assert_eq!(tsx.on_response(t0, 180, || unreachable!()), None);
+        assert_eq!(tsx.handle_response(t0, 180, || unreachable!()), None);
         assert_eq!(tsx.next_deadline(), None, "no Timer A or B while ringing");
         assert_eq!(
-            tsx.on_response(t0, 486, || b"ACK".to_vec()),
+            tsx.handle_response(t0, 486, || b"ACK".to_vec()),
             Some(b"ACK".to_vec())
         );
         assert_eq!(
-            tsx.on_response(t0, 486, || unreachable!()),
+            tsx.handle_response(t0, 486, || unreachable!()),
             Some(b"ACK".to_vec()),
             "re-ACK"
         );
         assert!(
-            tsx.on_timeout(t0 + Duration::from_secs(32)).terminated,
+            tsx.handle_timeout(t0 + Duration::from_secs(32)).terminated,
             "Timer D"
         );
         let mut ok = ClientInviteTsx::new(t0, &cfg, peer(), b"INVITE".to_vec());
-        assert_eq!(ok.on_response(t0, 200, || unreachable!()), None);
+        assert_eq!(ok.handle_response(t0, 200, || unreachable!()), None);
         assert_eq!(ok.state, InviteState::Terminated);
     }
 }
