@@ -102,6 +102,17 @@ pub trait Edge: Send {
 
     /// Whether the edge can place outbound calls ([`EdgeCommand::Dial`]).
     fn can_dial(&self) -> bool;
+
+    /// When the edge next needs [`Edge::handle_timeout`]: folded into the driver's one
+    /// timer, so an edge with a deadline of its own costs no second timer per wake-up.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The edge's deadline passed; what the driver is told, if anything.
+    fn handle_timeout(&mut self, _now: Instant) -> Option<EdgeEvent> {
+        None
+    }
 }
 
 /// A call's record (CDR) from admission to its end: written once, whatever happens.
@@ -250,7 +261,15 @@ pub async fn drive<E: Edge>(
         if hangup_deadline.is_some_and(|d| now >= d) {
             break "shutdown".into();
         }
-        let wake = next_wake(now, [Some(wake), Some(max_end), hangup_deadline]);
+        let wake = next_wake(
+            now,
+            [
+                Some(wake),
+                Some(max_end),
+                hangup_deadline,
+                edge.poll_timeout(),
+            ],
+        );
         tokio::select! {
             r = async { op_task.as_mut().expect("guarded").await }, if op_task.is_some() => {
                 op_task = None;
@@ -301,7 +320,13 @@ pub async fn drive<E: Edge>(
                 }
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                session.handle_timeout(Instant::now());
+                let now = Instant::now();
+                if edge.poll_timeout().is_some_and(|t| now >= t)
+                    && let Some(EdgeEvent::Lost(reason)) = edge.handle_timeout(now)
+                {
+                    break reason;
+                }
+                session.handle_timeout(now);
             }
         }
     };

@@ -205,7 +205,7 @@ async fn set_up(
         pending: VecDeque::new(),
         referring: false,
         out: None,
-        out_buf: vec![0u8; 2048],
+        out_buf: Vec::new(),
         announcing: false,
     };
     Ok((edge, media, Some(source_slot)))
@@ -372,6 +372,8 @@ impl SipEdge {
         })
         .await;
         let call = handle.await.map_err(|_| ())?;
+        // The relay's buffer exists only for calls that place a leg.
+        self.out_buf.resize(2048, 0);
         Ok(OutLeg {
             call,
             socket,
@@ -389,8 +391,6 @@ pub enum SipInput {
     /// A datagram on the outbound leg's RTP port (in the edge's own buffer).
     OutRtp(usize, SocketAddr),
     Sip(SipEvent),
-    /// Nothing from the caller for `rtp.timeout`.
-    RtpTimeout,
 }
 
 impl Edge for SipEdge {
@@ -401,10 +401,6 @@ impl Edge for SipEdge {
             return Some(SipInput::Pending);
         }
         loop {
-            // The caller is expected to send RTP unless the stream is on hold the other way
-            // (not checked while joined with a callee).
-            let rtp_deadline = (self.out.is_none() && self.media.send)
-                .then(|| self.last_rtp + self.shared.cfg.rtp_timeout);
             tokio::select! {
                 r = self.socket.recv_from(buf) => {
                     if let Ok((n, from)) = r {
@@ -420,7 +416,6 @@ impl Edge for SipEdge {
                     }
                 }
                 ev = self.events.recv() => return ev.map(SipInput::Sip),
-                _ = super::transport::sleep_until(rtp_deadline) => return Some(SipInput::RtpTimeout),
             }
         }
     }
@@ -459,8 +454,19 @@ impl Edge for SipEdge {
                 None
             }
             SipInput::Sip(ev) => self.handle_sip(ev).await,
-            SipInput::RtpTimeout => Some(EdgeEvent::Lost("rtp-timeout".into())),
         }
+    }
+
+    /// The caller is expected to send RTP unless the stream is on hold the other way (not
+    /// checked while joined with a callee).
+    fn poll_timeout(&self) -> Option<Instant> {
+        (self.out.is_none() && self.media.send).then(|| self.last_rtp + self.shared.cfg.rtp_timeout)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Option<EdgeEvent> {
+        self.poll_timeout()
+            .is_some_and(|t| now >= t)
+            .then(|| EdgeEvent::Lost("rtp-timeout".into()))
     }
 
     async fn send(&mut self, now: Instant, command: EdgeCommand) {
