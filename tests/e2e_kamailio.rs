@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -33,7 +34,9 @@ impl Kamailio {
         let path = dir.path().join("kamailio.cfg");
         std::fs::write(&path, cfg).unwrap();
         let log = std::fs::File::create(dir.path().join("kamailio.log")).unwrap();
+        // A process group of its own: Kamailio forks its workers, and they must go with it.
         let child = Command::new("kamailio")
+            .process_group(0)
             .arg("-f")
             .arg(&path)
             .args(["-DD", "-E", "-m", "64", "-M", "8", "-Y"])
@@ -52,6 +55,10 @@ impl Kamailio {
 
 impl Drop for Kamailio {
     fn drop(&mut self) {
+        // The whole group: killing the main process alone leaves its workers running.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
