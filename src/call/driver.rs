@@ -33,9 +33,6 @@ pub enum EdgeEvent {
     Transferred(Result<(), String>),
     /// The caller's channel is gone; the reason is for the record.
     Ended(String),
-    /// The edge gave up on a call that is still up (no media from the caller): the driver
-    /// hangs up, for this reason.
-    Lost(String),
     /// What became of the outbound leg of [`EdgeCommand::Dial`].
     Dial(DialEvent),
 }
@@ -109,8 +106,9 @@ pub trait Edge: Send {
         None
     }
 
-    /// The edge's deadline passed; what the driver is told, if anything.
-    fn handle_timeout(&mut self, _now: Instant) -> Option<EdgeEvent> {
+    /// The driver's timer fired: `Some(reason)` when the edge's deadline has passed and it
+    /// gives up on the call (the driver hangs up, for that reason).
+    fn handle_timeout(&mut self, _now: Instant) -> Option<String> {
         None
     }
 }
@@ -309,7 +307,6 @@ pub async fn drive<E: Edge>(
                         }
                     }
                     Some(EdgeEvent::Ended(reason)) => return (reason, session),
-                    Some(EdgeEvent::Lost(reason)) => break reason,
                     Some(EdgeEvent::Dial(_)) => {}
                     None => break "internal".into(),
                 }
@@ -321,9 +318,7 @@ pub async fn drive<E: Edge>(
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 let now = Instant::now();
-                if edge.poll_timeout().is_some_and(|t| now >= t)
-                    && let Some(EdgeEvent::Lost(reason)) = edge.handle_timeout(now)
-                {
+                if let Some(reason) = edge.handle_timeout(now) {
                     break reason;
                 }
                 session.handle_timeout(now);

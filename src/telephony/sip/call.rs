@@ -463,10 +463,10 @@ impl Edge for SipEdge {
         (self.out.is_none() && self.media.send).then(|| self.last_rtp + self.shared.cfg.rtp_timeout)
     }
 
-    fn handle_timeout(&mut self, now: Instant) -> Option<EdgeEvent> {
+    fn handle_timeout(&mut self, now: Instant) -> Option<String> {
         self.poll_timeout()
             .is_some_and(|t| now >= t)
-            .then(|| EdgeEvent::Lost("rtp-timeout".into()))
+            .then(|| "rtp-timeout".into())
     }
 
     async fn send(&mut self, now: Instant, command: EdgeCommand) {
