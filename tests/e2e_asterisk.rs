@@ -198,24 +198,10 @@ fn a_wallet_top_up_through_asterisk_pays_from_the_wallet() {
 
 #[test]
 fn a_wallet_call_goes_out_through_a_second_pjsip_endpoint_and_is_cut_when_the_money_runs_out() {
-    require("sipp");
     // The callee: a sipp UAS behind the shipped `sbc` endpoint; it answers and stays quiet, so
     // what the caller hears from the mixing bridge is the service alone.
-    let gw_port = free_udp_port();
-    let gw_media = free_udp_pair();
-    let gw_logs = tempfile::tempdir().unwrap();
-    let mut gw = Command::new("sipp")
-        .arg("-sf")
-        .arg(repo().join("tests/sipp/uas_gateway_quiet.xml"))
-        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
-        .args(["-p", &gw_port.to_string(), "-mp", &gw_media.to_string()])
-        .args(["-m", "1", "-timeout", "90s", "-timeout_error", "-nostdin"])
-        .args(["-trace_err", "-trace_msg"])
-        .current_dir(gw_logs.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut gw = SippGateway::start("uas_gateway_quiet.xml", "90s");
+    let gw_port = gw.port;
     let ast = RealAsterisk::start(Options {
         trunk: Some(format!("127.0.0.1:{gw_port}").parse().unwrap()),
         ..Default::default()
@@ -235,11 +221,10 @@ fn a_wallet_call_goes_out_through_a_second_pjsip_endpoint_and_is_cut_when_the_mo
     server.wait_until("the call is cut", Duration::from_secs(60), || {
         server.log().contains("balance used up: cutting the call")
     });
-    let gw_status = gw.wait().unwrap();
     assert!(
-        gw_status.success(),
+        gw.succeeded(),
         "the callee was not called, answered and hung up:\n{}",
-        read_logs(gw_logs.path())
+        gw.messages()
     );
     let frames = call.heard(&server);
     server.wait_idle();
@@ -268,7 +253,7 @@ fn a_wallet_call_goes_out_through_a_second_pjsip_endpoint_and_is_cut_when_the_mo
         0.95
     ));
     // The callee was dialled with the caller's number.
-    let gw_msgs = read_logs(gw_logs.path());
+    let gw_msgs = gw.messages();
     assert!(gw_msgs.contains("+12015550166"), "{gw_msgs}");
     assert_clean(&ast);
     cli_ok(&server, &["ledger", "check"]);

@@ -200,22 +200,8 @@ fn a_wallet_top_up_through_freeswitch_in_alaw_pays_from_the_wallet() {
 
 #[test]
 fn a_wallet_call_goes_out_through_the_trunk_gateway_and_is_cut_when_the_money_runs_out() {
-    require("sipp");
-    let gw_port = free_udp_port();
-    let gw_media = free_udp_pair();
-    let gw_logs = tempfile::tempdir().unwrap();
-    let mut gw = Command::new("sipp")
-        .arg("-sf")
-        .arg(repo().join("tests/sipp/uas_gateway_quiet.xml"))
-        .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
-        .args(["-p", &gw_port.to_string(), "-mp", &gw_media.to_string()])
-        .args(["-m", "1", "-timeout", "90s", "-timeout_error", "-nostdin"])
-        .args(["-trace_err", "-trace_msg"])
-        .current_dir(gw_logs.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut gw = SippGateway::start("uas_gateway_quiet.xml", "90s");
+    let gw_port = gw.port;
     let fs = RealFreeSwitch::start(Options {
         trunk: Some(format!("127.0.0.1:{gw_port}").parse().unwrap()),
         ..Default::default()
@@ -234,15 +220,15 @@ fn a_wallet_call_goes_out_through_the_trunk_gateway_and_is_cut_when_the_money_ru
         server.log().contains("balance used up: cutting the call")
     });
     assert!(
-        gw.wait().unwrap().success(),
+        gw.succeeded(),
         "the callee was not called, answered and hung up:\n{}",
-        read_logs(gw_logs.path())
+        gw.messages()
     );
     let frames = call.heard(&server);
     server.wait_idle();
     let w = cli(&server, &["accounts", "show", "+12015550166"]);
     assert_eq!(w["wallet"]["balance"], "0.04", "6 s at 0.60/min: {w}");
-    assert!(read_logs(gw_logs.path()).contains("+12015550166"));
+    assert!(gw.messages().contains("+12015550166"));
     // The caller came back to the park after the cut and heard what the call cost.
     assert!(heard(&frames, "call-ended-cost", Codec::Pcmu));
     fs.wait_no_channels(Duration::from_secs(5));

@@ -275,41 +275,14 @@ fn every_shipped_plan_passes_the_check() {
 #[test]
 fn a_wallet_call_through_the_gateway_is_warned_cut_at_zero_and_billed_by_the_increment() {
     require("sipp");
-    let gateway_port = free_udp_port();
+    // The gateway: a sipp UAS that answers and waits for the service's BYE.
+    let mut gateway = SippGateway::start("uas_gateway.xml", "60s");
+    let gateway_port = gateway.port;
     let server = Server::start(&format!(
         "[calling]\ngateway = \"127.0.0.1:{gateway_port}\"\nwarning_before = \"3s\"\n"
     ));
     calling_wallet(&server);
 
-    // The gateway: a sipp UAS that answers and waits for the service's BYE.
-    let gw_logs = tempfile::tempdir().unwrap();
-    let mut gateway = Command::new("sipp")
-        .arg("-sf")
-        .arg(repo().join("tests/sipp/uas_gateway.xml"))
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-mi",
-            "127.0.0.1",
-            "-p",
-            &gateway_port.to_string(),
-        ])
-        .args([
-            "-mp",
-            &free_udp_pair().to_string(),
-            "-m",
-            "1",
-            "-timeout",
-            "60s",
-            "-timeout_error",
-            "-nostdin",
-        ])
-        .args(["-trace_err", "-trace_msg"])
-        .current_dir(gw_logs.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     // PIN, 3: minutes to a number (a London landline), the number, 1: connect. The caller
     // stays on for 25 s.
@@ -329,9 +302,9 @@ fn a_wallet_call_through_the_gateway_is_warned_cut_at_zero_and_billed_by_the_inc
     caller.run(&server);
     let heard = capture.stop();
     assert!(
-        gateway.wait().unwrap().success(),
+        gateway.succeeded(),
         "gateway:\n{}\n{}",
-        read_logs(gw_logs.path()),
+        gateway.messages(),
         server.log()
     );
     server.wait_idle();

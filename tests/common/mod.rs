@@ -638,6 +638,53 @@ impl Sipp {
     }
 }
 
+/// A calling gateway played by a sipp UAS (`scenario` in tests/sipp): it takes one call on a
+/// free loopback port and gives up after `timeout` (sipp syntax, e.g. "60s"); its messages
+/// are logged for [`SippGateway::messages`].
+pub struct SippGateway {
+    pub port: u16,
+    child: Child,
+    logs: tempfile::TempDir,
+}
+
+impl SippGateway {
+    pub fn start(scenario: &str, timeout: &str) -> SippGateway {
+        require("sipp");
+        let port = free_udp_port();
+        let logs = tempfile::tempdir().unwrap();
+        let child = Command::new("sipp")
+            .arg("-sf")
+            .arg(repo().join("tests/sipp").join(scenario))
+            .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "-mp", &free_udp_pair().to_string()])
+            .args(["-m", "1", "-timeout", timeout, "-timeout_error", "-nostdin"])
+            .args(["-trace_err", "-trace_msg"])
+            .current_dir(logs.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run sipp");
+        SippGateway { port, child, logs }
+    }
+
+    /// Waits for its one call to end: whether it went as the scenario says.
+    pub fn succeeded(&mut self) -> bool {
+        self.child.wait().unwrap().success()
+    }
+
+    /// The messages it exchanged (and its errors).
+    pub fn messages(&self) -> String {
+        read_logs(self.logs.path())
+    }
+}
+
+impl Drop for SippGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn read_logs(dir: &Path) -> String {
     let mut s = String::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -820,21 +867,7 @@ pub fn heard_through_glitch(
     codec: topup_ivr::media::g711::Codec,
     min_ncc: f64,
 ) -> bool {
-    let decode = |f: &[u8]| {
-        let mut pcm = vec![0i16; f.len()];
-        codec.decode(f, &mut pcm);
-        pcm
-    };
-    let p = prompts.get(lang, name).unwrap();
-    let want: Vec<f64> = (0..p.frames())
-        .flat_map(|i| decode(p.frame(codec, i)))
-        .map(f64::from)
-        .collect();
-    let heard: Vec<f64> = frames
-        .iter()
-        .flat_map(|f| decode(f))
-        .map(f64::from)
-        .collect();
+    let (heard, want) = decoded(frames, prompts, lang, name, codec);
     if best_match(&heard, &want) >= min_ncc {
         return true;
     }
@@ -856,6 +889,18 @@ pub fn heard_score(
     name: &str,
     codec: topup_ivr::media::g711::Codec,
 ) -> f64 {
+    let (heard, want) = decoded(frames, prompts, lang, name, codec);
+    best_match(&heard, &want)
+}
+
+/// What was heard and the prompt, both decoded to linear samples (for [`best_match`]).
+fn decoded(
+    frames: &[Vec<u8>],
+    prompts: &topup_ivr::media::prompts::PromptStore,
+    lang: &str,
+    name: &str,
+    codec: topup_ivr::media::g711::Codec,
+) -> (Vec<f64>, Vec<f64>) {
     let decode = |f: &[u8]| {
         let mut pcm = vec![0i16; f.len()];
         codec.decode(f, &mut pcm);
@@ -871,7 +916,7 @@ pub fn heard_score(
         .flat_map(|f| decode(f))
         .map(f64::from)
         .collect();
-    best_match(&heard, &want)
+    (heard, want)
 }
 
 /// The highest normalized correlation of `want` with a stretch of `heard` (see
