@@ -260,12 +260,7 @@ impl CallSession {
     /// Plays prompts (in the call's language), then hangs up with `reason`: what the driver
     /// says when it cannot do what the plan asked (no agent to transfer to).
     pub fn announce_then_hangup(&mut self, now: Instant, names: &[&str], reason: &str) {
-        let lang = self.interp.language().to_string();
-        let items: Vec<PlayItem> = names
-            .iter()
-            .filter_map(|n| self.prompts.get(&lang, n))
-            .map(PlayItem::Prompt)
-            .collect();
+        let items = self.announcement(names);
         if items.is_empty() {
             self.hangup.get_or_insert((reason.to_string(), now));
         } else {
@@ -285,16 +280,21 @@ impl CallSession {
 
     /// Speaks prompts to the caller during a bridge (the other leg's audio is held meanwhile).
     pub fn announce(&mut self, names: &[&str]) {
-        let lang = self.interp.language().to_string();
-        let items: Vec<PlayItem> = names
-            .iter()
-            .filter_map(|n| self.prompts.get(&lang, n))
-            .map(PlayItem::Prompt)
-            .collect();
+        let items = self.announcement(names);
         if !items.is_empty() {
             self.player.set_muted(!self.media.send);
             self.player.enqueue(items);
         }
+    }
+
+    /// The driver's own prompts, in the call's language (those missing are left out).
+    fn announcement(&self, names: &[&str]) -> Vec<PlayItem> {
+        let lang = self.interp.language();
+        names
+            .iter()
+            .filter_map(|n| self.prompts.get(lang, n))
+            .map(PlayItem::Prompt)
+            .collect()
     }
 
     /// An announcement is being spoken during a bridge.
