@@ -5,8 +5,8 @@ pub mod config;
 pub mod dialplan;
 pub mod http;
 pub mod live;
-pub mod loadgen;
-pub mod media;
+/// Pure audio (crate `topup-media`).
+pub use topup_media as media;
 pub mod redact;
 pub mod server;
 pub mod services;

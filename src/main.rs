@@ -126,7 +126,7 @@ enum Command {
     /// Places many concurrent test calls (SIP + RTP + RFC 4733) against a running service
     /// and prints call set-up, jitter, loss, key-to-prompt latency and the service's CPU and
     /// memory. Exits 1 if any call was refused or failed.
-    Loadgen(topup_ivr::loadgen::LoadgenArgs),
+    Loadgen(topup_loadgen::LoadgenArgs),
     /// Database tools.
     Db {
         #[command(subcommand)]
@@ -472,7 +472,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Loadgen(args) => {
             let json = args.json;
-            let report = topup_ivr::loadgen::run(args).await?;
+            let report = topup_loadgen::run(args).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

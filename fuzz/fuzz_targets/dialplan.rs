@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use topup_ivr::dialplan::graph;
 use topup_ivr::dialplan::interpreter::{CallEvent, Interpreter};
 use topup_ivr::dialplan::model::Dialplan;
-use topup_ivr::media::dtmf::Digit;
+use topup_media::dtmf::Digit;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use topup_ivr::call::{CallSession, MediaParams, Output};
 use topup_ivr::dialplan::model::Dialplan;
-use topup_ivr::media::g711::Codec;
-use topup_ivr::media::prompts::{Prompt, PromptStore};
+use topup_media::g711::Codec;
+use topup_media::prompts::{Prompt, PromptStore};
 
 fn fixtures() -> &'static (Arc<Dialplan>, Arc<PromptStore>) {
     static F: OnceLock<(Arc<Dialplan>, Arc<PromptStore>)> = OnceLock::new();

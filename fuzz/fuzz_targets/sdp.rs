@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use topup_ivr::media::g711::Codec;
-use topup_ivr::telephony::sip::sdp;
+use topup_media::g711::Codec;
+use topup_sip::sdp;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(n) = sdp::negotiate(data, &Codec::ALL) {

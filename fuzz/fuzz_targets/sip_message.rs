@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use topup_ivr::telephony::sip::endpoint::{Endpoint, EndpointConfig};
-use topup_ivr::telephony::sip::message::Message;
+use topup_sip::endpoint::{Endpoint, EndpointConfig};
+use topup_sip::message::Message;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Message::parse(data) {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use topup_ivr::sms::session::{Session, SessionConfig};
+use topup_smpp::session::{Session, SessionConfig};
 
 fn bound() -> Session {
     let mut s = Session::new(

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use topup_ivr::sms::text::{Coding, Reassembler, decode, encode};
+use topup_smpp::text::{Coding, Reassembler, decode, encode};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {

@@ -1,4 +1,4 @@
-//! The text channel: SMPP to SMSCs (a sans-IO ESME session with tokio at the edge), the
+//! The text channel: SMPP to SMSCs (the sans-IO ESME session of crate `topup-smpp` with tokio at the edge), the
 //! outbox of confirmations and alerts, SMS commands and low-balance alerts.
 
 pub mod commands;
@@ -6,8 +6,7 @@ pub mod gateway;
 pub mod messages;
 pub mod outbox;
 pub mod service;
-pub mod session;
-pub mod text;
+pub use topup_smpp::{session, text};
 
 /// Cores with the text channel on, for the SMS tests.
 #[cfg(test)]

@@ -1,10 +1,8 @@
-//! The built-in SIP edge: a sans-IO UAS (message parsing, transactions, dialogs, SDP) and
-//! the tokio transport that drives it, and the edge a call runs on ([`call::SipEdge`]).
+//! The built-in SIP edge: the sans-IO UAS (crate `topup-sip`: message parsing, transactions,
+//! dialogs, SDP, admission), the tokio transport that drives it, and the edge a call runs on
+//! ([`call::SipEdge`]).
 
-pub mod admission;
+pub use topup_sip::{admission, endpoint, message, sdp, transaction};
+
 pub mod call;
-pub mod endpoint;
-pub mod message;
-pub mod sdp;
-pub mod transaction;
 pub mod transport;

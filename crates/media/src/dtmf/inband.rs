@@ -23,7 +23,7 @@
 use std::sync::OnceLock;
 
 use super::{COL_HZ, Digit, KEYPAD, ROW_HZ};
-use crate::media::tones::{RATE, dbm0_to_power};
+use crate::tones::{RATE, dbm0_to_power};
 
 const WINDOW: usize = 160;
 const HOP: usize = 40;
@@ -324,7 +324,7 @@ fn wrap(mut a: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::tones::{DtmfTone, add_white_noise, dbm0_to_power, silence, to_i16};
+    use crate::tones::{DtmfTone, add_white_noise, dbm0_to_power, silence, to_i16};
 
     fn digit(c: char) -> Digit {
         Digit::from_char(c).unwrap()

@@ -27,7 +27,7 @@ use super::transaction::{
     ClientInviteTsx, ClientNonInviteTsx, InviteState, NonInviteState, ServerInviteTsx,
     ServerNonInviteTsx, TsxConfig,
 };
-use crate::media::dtmf::{Digit, info};
+use topup_media::dtmf::{Digit, info};
 
 /// Methods we answer; sent in `Allow`.
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY";

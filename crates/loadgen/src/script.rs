@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use crate::media::dtmf::Digit;
+use topup_media::dtmf::Digit;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::script::{Script, Step, expand};
-use crate::media::dtmf::Digit;
-use crate::media::dtmf::rfc4733::EventPayload;
-use crate::media::g711::Codec;
-use crate::media::prompts::{FRAME_SAMPLES, PromptStore};
+use topup_media::dtmf::Digit;
+use topup_media::dtmf::rfc4733::EventPayload;
+use topup_media::g711::Codec;
+use topup_media::prompts::{FRAME_SAMPLES, PromptStore};
 
 const FRAME: Duration = Duration::from_millis(20);
 const RTP_HEADER: usize = 12;
@@ -548,8 +548,8 @@ fn signed_us(a: Instant, b: Instant) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::player::{PlayItem, Player};
-    use crate::media::prompts::Prompt;
+    use topup_media::player::{PlayItem, Player};
+    use topup_media::prompts::Prompt;
 
     fn tone(frames: usize, lead_silence: usize, f: f32) -> Vec<i16> {
         (0..frames * FRAME_SAMPLES)

@@ -441,7 +441,8 @@ mod tests {
 
     #[test]
     fn mp3_and_ogg_prompts_decode_to_the_same_tone() {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("audio-fixtures");
+        // The repository's recordings, two levels above this crate.
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../audio-fixtures");
         for file in ["tone-440hz.mp3", "tone-440hz.ogg"] {
             let (samples, rate) = decode_file(&fixtures.join(file)).unwrap();
             assert_eq!(rate, 16000, "{file}");

@@ -414,7 +414,7 @@ mod tests {
 
     #[test]
     fn l16_payloads_are_little_endian_and_8_khz_ones_re_encode_to_our_g711_frames() {
-        use crate::media::g711::l16le_read;
+        use crate::g711::l16le_read;
         let pcm: Vec<i16> = (0..320).map(|i| (i * 97 - 9000) as i16).collect();
         let ramp = Arc::new(Prompt::from_pcm8k("ramp", "en", "", pcm.clone()));
         let t = Instant::now();

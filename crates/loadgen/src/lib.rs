@@ -1,4 +1,4 @@
-//! `topup-ivr loadgen`: places many concurrent SIP calls against a running service over
+//! The load generator (`topup-loadgen`, also `topup-ivr loadgen`): places many concurrent SIP calls against a running service over
 //! loopback, each with real RTP both ways at 50 packets/s, answering prompts with RFC 4733 keys
 //! along a script, and prints what it measured (see BENCHMARKS.md for how it is used).
 //!
@@ -21,14 +21,36 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::media::g711::Codec;
-use crate::media::prompts::{LoadOptions, PromptStore};
-use crate::telephony::sip::endpoint::{CallHandle, Endpoint, EndpointConfig, SipEvent};
-use crate::telephony::sip::sdp::{self, Direction, Negotiated};
-use crate::telephony::sip::transport::{SipCommand, sleep_until};
 use caller::{Action, Caller, PromptIndex};
 use report::{Outcome, Report};
 use script::Script;
+use topup_media::g711::Codec;
+use topup_media::prompts::{LoadOptions, PromptStore};
+use topup_sip::endpoint::{CallHandle, Endpoint, EndpointConfig, SipEvent};
+use topup_sip::sdp::{self, Direction, Negotiated};
+
+/// What a call task asks of the SIP task.
+enum SipCommand {
+    /// Place a call: its events go to `events`, its handle to `reply`.
+    Invite {
+        peer: SocketAddr,
+        uri: String,
+        from: String,
+        sdp: Vec<u8>,
+        events: mpsc::Sender<SipEvent>,
+        reply: oneshot::Sender<CallHandle>,
+    },
+    Hangup(CallHandle),
+}
+
+/// Sleeps until `at`, or forever when there is no deadline (a `select!` branch for the
+/// endpoint's next timer).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The telephone-event payload type we offer.
 const EVENT_PT: u8 = 101;
@@ -258,7 +280,6 @@ async fn uac(socket: UdpSocket, mut endpoint: Endpoint, mut commands: mpsc::Rece
                     let _ = reply.send(call);
                 }
                 Some(SipCommand::Hangup(call)) => endpoint.hangup(Instant::now(), call),
-                Some(_) => {}
                 None => open = false,
             },
             _ = sleep_until(timeout) => endpoint.handle_timeout(Instant::now()),

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::media::g711::Codec;
+use topup_media::g711::Codec;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SdpError {
