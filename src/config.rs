@@ -6,10 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::media::g711::Codec;
 use crate::telephony::sip::transaction::TsxConfig;
+use crate::textfile::parse_duration;
 
 /// A config problem: where (file or flag), which key, and why.
 #[derive(Debug, thiserror::Error)]
@@ -18,28 +19,6 @@ pub struct ConfigError {
     pub origin: String,
     pub key: String,
     pub reason: String,
-}
-
-/// The `.toml` files of a directory, sorted by name (dialplans, SMS language files).
-pub fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-/// Deserializes a duration written like "500ms", "30s", "5m" or "1h 30m".
-pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration like \"500ms\", \"30s\" or \"5m\" ({e})"))
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -14,4 +14,5 @@ pub mod simulate;
 pub mod sms;
 pub mod store;
 pub mod telephony;
+pub mod textfile;
 pub mod topup;

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::dialplan::{DialplanError, Dialplans};
 use crate::live::Live;
 use crate::media::prompts::{LoadOptions, PromptError, PromptStore};
+use crate::sms::messages::SmsTexts;
 use crate::store::{Db, Store, StoreError};
 use crate::telephony::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::telephony::sip::transport::Transport;
@@ -64,6 +65,9 @@ pub struct Shared {
     content: Live<(Arc<PromptStore>, Arc<Dialplans>)>,
     /// The top-up core (its database also holds the call records).
     pub core: Core,
+    /// The SMS texts and keywords when an SMSC is configured (the core's notifier writes with
+    /// the same ones; a reload replaces them for both).
+    pub sms_texts: Option<SmsTexts>,
     pub adapters: Adapters,
     pub hlr: Option<Hlr>,
     pub store: Store,
@@ -97,7 +101,7 @@ impl Shared {
     /// keeps all the current ones.
     pub fn reload(&self) -> Result<(), ServeError> {
         let (prompts, dialplans) = load_content(&self.cfg)?;
-        let sms = match &self.core.sms {
+        let sms = match &self.sms_texts {
             Some(texts) => Some((texts, sms_messages(&self.cfg)?)),
             None => None,
         };
@@ -211,6 +215,11 @@ pub fn load_content(cfg: &Config) -> Result<(PromptStore, Dialplans), ServeError
 /// Opens the database (Postgres when `database.url` is set, else SQLite in the data
 /// directory) and the top-up core over it.
 pub async fn open_core(cfg: &Config) -> Result<Core, ServeError> {
+    Ok(open_core_and_texts(cfg).await?.0)
+}
+
+/// [`open_core`], and the SMS texts its notifier writes with when an SMSC is configured.
+pub async fn open_core_and_texts(cfg: &Config) -> Result<(Core, Option<SmsTexts>), ServeError> {
     let db = match &cfg.database_url {
         Some(url) => Db::connect(url).await?,
         None => Db::open(&cfg.data_dir).await?,
@@ -218,8 +227,12 @@ pub async fn open_core(cfg: &Config) -> Result<Core, ServeError> {
     let pepper = Pepper::load(&cfg.pin_pepper_file)?;
     let core = Core::new(db, pepper, cfg.auth).with_call_limits(cfg.calling_limits.clone());
     Ok(match load_sms(cfg)? {
-        Some(m) => core.with_sms(Live::new(m)),
-        None => core,
+        Some(m) => {
+            let texts = Live::new(m);
+            let outbox = crate::sms::outbox::SmsOutbox::new(texts.clone());
+            (core.with_notifier(Arc::new(outbox)), Some(texts))
+        }
+        None => (core, None),
     })
 }
 
@@ -291,7 +304,7 @@ async fn reload_loop(shared: Arc<Shared>) {
             Ok(Ok(())) => info!(
                 services = %shared.dialplans().plans().iter().map(|p| p.service.clone()).collect::<Vec<_>>().join(","),
                 prompts = shared.prompts().len(),
-                sms_texts = shared.core.sms.is_some(),
+                sms_texts = shared.sms_texts.is_some(),
                 "reloaded the changed files"
             ),
             Ok(Err(e)) => {
@@ -351,7 +364,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
     // The number plan is loaded lazily on first use (about half a second): load it now, not
     // in the first caller's silence.
     let _ = crate::topup::numbers::parse_number("+12015550100");
-    let core = open_core(&cfg).await?;
+    let (core, sms_texts) = open_core_and_texts(&cfg).await?;
     if cfg.demo && core.seed_demo(now_ms()).await? {
         info!("seeded the demo carriers, accounts and cards (see README)");
     }
@@ -396,6 +409,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
         hlr: hlr(&cfg),
         adapters: Adapters::new(),
         core,
+        sms_texts,
         cfg,
     });
     // What loading left free goes back to the system: the idle figure is the real one.

@@ -200,7 +200,7 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
                 else {
                     return Ok(("unknown_message".into(), vec![]));
                 };
-                if !core.sms_on() {
+                if !core.notifications_on() {
                     return Ok(("off".into(), vec![]));
                 }
                 let balance = core.wallet_balance(ctx.caller).await.ok();
@@ -209,8 +209,8 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
                     vars.push(("balance", b.to_string()));
                     vars.push(("currency", b.currency.code().to_string()));
                 }
-                core.send_sms(
-                    crate::sms::outbox::Notice {
+                core.send_notification(
+                    crate::topup::notify::Notification {
                         id: format!("notify:{kind}:{}:{}", ctx.caller, now / 600_000),
                         kind,
                         to: ctx.caller.to_string(),

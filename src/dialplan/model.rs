@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::say;
-use crate::config::de_duration;
 use crate::media::dtmf::Digit;
+use crate::textfile::de_duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1028,7 +1028,7 @@ impl Dialplans {
                 reason: e.to_string(),
             }]
         };
-        let files = crate::config::toml_files(dir).map_err(io)?;
+        let files = crate::textfile::toml_files(dir).map_err(io)?;
         Self::load_files(&files, has_prompt)
     }
 

@@ -181,7 +181,7 @@ pub struct LinkStatus {
 /// Runs the gateway until the service stops.
 pub async fn run(shared: Arc<Shared>) {
     let cfg = shared.cfg.sms.clone();
-    let Some(texts) = shared.core.sms.clone() else {
+    let Some(texts) = shared.sms_texts.clone() else {
         return;
     };
     let keywords = keywords_of(texts.current());
@@ -509,7 +509,7 @@ impl Gateway {
 
     /// The keywords of the SMS texts in use now.
     fn keywords(&mut self) -> Arc<Keywords> {
-        if let Some(texts) = &self.shared.core.sms {
+        if let Some(texts) = &self.shared.sms_texts {
             let now = texts.current();
             if !Arc::ptr_eq(&now, &self.keywords.0) {
                 self.keywords = keywords_of(now);

@@ -341,7 +341,7 @@ impl Messages {
                 reason: e.to_string(),
             }]
         };
-        let files = crate::config::toml_files(dir).map_err(io)?;
+        let files = crate::textfile::toml_files(dir).map_err(io)?;
         let mut sources = vec![];
         let mut errors = vec![];
         for f in files {

@@ -13,24 +13,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
-use crate::sms::messages::SmsTexts;
+use crate::sms::messages::{Messages, SmsTexts};
 use crate::sms::service::Mo;
 use crate::topup::ledger::accounts;
+use crate::topup::notify::{Notification, Notifier, WriteFuture};
 use crate::topup::numbers::parse_number;
 use crate::topup::{Core, TopupError};
-
-/// An SMS to write: the message `kind` (see [`super::messages::MESSAGES`]) for `to`.
-#[derive(Clone, Debug)]
-pub struct Notice {
-    /// Unique per cause: the same notice written twice is written once.
-    pub id: String,
-    pub kind: &'static str,
-    pub to: String,
-    /// The language, when the cause knows it (else the recipient's account or country).
-    pub language: Option<String>,
-    pub vars: Vec<(&'static str, String)>,
-    pub reference: Option<String>,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct OutboxRow {
@@ -115,22 +103,25 @@ pub fn retry_at(now: i64, attempts: i64) -> i64 {
     now + (5_000i64 << attempts.clamp(0, 12)).min(600_000)
 }
 
-impl Core {
-    /// Whether SMS are written at all (an SMSC is configured).
-    pub fn sms_on(&self) -> bool {
-        self.sms.is_some()
+/// The SMS layer as the top-up core's notifier: a notification becomes an outbox row, its
+/// text rendered in the recipient's language, in the transaction of its cause.
+#[derive(Clone, Debug)]
+pub struct SmsOutbox {
+    texts: SmsTexts,
+}
+
+impl SmsOutbox {
+    pub fn new(texts: SmsTexts) -> SmsOutbox {
+        SmsOutbox { texts }
     }
 
     /// The language to write to `number` in: its prepaid account's, else its wallet's, else
     /// its country's, else the default.
-    pub async fn sms_language(
-        &self,
+    async fn language(
+        m: &Messages,
         conn: &mut AnyConnection,
         number: &str,
     ) -> Result<String, TopupError> {
-        let Some(m) = self.sms.as_ref().map(SmsTexts::current) else {
-            return Ok("en".into());
-        };
         for table in ["prepaid_accounts", "wallets"] {
             let r = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT language FROM {table} WHERE number = $1"
@@ -153,24 +144,21 @@ impl Core {
         Ok(m.default_language().to_string())
     }
 
-    /// Writes `n` into the outbox inside the caller's transaction. Returns whether a row was
-    /// written: not when SMS are off, the destination is no phone number, or the notice
-    /// exists already.
-    pub async fn enqueue_sms(
+    /// Writes `n` into the outbox; whether a row was written (not when the destination is
+    /// no phone number, or the row exists already).
+    async fn enqueue(
         &self,
         conn: &mut AnyConnection,
-        n: Notice,
+        n: Notification,
         now: i64,
     ) -> Result<bool, TopupError> {
-        let Some(m) = self.sms.as_ref().map(SmsTexts::current) else {
-            return Ok(false);
-        };
+        let m = self.texts.current();
         let Ok(to) = parse_number(&n.to).map(|p| p.e164) else {
             return Ok(false);
         };
         let lang = match &n.language {
             Some(l) if m.has_language(l) => l.clone(),
-            _ => self.sms_language(conn, &to).await?,
+            _ => Self::language(&m, conn, &to).await?,
         };
         let body = m.render(&lang, n.kind, &n.vars);
         let udh_ref = Sha256::digest(n.id.as_bytes())[0] as i64;
@@ -192,19 +180,20 @@ impl Core {
         .rows_affected();
         Ok(written == 1)
     }
+}
 
-    /// Writes a notice in a transaction of its own (for causes that change nothing else:
-    /// replies to malformed commands, balance answers).
-    pub async fn send_sms(&self, n: Notice, now: i64) -> Result<bool, TopupError> {
-        if !self.sms_on() {
-            return Ok(false);
-        }
-        let mut tx = self.db.begin().await?;
-        let w = self.enqueue_sms(&mut tx, n, now).await?;
-        tx.commit().await?;
-        Ok(w)
+impl Notifier for SmsOutbox {
+    fn write<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        n: Notification,
+        now: i64,
+    ) -> WriteFuture<'a> {
+        Box::pin(self.enqueue(conn, n, now))
     }
+}
 
+impl Core {
     /// Queued rows due by `now`, oldest first.
     pub async fn due_sms(&self, now: i64, limit: i64) -> Result<Vec<OutboxRow>, TopupError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -622,7 +611,7 @@ impl Core {
     /// alerted since they went below get one alert; accounts back above are re-armed.
     /// Returns how many alerts were written.
     pub async fn alert_low_balances(&self, now: i64) -> Result<usize, TopupError> {
-        if !self.sms_on() {
+        if !self.notifications_on() {
             return Ok(0);
         }
         let rows = sqlx::query(
@@ -667,9 +656,9 @@ impl Core {
             let funding: Option<String> = r.try_get("funding_account")?;
             let language: String = r.try_get("language")?;
             if self
-                .enqueue_sms(
+                .notify(
                     &mut tx,
-                    Notice {
+                    Notification {
                         id: format!("low:{number}:{now}"),
                         kind: if funding.is_some() {
                             "low_balance_funding"
@@ -704,8 +693,8 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
 
-    fn notice(id: &str) -> Notice {
-        Notice {
+    fn notice(id: &str) -> Notification {
+        Notification {
             id: id.into(),
             kind: "wallet_locked",
             to: "+12015550100".into(),
@@ -722,9 +711,9 @@ mod tests {
     #[tokio::test]
     async fn a_row_goes_queued_sending_sent_delivered_and_is_written_once() {
         for (core, _g) in sms_cores().await {
-            assert!(core.send_sms(notice("n1"), NOW).await.unwrap());
+            assert!(core.send_notification(notice("n1"), NOW).await.unwrap());
             assert!(
-                !core.send_sms(notice("n1"), NOW + 1).await.unwrap(),
+                !core.send_notification(notice("n1"), NOW + 1).await.unwrap(),
                 "the same cause writes one SMS"
             );
             let due = core.due_sms(NOW, 10).await.unwrap();
@@ -807,7 +796,7 @@ mod tests {
     #[tokio::test]
     async fn refusals_back_off_then_fail_and_staff_can_send_again() {
         for (core, _g) in sms_cores().await {
-            core.send_sms(notice("n2"), NOW).await.unwrap();
+            core.send_notification(notice("n2"), NOW).await.unwrap();
             core.claim_sms("n2", "main", 1, NOW).await.unwrap();
             // A temporary refusal: queued again, due later.
             core.sms_refused("n2", "ESME_RMSGQFUL", Some(retry_at(NOW, 1)), NOW)
@@ -854,7 +843,7 @@ mod tests {
     #[tokio::test]
     async fn receipts_match_ids_written_in_hex_or_decimal() {
         for (core, _g) in sms_cores().await {
-            core.send_sms(notice("n6"), NOW).await.unwrap();
+            core.send_notification(notice("n6"), NOW).await.unwrap();
             core.claim_sms("n6", "main", 1, NOW).await.unwrap();
             core.sms_part_accepted("n6", 1, "main", "255", NOW)
                 .await
@@ -876,8 +865,8 @@ mod tests {
     #[tokio::test]
     async fn rows_left_sending_by_a_stop_are_queued_again() {
         for (core, _g) in sms_cores().await {
-            core.send_sms(notice("n3"), NOW).await.unwrap();
-            core.send_sms(notice("n4"), NOW).await.unwrap();
+            core.send_notification(notice("n3"), NOW).await.unwrap();
+            core.send_notification(notice("n4"), NOW).await.unwrap();
             core.claim_sms("n3", "main", 1, NOW).await.unwrap();
             assert_eq!(core.requeue_sending(NOW + 1).await.unwrap(), 1);
             assert_eq!(core.due_sms(NOW + 1, 10).await.unwrap().len(), 2);

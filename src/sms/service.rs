@@ -9,11 +9,12 @@
 //! twice.
 
 use super::commands::{Command, Keywords, ParseError, parse};
-use super::outbox::{InboxClaim, Notice};
+use super::outbox::InboxClaim;
 use crate::redact::Phone;
 use crate::topup::adapters::Adapters;
 use crate::topup::carriers::product_for_amount;
 use crate::topup::money::Money;
+use crate::topup::notify::Notification;
 use crate::topup::numbers::Hlr;
 use crate::topup::topups::{Funding, TopupRequest};
 use crate::topup::{Core, TopupError};
@@ -96,9 +97,9 @@ impl Commands<'_> {
         let mut tx = self.core.db.begin().await?;
         if let Done::Reply(r) = done {
             self.core
-                .enqueue_sms(
+                .notify(
                     &mut tx,
-                    Notice {
+                    Notification {
                         id: r.id.unwrap_or_else(|| format!("reply:{}", mo.id)),
                         kind: r.kind,
                         to: mo.sender.clone(),
@@ -457,7 +458,7 @@ mod tests {
             T {
                 core,
                 adapters: Adapters::new(),
-                keywords: Keywords::new(core.sms.as_ref().unwrap().current().keywords()),
+                keywords: Keywords::new(crate::sms::testing::texts().current().keywords()),
                 n: std::cell::Cell::new(0),
             }
         }
@@ -783,7 +784,7 @@ mod tests {
     async fn without_an_smsc_nothing_is_written() {
         for (core, _g) in cores().await {
             core.seed_demo(NOW).await.unwrap();
-            assert!(!core.sms_on());
+            assert!(!core.notifications_on());
             assert_eq!(core.alert_low_balances(NOW).await.unwrap(), 0);
             core.recharge_wallet(
                 &crate::topup::secrets::Pin::new("22223333444455"),

@@ -236,9 +236,9 @@ impl Core {
         auth::record_failure(&mut tx, ani, subject, now).await?;
         if lock {
             // The owner hears of it on their phone, whoever typed the PINs.
-            self.enqueue_sms(
+            self.notify(
                 &mut tx,
-                crate::sms::outbox::Notice {
+                crate::topup::notify::Notification {
                     id: format!("locked:{subject}:{key}:{now}"),
                     kind: if subject == "wallet" {
                         "wallet_locked"

@@ -23,7 +23,7 @@ use super::carriers::{Carrier, HttpSettings};
 use super::ledger::{AccountKind, TransferSpec, accounts};
 use super::money::Money;
 use super::{Core, TopupError};
-use crate::config::parse_duration;
+use crate::textfile::parse_duration;
 
 /// What a carrier said about a top-up.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -366,9 +366,9 @@ impl Core {
                 .map(|a| a.balance_money())
                 .unwrap_or(value);
             if notify {
-                self.enqueue_sms(
+                self.notify(
                     &mut tx,
-                    crate::sms::outbox::Notice {
+                    crate::topup::notify::Notification {
                         id: format!("redeem:{serial}"),
                         kind: "wallet_recharged",
                         to: ani.to_string(),

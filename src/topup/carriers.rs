@@ -46,7 +46,7 @@ use sqlx::Row;
 
 use super::money::{Currency, FxRate, Money};
 use super::{Core, TopupError};
-use crate::config::parse_duration;
+use crate::textfile::parse_duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

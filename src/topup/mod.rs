@@ -18,6 +18,7 @@ pub mod hash_pool;
 pub mod ledger;
 pub mod money;
 pub mod notices;
+pub mod notify;
 pub mod numbers;
 pub mod secrets;
 pub mod topups;
@@ -25,13 +26,15 @@ pub mod webhooks;
 
 pub use error::TopupError;
 
-use crate::sms::messages::SmsTexts;
+use std::sync::Arc;
+
 use crate::store::Db;
 use auth::AuthPolicy;
 use secrets::Pepper;
 
 /// The top-up core as every channel uses it: the database, the PIN pepper, the brute-force
-/// policy, the calling limits and, when SMS are on, the texts that confirmations and alerts are written in.
+/// policy, the calling limits and, when SMS are on, the notifier that writes confirmations and
+/// alerts.
 #[derive(Clone, Debug)]
 pub struct Core {
     pub db: Db,
@@ -39,8 +42,8 @@ pub struct Core {
     pub policy: AuthPolicy,
     /// The calling service's toll-fraud limits.
     pub call_limits: calling::CallLimits,
-    /// `Some` when an SMSC is configured: changes write their SMS into the outbox.
-    pub sms: Option<SmsTexts>,
+    /// `Some` when an SMSC is configured: changes write their notifications through it.
+    pub notifier: Option<Arc<dyn notify::Notifier>>,
 }
 
 impl Core {
@@ -50,7 +53,7 @@ impl Core {
             pepper,
             policy,
             call_limits: calling::CallLimits::default(),
-            sms: None,
+            notifier: None,
         }
     }
 
@@ -60,9 +63,9 @@ impl Core {
         self
     }
 
-    /// Turns on SMS: confirmations, notices and alerts are written with `texts`.
-    pub fn with_sms(mut self, texts: SmsTexts) -> Core {
-        self.sms = Some(texts);
+    /// Turns notifications on: confirmations, notices and alerts go to `notifier`.
+    pub fn with_notifier(mut self, notifier: Arc<dyn notify::Notifier>) -> Core {
+        self.notifier = Some(notifier);
         self
     }
 }

@@ -599,7 +599,7 @@ impl Core {
         now: i64,
     ) -> Result<(), TopupError> {
         let succeeded = outcome == Final::Succeeded;
-        if !self.sms_on() {
+        if !self.notifications_on() {
             return Ok(());
         }
         let r = sqlx::query(
@@ -652,7 +652,7 @@ impl Core {
             v.extend(extra);
             v
         };
-        use crate::sms::outbox::Notice;
+        use crate::topup::notify::Notification;
         if let Some(p) = &payer_number {
             let kind = match (outcome, funding.starts_with("funding:") && to_self) {
                 (Final::Succeeded, true) => "account_recharged",
@@ -660,9 +660,9 @@ impl Core {
                 (Final::Failed, _) => "topup_failed",
                 (Final::Reversed, _) => "topup_reversed",
             };
-            self.enqueue_sms(
+            self.notify(
                 conn,
-                Notice {
+                Notification {
                     id: match outcome {
                         Final::Reversed => format!("{id}:payer:reversed"),
                         _ => format!("{id}:payer"),
@@ -696,9 +696,9 @@ impl Core {
                 ),
                 None => ("topup_received", vec![("sender", sender)]),
             };
-            self.enqueue_sms(
+            self.notify(
                 conn,
-                Notice {
+                Notification {
                     id: format!("{id}:recipient"),
                     kind,
                     to: recipient.clone(),

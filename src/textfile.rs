@@ -1,0 +1,30 @@
+//! What the service's text files share, for every layer that reads them (configuration,
+//! dialplans, carriers, SMS texts): the TOML files of a directory and durations written as
+//! text ("500ms", "30s", "1h 30m").
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The `.toml` files of a directory, sorted by name (dialplans, SMS language files).
+pub fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Deserializes a duration written like "500ms", "30s", "5m" or "1h 30m".
+pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration like \"500ms\", \"30s\" or \"5m\" ({e})"))
+}
