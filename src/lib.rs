@@ -14,5 +14,6 @@ pub mod simulate;
 pub mod sms;
 pub mod store;
 pub mod telephony;
-pub mod textfile;
+/// What the service's text files share (crate `topup-values`).
+pub use topup_values::textfile;
 pub mod topup;

@@ -16,7 +16,8 @@ pub mod error;
 pub mod escalations;
 pub mod hash_pool;
 pub mod ledger;
-pub mod money;
+/// Money, currencies and FX rates (crate `topup-values`).
+pub use topup_values::money;
 pub mod notices;
 pub mod notify;
 pub mod numbers;
