@@ -123,7 +123,10 @@ fn sip(c: &mut Criterion) {
 
 fn echo_plan() -> Arc<Dialplan> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dialplans/echo.toml");
-    Arc::new(Dialplan::load(&path, &|_, _| true).expect("the shipped echo plan"))
+    Arc::new(
+        Dialplan::load(&path, &topup_ivr::dialplan::Catalog::EVERY_PROMPT)
+            .expect("the shipped echo plan"),
+    )
 }
 
 fn interpreter(c: &mut Criterion) {

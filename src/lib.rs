@@ -2,7 +2,8 @@
 
 pub mod call;
 pub mod config;
-pub mod dialplan;
+/// Call flows (crate `topup-dialplan`).
+pub use topup_dialplan as dialplan;
 pub mod http;
 pub mod live;
 /// Pure audio (crate `topup-media`).

@@ -364,13 +364,15 @@ fn init_logging(cfg: &Config) {
 
 async fn dialplan(command: DialplanCommand) -> Result<()> {
     use std::sync::Arc;
-    use topup_ivr::dialplan::{Dialplan, Dialplans, graph};
+    use topup_ivr::dialplan::{Catalog, Dialplan, Dialplans, graph};
     use topup_ivr::media::prompts::PromptStore;
+    use topup_ivr::sms::messages::NAMES;
     let load_prompts = |cfg: &Config| -> Result<PromptStore> {
         Ok(PromptStore::load(&cfg.prompts_dir, Default::default())?)
     };
     let load_plan = |file: &PathBuf, prompts: &PromptStore| -> Result<Dialplan> {
-        Dialplan::load(file, &|l, n| prompts.get(l, n).is_some()).map_err(|errs| {
+        let has = |l: &str, n: &str| prompts.get(l, n).is_some();
+        Dialplan::load(file, &Catalog::new(&has, &NAMES)).map_err(|errs| {
             anyhow::anyhow!(
                 "{}",
                 errs.iter()
@@ -386,9 +388,9 @@ async fn dialplan(command: DialplanCommand) -> Result<()> {
             let prompts = load_prompts(&cfg)?;
             let has = |l: &str, n: &str| prompts.get(l, n).is_some();
             let plans = if files.is_empty() {
-                Dialplans::load_dir(&cfg.dialplans_dir, &has)
+                Dialplans::load_dir(&cfg.dialplans_dir, &Catalog::new(&has, &NAMES))
             } else {
-                Dialplans::load_files(&files, &has)
+                Dialplans::load_files(&files, &Catalog::new(&has, &NAMES))
             };
             let plans = plans.map_err(|errs| {
                 anyhow::anyhow!(

@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, Semaphore, watch};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::dialplan::{DialplanError, Dialplans};
+use crate::dialplan::{Catalog, DialplanError, Dialplans};
 use crate::live::Live;
 use crate::media::prompts::{LoadOptions, PromptError, PromptStore};
 use crate::sms::messages::SmsTexts;
@@ -205,9 +205,11 @@ pub fn load_content(cfg: &Config) -> Result<(PromptStore, Dialplans), ServeError
         .as_ref()
         .is_some_and(|f| f.sample_rate == 16000);
     let prompts = PromptStore::load(&cfg.prompts_dir, LoadOptions { wideband })?;
-    let dialplans = Dialplans::load_dir(&cfg.dialplans_dir, &|lang, name| {
-        prompts.get(lang, name).is_some()
-    })
+    let has_prompt = |lang: &str, name: &str| prompts.get(lang, name).is_some();
+    let dialplans = Dialplans::load_dir(
+        &cfg.dialplans_dir,
+        &Catalog::new(&has_prompt, &crate::sms::messages::NAMES),
+    )
     .map_err(ServeError::Dialplans)?;
     Ok((prompts, dialplans))
 }

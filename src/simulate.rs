@@ -195,7 +195,10 @@ mod tests {
         .unwrap();
         let plan = Dialplan::load(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("dialplans/recharge.toml"),
-            &|l, n| prompts.get(l, n).is_some(),
+            &crate::dialplan::Catalog::new(
+                &|l, n| prompts.get(l, n).is_some(),
+                &crate::sms::messages::NAMES,
+            ),
         )
         .unwrap();
         let (core, _g) = cores().await.into_iter().next().unwrap();

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use topup_ivr::dialplan::graph;
-use topup_ivr::dialplan::interpreter::{CallEvent, Interpreter};
-use topup_ivr::dialplan::model::Dialplan;
+use topup_dialplan::graph;
+use topup_dialplan::interpreter::{CallEvent, Interpreter};
+use topup_dialplan::model::Dialplan;
 use topup_media::dtmf::Digit;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(plan) = Dialplan::parse(Path::new("fuzz.toml"), text, &|_, _| true) else {
+    let Ok(plan) = Dialplan::parse(Path::new("fuzz.toml"), text, &topup_dialplan::Catalog::EVERY_PROMPT) else {
         return;
     };
     let _ = graph::to_dot(&plan);

@@ -387,7 +387,7 @@ mod tests {
         let plan = Dialplan::parse(
             Path::new("echo.toml"),
             include_str!("../../dialplans/echo.toml"),
-            &|_, _| true,
+            &crate::dialplan::Catalog::EVERY_PROMPT,
         )
         .unwrap();
         let mut store = PromptStore::default();

@@ -26,6 +26,17 @@ use toml::Spanned;
 
 use super::text;
 
+/// The names of [`MESSAGES`] (what a dialplan's `notify` may send).
+pub const NAMES: [&str; MESSAGES.len()] = {
+    let mut out = [""; MESSAGES.len()];
+    let mut i = 0;
+    while i < MESSAGES.len() {
+        out[i] = MESSAGES[i].0;
+        i += 1;
+    }
+    out
+};
+
 /// Every message the service sends, with the placeholders it fills and what it is for.
 pub const MESSAGES: &[(&str, &[&str], &str)] = &[
     // Confirmations, failure notices and alerts.

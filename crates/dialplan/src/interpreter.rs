@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::model::{CONFIRM_PROMPT, ConfirmAs, Dialplan, Node, PRESS_PROMPT, SayItem, Validator};
 use super::say;
-use crate::media::dtmf::Digit;
-use crate::topup::money::Money;
+use topup_media::dtmf::Digit;
+use topup_values::money::Money;
 
 /// Keys a call's record keeps at most.
 pub const MAX_RECORDED_DIGITS: usize = 256;
@@ -915,7 +915,7 @@ impl Interpreter {
 
 /// Reads an E.164 number in groups, the country code first.
 fn say_phone(e164: &str) -> Vec<String> {
-    let cc_len = crate::topup::numbers::parse_number(e164)
+    let cc_len = topup_values::phone::parse_number(e164)
         .map(|n| n.country_code.to_string().len())
         .unwrap_or(1);
     say::phone(e164, cc_len)
@@ -940,9 +940,9 @@ pub fn validate(
         }
         Some(v @ (Validator::E164 | Validator::Callable)) => {
             let parsed = if v == Validator::E164 {
-                crate::topup::numbers::parse_number(value)
+                topup_values::phone::parse_number(value)
             } else {
-                crate::topup::numbers::parse_callable(value)
+                topup_values::phone::parse_callable(value)
             };
             parsed
                 .map(|n| vec![("e164".into(), n.e164), ("country".into(), n.country)])

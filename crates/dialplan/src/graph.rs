@@ -198,8 +198,8 @@ mod tests {
     fn plan() -> Dialplan {
         Dialplan::parse(
             Path::new("r.toml"),
-            include_str!("../../dialplans/recharge.toml"),
-            &|_, _| true,
+            include_str!("../../../dialplans/recharge.toml"),
+            &crate::Catalog::EVERY_PROMPT,
         )
         .unwrap()
     }

@@ -1,18 +1,18 @@
 //! Interpreter scenarios on a simulated clock.
 
 use super::*;
-use crate::dialplan::model::Dialplan;
+use crate::model::Dialplan;
 use std::path::Path;
 
 fn plan(text: &str) -> Arc<Dialplan> {
+    let catalog = crate::Catalog::new(&|_, _| true, &["call_no_funds"]);
     Arc::new(
-        Dialplan::parse(Path::new("t.toml"), text, &|_, _| true)
-            .unwrap_or_else(|e| panic!("{e:?}")),
+        Dialplan::parse(Path::new("t.toml"), text, &catalog).unwrap_or_else(|e| panic!("{e:?}")),
     )
 }
 
 fn echo() -> Interpreter {
-    Interpreter::new(plan(include_str!("../../dialplans/echo.toml")))
+    Interpreter::new(plan(include_str!("../../../dialplans/echo.toml")))
 }
 
 fn d(c: char) -> CallEvent {

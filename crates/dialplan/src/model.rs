@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::say;
-use crate::media::dtmf::Digit;
-use crate::textfile::de_duration;
+use topup_media::dtmf::Digit;
+use topup_values::textfile::de_duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,7 +315,7 @@ pub fn literal(v: &str) -> Option<&str> {
     v.strip_prefix('\'')?.strip_suffix('\'')
 }
 
-/// Operations the voice services can invoke (see `crate::services`).
+/// Operations the voice services can invoke (the service carries them out).
 pub const OPS: &[&str] = &[
     "redeem_card",
     "recharge_wallet",
@@ -549,25 +549,52 @@ pub enum DialplanError {
     },
 }
 
+/// What plans are checked against, from the layers that own it: which prompts exist, and
+/// which messages `notify` may send (the SMS texts' message names).
+#[derive(Clone, Copy)]
+pub struct Catalog<'a> {
+    /// `has_prompt(language, name)`.
+    pub has_prompt: &'a dyn Fn(&str, &str) -> bool,
+    pub messages: &'a [&'a str],
+}
+
+impl Catalog<'static> {
+    /// Every prompt exists and `notify` may send nothing (tests, fuzzing, benchmarks).
+    pub const EVERY_PROMPT: Catalog<'static> = Catalog {
+        has_prompt: &every_prompt,
+        messages: &[],
+    };
+}
+
+fn every_prompt(_: &str, _: &str) -> bool {
+    true
+}
+
+impl<'a> Catalog<'a> {
+    pub fn new(has_prompt: &'a dyn Fn(&str, &str) -> bool, messages: &'a [&'a str]) -> Self {
+        Catalog {
+            has_prompt,
+            messages,
+        }
+    }
+}
+
 impl Dialplan {
-    /// Parses and checks one file. `has_prompt(language, name)` tells which prompts exist.
-    pub fn load(
-        path: &Path,
-        has_prompt: &dyn Fn(&str, &str) -> bool,
-    ) -> Result<Dialplan, Vec<DialplanError>> {
+    /// Parses and checks one file against `catalog`.
+    pub fn load(path: &Path, catalog: &Catalog) -> Result<Dialplan, Vec<DialplanError>> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             vec![DialplanError::Io {
                 file: path.to_path_buf(),
                 reason: e.to_string(),
             }]
         })?;
-        Self::parse(path, &text, has_prompt)
+        Self::parse(path, &text, catalog)
     }
 
     pub fn parse(
         path: &Path,
         text: &str,
-        has_prompt: &dyn Fn(&str, &str) -> bool,
+        catalog: &Catalog,
     ) -> Result<Dialplan, Vec<DialplanError>> {
         let mut plan: Dialplan = toml::from_str(text).map_err(|e| {
             vec![DialplanError::Syntax {
@@ -583,7 +610,7 @@ impl Dialplan {
         if plan.languages.is_empty() {
             plan.languages = vec![plan.language.clone()];
         }
-        let errors = plan.check(text, has_prompt);
+        let errors = plan.check(text, catalog);
         if errors.is_empty() {
             Ok(plan)
         } else {
@@ -591,7 +618,8 @@ impl Dialplan {
         }
     }
 
-    fn check(&self, text: &str, has_prompt: &dyn Fn(&str, &str) -> bool) -> Vec<DialplanError> {
+    fn check(&self, text: &str, catalog: &Catalog) -> Vec<DialplanError> {
+        let has_prompt = catalog.has_prompt;
         let mut errors = vec![];
         let mut err = |(line, col): (usize, usize), reason: String, hint: Option<&str>| {
             errors.push(DialplanError::Invalid {
@@ -652,7 +680,7 @@ impl Dialplan {
                 }
             }
             needs_say |= node.uses_say();
-            self.check_node(id, node, at, &mut err);
+            self.check_node(id, node, at, catalog, &mut err);
         }
         if needs_say {
             for lang in &self.languages {
@@ -681,6 +709,7 @@ impl Dialplan {
         id: &str,
         node: &Node,
         at: (usize, usize),
+        catalog: &Catalog,
         err: &mut impl FnMut((usize, usize), String, Option<&str>),
     ) {
         let tries = |n: u32, err: &mut Reporter<'_>| {
@@ -835,7 +864,7 @@ impl Dialplan {
                 op, results, args, ..
             } => {
                 if op == "notify" {
-                    let known = crate::sms::messages::MESSAGES.iter().map(|m| m.0);
+                    let known = catalog.messages.iter().copied();
                     let msg = args.get("message").and_then(|v| literal(v));
                     if !msg.is_some_and(|m| known.clone().any(|k| k == m)) {
                         err(
@@ -1018,28 +1047,25 @@ pub struct Dialplans {
 }
 
 impl Dialplans {
-    pub fn load_dir(
-        dir: &Path,
-        has_prompt: &dyn Fn(&str, &str) -> bool,
-    ) -> Result<Dialplans, Vec<DialplanError>> {
+    pub fn load_dir(dir: &Path, catalog: &Catalog) -> Result<Dialplans, Vec<DialplanError>> {
         let io = |e: std::io::Error| {
             vec![DialplanError::Io {
                 file: dir.to_path_buf(),
                 reason: e.to_string(),
             }]
         };
-        let files = crate::textfile::toml_files(dir).map_err(io)?;
-        Self::load_files(&files, has_prompt)
+        let files = topup_values::textfile::toml_files(dir).map_err(io)?;
+        Self::load_files(&files, catalog)
     }
 
     pub fn load_files(
         files: &[PathBuf],
-        has_prompt: &dyn Fn(&str, &str) -> bool,
+        catalog: &Catalog,
     ) -> Result<Dialplans, Vec<DialplanError>> {
         let mut plans = vec![];
         let mut errors = vec![];
         for f in files {
-            match Dialplan::load(f, has_prompt) {
+            match Dialplan::load(f, catalog) {
                 Ok(p) => plans.push(std::sync::Arc::new(p)),
                 Err(e) => errors.extend(e),
             }
@@ -1090,14 +1116,16 @@ impl Dialplans {
 mod tests {
     use super::*;
 
-    pub(crate) const ECHO: &str = include_str!("../../dialplans/echo.toml");
+    pub(crate) const ECHO: &str = include_str!("../../../dialplans/echo.toml");
 
-    fn any_prompt(_: &str, _: &str) -> bool {
-        true
-    }
+    /// Every prompt, and one SMS message name.
+    const CATALOG: Catalog = Catalog {
+        has_prompt: &every_prompt,
+        messages: &["call_no_funds"],
+    };
 
     fn errors(text: &str) -> Vec<String> {
-        Dialplan::parse(Path::new("t.toml"), text, &any_prompt)
+        Dialplan::parse(Path::new("t.toml"), text, &CATALOG)
             .err()
             .unwrap_or_default()
             .iter()
@@ -1107,7 +1135,7 @@ mod tests {
 
     #[test]
     fn the_shipped_echo_plan_loads() {
-        let p = Dialplan::parse(Path::new("echo.toml"), ECHO, &any_prompt).unwrap();
+        let p = Dialplan::parse(Path::new("echo.toml"), ECHO, &CATALOG).unwrap();
         assert_eq!(p.numbers, ["echo"]);
         assert!(p.record_digits);
         assert_eq!(p.languages, ["en"]);
@@ -1142,10 +1170,9 @@ mod tests {
             "language = \"en\"",
             "language = \"en\"\nlanguages = [\"en\", \"es\"]",
         );
-        let errs = Dialplan::parse(Path::new("e.toml"), &text, &|lang, name| {
-            !(lang == "es" && name == "goodbye")
-        })
-        .unwrap_err();
+        let has_prompt = |lang: &str, name: &str| !(lang == "es" && name == "goodbye");
+        let errs = Dialplan::parse(Path::new("e.toml"), &text, &Catalog::new(&has_prompt, &[]))
+            .unwrap_err();
         assert!(errs.iter().any(|e| {
             e.to_string()
                 .contains("prompt `goodbye` does not exist in language `es`")
@@ -1245,14 +1272,14 @@ kind = "hangup"
 
     #[test]
     fn routing_prefers_a_plan_for_the_callers_prefix() {
-        let a = Dialplan::parse(Path::new("a.toml"), MINI, &any_prompt).unwrap();
+        let a = Dialplan::parse(Path::new("a.toml"), MINI, &CATALOG).unwrap();
         let b = Dialplan::parse(
             Path::new("b.toml"),
             &MINI.replace(
                 "numbers = [\"t\"]",
                 "numbers = [\"t\"]\ncallers = [\"+52\"]",
             ),
-            &any_prompt,
+            &CATALOG,
         )
         .unwrap();
         let plans = Dialplans {

@@ -6,4 +6,4 @@ pub mod model;
 pub mod say;
 
 pub use interpreter::{CallAction, CallEvent, Interpreter, PromptRef};
-pub use model::{Dialplan, DialplanError, Dialplans};
+pub use model::{Catalog, Dialplan, DialplanError, Dialplans};

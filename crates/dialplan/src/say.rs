@@ -9,7 +9,7 @@
 //! - Vietnamese: "hai mươi mốt" (21), "mười lăm" / "hai mươi lăm" (15, 25), "một trăm linh năm"
 //!   (105), "năm mươi nghìn đồng" (50 000 dong).
 
-use crate::topup::money::Money;
+use topup_values::money::Money;
 
 /// Languages with a complete grammar here.
 pub const LANGUAGES: [&str; 3] = ["en", "es", "vi"];
@@ -313,8 +313,8 @@ pub fn money(lang: &str, m: Money) -> Vec<String> {
 /// Says each key: "digit-1", "star", "pound", "letter-a".
 pub fn digits(s: &str) -> Vec<String> {
     s.chars()
-        .filter_map(crate::media::dtmf::Digit::from_char)
-        .map(|d| crate::dialplan::model::say_prompt(d).to_string())
+        .filter_map(topup_media::dtmf::Digit::from_char)
+        .map(|d| crate::model::say_prompt(d).to_string())
         .collect()
 }
 
