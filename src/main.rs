@@ -351,12 +351,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOPUP_IVR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match cfg.log_format {
+    match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
@@ -368,7 +368,7 @@ async fn dialplan(command: DialplanCommand) -> Result<()> {
     use topup_ivr::media::prompts::PromptStore;
     use topup_ivr::sms::messages::NAMES;
     let load_prompts = |cfg: &Config| -> Result<PromptStore> {
-        Ok(PromptStore::load(&cfg.prompts_dir, Default::default())?)
+        Ok(PromptStore::load(&cfg.paths.prompts, Default::default())?)
     };
     let load_plan = |file: &PathBuf, prompts: &PromptStore| -> Result<Dialplan> {
         let has = |l: &str, n: &str| prompts.get(l, n).is_some();
@@ -388,7 +388,7 @@ async fn dialplan(command: DialplanCommand) -> Result<()> {
             let prompts = load_prompts(&cfg)?;
             let has = |l: &str, n: &str| prompts.get(l, n).is_some();
             let plans = if files.is_empty() {
-                Dialplans::load_dir(&cfg.dialplans_dir, &Catalog::new(&has, &NAMES))
+                Dialplans::load_dir(&cfg.paths.dialplans, &Catalog::new(&has, &NAMES))
             } else {
                 Dialplans::load_files(&files, &Catalog::new(&has, &NAMES))
             };
@@ -445,9 +445,9 @@ async fn dialplan(command: DialplanCommand) -> Result<()> {
                     topup_ivr::topup::secrets::Pepper::new(
                         hex::encode(rand::random::<[u8; 16]>()).as_bytes(),
                     )?,
-                    cfg.auth,
+                    cfg.security.auth,
                 )
-                .with_call_limits(cfg.calling_limits.clone());
+                .with_call_limits(cfg.calling.limits.clone());
                 core.seed_demo(topup_ivr::topup::books::now_ms()).await?;
                 let adapters = topup_ivr::topup::adapters::Adapters::new();
                 let sim = topup_ivr::simulate::Simulation {
@@ -603,8 +603,10 @@ async fn run(cli: Cli) -> Result<()> {
             command: PromptsCommand::Check(args),
         } => {
             let cfg = args.load()?;
-            let store =
-                topup_ivr::media::prompts::PromptStore::load(&cfg.prompts_dir, Default::default())?;
+            let store = topup_ivr::media::prompts::PromptStore::load(
+                &cfg.paths.prompts,
+                Default::default(),
+            )?;
             let mut langs: Vec<&str> = store.languages().collect();
             langs.sort();
             println!("ok: {} prompts in {}", store.len(), langs.join(", "));

@@ -142,7 +142,7 @@ impl Shared {
     }
 
     pub fn active_calls(&self) -> usize {
-        self.cfg.max_calls - self.calls.available_permits()
+        self.cfg.sip.max_calls - self.calls.available_permits()
     }
 }
 
@@ -204,10 +204,10 @@ pub fn load_content(cfg: &Config) -> Result<(PromptStore, Dialplans), ServeError
         .freeswitch
         .as_ref()
         .is_some_and(|f| f.sample_rate == 16000);
-    let prompts = PromptStore::load(&cfg.prompts_dir, LoadOptions { wideband })?;
+    let prompts = PromptStore::load(&cfg.paths.prompts, LoadOptions { wideband })?;
     let has_prompt = |lang: &str, name: &str| prompts.get(lang, name).is_some();
     let dialplans = Dialplans::load_dir(
-        &cfg.dialplans_dir,
+        &cfg.paths.dialplans,
         &Catalog::new(&has_prompt, &crate::sms::messages::NAMES),
     )
     .map_err(ServeError::Dialplans)?;
@@ -224,10 +224,11 @@ pub async fn open_core(cfg: &Config) -> Result<Core, ServeError> {
 pub async fn open_core_and_texts(cfg: &Config) -> Result<(Core, Option<SmsTexts>), ServeError> {
     let db = match &cfg.database_url {
         Some(url) => Db::connect(url).await?,
-        None => Db::open(&cfg.data_dir).await?,
+        None => Db::open(&cfg.paths.data_dir).await?,
     };
-    let pepper = Pepper::load(&cfg.pin_pepper_file)?;
-    let core = Core::new(db, pepper, cfg.auth).with_call_limits(cfg.calling_limits.clone());
+    let pepper = Pepper::load(&cfg.security.pin_pepper_file)?;
+    let core =
+        Core::new(db, pepper, cfg.security.auth).with_call_limits(cfg.calling.limits.clone());
     Ok(match load_sms(cfg)? {
         Some(m) => {
             let texts = Live::new(m);
@@ -248,7 +249,7 @@ pub fn load_sms(cfg: &Config) -> Result<Option<crate::sms::messages::Messages>, 
 
 /// The SMS texts and keywords of `paths.sms`, checked (also for `sms check`).
 pub fn sms_messages(cfg: &Config) -> Result<crate::sms::messages::Messages, ServeError> {
-    crate::sms::messages::Messages::load_dir(&cfg.sms_dir, &cfg.sms.language)
+    crate::sms::messages::Messages::load_dir(&cfg.paths.sms, &cfg.sms.language)
         .map_err(ServeError::Sms)
 }
 
@@ -265,11 +266,11 @@ fn content_signature(
     cfg: &Config,
 ) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
     let mut out = vec![];
-    let mut dirs = vec![cfg.dialplans_dir.clone()];
+    let mut dirs = vec![cfg.paths.dialplans.clone()];
     if cfg.sms.enabled() {
-        dirs.push(cfg.sms_dir.clone());
+        dirs.push(cfg.paths.sms.clone());
     }
-    if let Ok(langs) = std::fs::read_dir(&cfg.prompts_dir) {
+    if let Ok(langs) = std::fs::read_dir(&cfg.paths.prompts) {
         dirs.extend(langs.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
     }
     for d in dirs {
@@ -288,7 +289,7 @@ fn content_signature(
 /// started with.
 async fn reload_loop(shared: Arc<Shared>) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let every = shared.cfg.reload_every;
+    let every = shared.cfg.paths.reload_every;
     let mut last = content_signature(&shared.cfg);
     loop {
         let forced = tokio::select! {
@@ -367,38 +368,38 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
     // in the first caller's silence.
     let _ = crate::topup::numbers::parse_number("+12015550100");
     let (core, sms_texts) = open_core_and_texts(&cfg).await?;
-    if cfg.demo && core.seed_demo(now_ms()).await? {
+    if cfg.topups.demo && core.seed_demo(now_ms()).await? {
         info!("seeded the demo carriers, accounts and cards (see README)");
     }
     let store: Store = core.db.clone();
-    let sip_socket = UdpSocket::bind(cfg.sip_listen)
+    let sip_socket = UdpSocket::bind(cfg.sip.listen)
         .await
         .map_err(|source| ServeError::Bind {
             what: "SIP",
-            addr: cfg.sip_listen,
+            addr: cfg.sip.listen,
             source,
         })?;
-    let http = tokio::net::TcpListener::bind(cfg.http_listen)
+    let http = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .map_err(|source| ServeError::Bind {
             what: "HTTP",
-            addr: cfg.http_listen,
+            addr: cfg.http.listen,
             source,
         })?;
-    let sip_local = sip_socket.local_addr().unwrap_or(cfg.sip_listen);
+    let sip_local = sip_socket.local_addr().unwrap_or(cfg.sip.listen);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(Shutdown::Running);
     let endpoint = Endpoint::new(
         EndpointConfig {
-            local_addr: SocketAddr::new(cfg.advertise, sip_local.port()),
-            user_agent: cfg.user_agent.clone(),
-            tsx: cfg.tsx,
+            local_addr: SocketAddr::new(cfg.sip.advertise, sip_local.port()),
+            user_agent: cfg.sip.user_agent.clone(),
+            tsx: cfg.sip.tsx,
         },
         rand::random(),
     );
     let shared = Arc::new(Shared {
-        ports: PortPool::new(cfg.rtp_ports),
-        calls: Arc::new(Semaphore::new(cfg.max_calls)),
+        ports: PortPool::new(cfg.rtp.ports),
+        calls: Arc::new(Semaphore::new(cfg.sip.max_calls)),
         calls_total: AtomicU64::new(0),
         sms_links: Default::default(),
         asterisk_up: Default::default(),
@@ -433,7 +434,10 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
 
     let transport = tokio::spawn(Transport::new(sip_socket, endpoint, shared.clone()).run());
     let http_task = tokio::spawn(crate::http::serve(http, shared.clone()));
-    let reconciler = tokio::spawn(reconcile_loop(shared.clone(), shared.cfg.reconcile_every));
+    let reconciler = tokio::spawn(reconcile_loop(
+        shared.clone(),
+        shared.cfg.topups.reconcile_every,
+    ));
     let reloader = tokio::spawn(reload_loop(shared.clone()));
     let sms = tokio::spawn(crate::sms::gateway::run(shared.clone()));
     let asterisk = tokio::spawn(crate::telephony::asterisk::run(shared.clone()));
@@ -447,7 +451,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
         "shutting down: refusing new calls"
     );
     let _ = shutdown_tx.send(Shutdown::Draining);
-    let grace = shared.cfg.shutdown_grace;
+    let grace = shared.cfg.calls.shutdown_grace;
     if !wait_idle(&shared, grace).await {
         warn!(
             active = shared.active_calls(),
@@ -534,7 +538,7 @@ fn release_free_memory() {
 /// stored), at most `limit`. New calls are refused by then (shutdown state), so taking every
 /// permit is the moment the last call ends, not a poll.
 async fn wait_idle(shared: &Shared, limit: Duration) -> bool {
-    let all = u32::try_from(shared.cfg.max_calls).unwrap_or(u32::MAX);
+    let all = u32::try_from(shared.cfg.sip.max_calls).unwrap_or(u32::MAX);
     tokio::time::timeout(limit, shared.calls.acquire_many(all))
         .await
         .is_ok_and(|permits| permits.is_ok())
@@ -587,20 +591,24 @@ pub fn fit_descriptors(cfg: &mut crate::config::Config) -> Vec<String> {
         }
         limit.rlim_cur
     };
-    let (calls, http) = fit(soft, cfg.max_calls as u64, cfg.http_max_connections as u64);
-    if http < cfg.http_max_connections as u64 {
+    let (calls, http) = fit(
+        soft,
+        cfg.sip.max_calls as u64,
+        cfg.http.max_connections as u64,
+    );
+    if http < cfg.http.max_connections as u64 {
         warnings.push(format!(
             "open files limit {soft}: http.max_connections lowered from {} to {http} so calls keep their descriptors",
-            cfg.http_max_connections
+            cfg.http.max_connections
         ));
-        cfg.http_max_connections = http as usize;
+        cfg.http.max_connections = http as usize;
     }
-    if calls < cfg.max_calls as u64 {
+    if calls < cfg.sip.max_calls as u64 {
         warnings.push(format!(
             "open files limit {soft}: calls.max lowered from {} to {calls} (raise the limit, e.g. LimitNOFILE= in systemd)",
-            cfg.max_calls
+            cfg.sip.max_calls
         ));
-        cfg.max_calls = calls as usize;
+        cfg.sip.max_calls = calls as usize;
     }
     warnings
 }

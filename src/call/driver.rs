@@ -200,7 +200,7 @@ pub async fn drive<E: Edge>(
     let mut hangup_deadline: Option<Instant> = None;
     let mut buf = vec![0u8; 2048];
     let started = Instant::now();
-    let max_end = started + cfg.max_call_duration;
+    let max_end = started + cfg.calls.max_duration;
     session.start(started);
 
     let reason = 'call: loop {
@@ -361,7 +361,7 @@ async fn dial<E: Edge>(
     let now_ms = crate::topup::books::now_ms;
     let budget = match shared
         .core
-        .reserve_call(&id, caller, &e164, cfg.max_call_duration, now_ms())
+        .reserve_call(&id, caller, &e164, cfg.calls.max_duration, now_ms())
         .await
     {
         Ok(b) => b,
@@ -394,9 +394,9 @@ async fn dial<E: Edge>(
     edge.send(Instant::now(), placing).await;
     let mut clock = PaidCall::new(
         Instant::now(),
-        cfg.calling_ring_timeout,
+        cfg.calling.ring_timeout,
         budget.max,
-        cfg.calling_warning_before,
+        cfg.calling.warning_before,
     );
     let result = |code: &str, talk: Duration, cost: String| {
         Ok((

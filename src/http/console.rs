@@ -193,7 +193,7 @@ async fn login(
                 .succeeded(&l.username);
             tracing::info!(agent = %who, %source, "agent logged in");
             // Path=/: the staff pages use the same login.
-            let secure = if s.cfg.http_secure_cookies {
+            let secure = if s.cfg.http.secure_cookies {
                 "; Secure"
             } else {
                 ""

@@ -113,8 +113,8 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
     let app = router(shared.clone());
-    let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.http_max_connections));
-    let header_timeout = shared.cfg.http_header_timeout;
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.http.max_connections));
+    let header_timeout = shared.cfg.http.header_timeout;
     let mut full_logged = false;
     loop {
         let accepted = tokio::select! {
@@ -135,7 +135,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             metrics::counter!("topup_ivr_http_connections_refused_total").increment(1);
             if !full_logged {
                 tracing::warn!(
-                    max = shared.cfg.http_max_connections,
+                    max = shared.cfg.http.max_connections,
                     "HTTP connections at http.max_connections: new ones are closed"
                 );
                 full_logged = true;
@@ -205,7 +205,7 @@ async fn health(State(s): State<Arc<Shared>>) -> (StatusCode, Json<serde_json::V
         Json(json!({
             "status": status,
             "active_calls": s.active_calls(),
-            "max_calls": s.cfg.max_calls,
+            "max_calls": s.cfg.sip.max_calls,
             "calls_total": s.calls_total.load(Ordering::Relaxed),
             "services": s.dialplans().plans().iter().map(|p| p.service.clone()).collect::<Vec<_>>(),
             "smsc": s.sms_links.read().map(|l| l.clone()).unwrap_or_default(),

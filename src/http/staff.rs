@@ -84,7 +84,7 @@ async fn overview(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
         "calls": {
             "active": s.active_calls(),
             "by_service": s.active_by_service.lock().map(|m| m.clone()).unwrap_or_default(),
-            "max": s.cfg.max_calls,
+            "max": s.cfg.sip.max_calls,
             "total": s.calls_total.load(Ordering::Relaxed),
         },
         "nodes": nodes,

@@ -482,7 +482,7 @@ async fn run_leg(
         return "failure";
     }
     let answered_at = crate::call::timestamp();
-    let inband = t.shared.cfg.inband_dtmf == crate::config::InbandDtmf::Always;
+    let inband = t.shared.cfg.rtp.inband_dtmf == crate::config::InbandDtmf::Always;
     let call = EdgeCall {
         call_id: caller_id.clone(),
         caller,
@@ -919,8 +919,8 @@ async fn open_media(t: &CallTask, format: &str, st: &mut Cleanup) -> Result<Medi
             })
         }
         AriMedia::Rtp => {
-            let socket = t.shared.ports.bind(t.shared.cfg.advertise).await?;
-            let ours = SocketAddr::new(t.shared.cfg.advertise, socket.local_addr()?.port());
+            let socket = t.shared.ports.bind(t.shared.cfg.sip.advertise).await?;
+            let ours = SocketAddr::new(t.shared.cfg.sip.advertise, socket.local_addr()?.port());
             let asterisk = t
                 .ari
                 .external_media_rtp(&t.cfg.app, &t.media_id, ours, format)
@@ -957,7 +957,8 @@ async fn originate(
     let ring = t
         .shared
         .cfg
-        .calling_ring_timeout
+        .calling
+        .ring_timeout
         .as_secs()
         .max(1)
         .to_string();

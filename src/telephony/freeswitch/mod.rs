@@ -582,7 +582,7 @@ async fn run_leg(
         codec: call.codec,
         payload,
         lead: PLAYOUT_LEAD,
-        inband: shared.cfg.inband_dtmf == crate::config::InbandDtmf::Always,
+        inband: shared.cfg.rtp.inband_dtmf == crate::config::InbandDtmf::Always,
         can_dial: cfg.calling_gateway.is_some(),
     };
     // Events that come while the call is set up (keys typed ahead), for the call once it runs.
@@ -644,7 +644,7 @@ async fn run_leg(
         inband: edge_call.inband,
         wide: cfg.sample_rate == 16000,
         can_dial: edge_call.can_dial,
-        ring_timeout: shared.cfg.calling_ring_timeout,
+        ring_timeout: shared.cfg.calling.ring_timeout,
         callee: None,
         streamed: 0,
         check_deadline: None,

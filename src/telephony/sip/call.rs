@@ -97,7 +97,7 @@ async fn set_up(
     let offered = if incoming.offer.trim_ascii().is_empty() {
         None
     } else {
-        match sdp::negotiate(&incoming.offer, &cfg.codecs) {
+        match sdp::negotiate(&incoming.offer, &cfg.sip.codecs) {
             Ok(n) => Some(n),
             Err(e) => {
                 info!(error = %e, "offer refused");
@@ -106,7 +106,7 @@ async fn set_up(
             }
         }
     };
-    let socket = match shared.ports.bind(cfg.advertise).await {
+    let socket = match shared.ports.bind(cfg.sip.advertise).await {
         Ok(s) => s,
         Err(e) if crate::server::is_out_of_descriptors(&e) => {
             tracing::error!(
@@ -123,9 +123,9 @@ async fn set_up(
     };
     let local_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
 
-    if !cfg.answer_delay.is_zero() {
+    if !cfg.sip.answer_delay.is_zero() {
         send(SipCommand::Ring(call)).await;
-        let ring = tokio::time::sleep(cfg.answer_delay);
+        let ring = tokio::time::sleep(cfg.sip.answer_delay);
         tokio::pin!(ring);
         loop {
             tokio::select! {
@@ -142,10 +142,10 @@ async fn set_up(
     let session_id: u64 = rand::random::<u32>() as u64;
     let sdp_version = 1u64;
     let body = match &offered {
-        Some(n) => sdp::write_answer(n, cfg.advertise, local_port, session_id, sdp_version),
+        Some(n) => sdp::write_answer(n, cfg.sip.advertise, local_port, session_id, sdp_version),
         None => sdp::write_offer(
-            &cfg.codecs,
-            cfg.advertise,
+            &cfg.sip.codecs,
+            cfg.sip.advertise,
             local_port,
             session_id,
             sdp_version,
@@ -165,7 +165,7 @@ async fn set_up(
     };
     let negotiated = match offered {
         Some(n) => n,
-        None => match ack_answer.map(|a| sdp::negotiate(&a, &cfg.codecs)) {
+        None => match ack_answer.map(|a| sdp::negotiate(&a, &cfg.sip.codecs)) {
             Some(Ok(n)) => n,
             refused => {
                 // RFC 3261 §13.3.1.4: an ACK without an acceptable answer ends the call.
@@ -180,12 +180,12 @@ async fn set_up(
         },
     };
     record.cdr.codec = Some(negotiated.codec.name().to_string());
-    let media = media_params(&negotiated, cfg.inband_dtmf);
+    let media = media_params(&negotiated, cfg.rtp.inband_dtmf);
     let now = Instant::now();
     // Where media may come from and where ours goes (see media::peer).
     let peer = RtpPeer::new(
         now,
-        cfg.rtp_source,
+        cfg.rtp.source,
         SocketAddr::new(negotiated.remote_addr, negotiated.remote_port),
         Some(incoming.source.ip()),
     );
@@ -263,16 +263,16 @@ impl SipEdge {
             }
             SipEvent::Reoffer { offer, .. } => {
                 let cfg = &self.shared.cfg;
-                match sdp::negotiate(&offer, &cfg.codecs) {
+                match sdp::negotiate(&offer, &cfg.sip.codecs) {
                     Ok(n) => {
                         self.sdp_version += 1;
-                        self.media = media_params(&n, cfg.inband_dtmf);
+                        self.media = media_params(&n, cfg.rtp.inband_dtmf);
                         let now = Instant::now();
                         self.peer
                             .set_sdp(now, SocketAddr::new(n.remote_addr, n.remote_port));
                         let answer = sdp::write_answer(
                             &n,
-                            cfg.advertise,
+                            cfg.sip.advertise,
                             self.local_port,
                             self.session_id,
                             self.sdp_version,
@@ -343,8 +343,8 @@ impl SipEdge {
     /// Places the outbound leg to the calling gateway.
     async fn place(&mut self, number: String, caller: String) -> Result<OutLeg, ()> {
         let cfg = &self.shared.cfg;
-        let gateway = cfg.calling_gateway.ok_or(())?;
-        let socket = match self.shared.ports.bind(cfg.advertise).await {
+        let gateway = cfg.calling.gateway.ok_or(())?;
+        let socket = match self.shared.ports.bind(cfg.sip.advertise).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "no RTP port for the outbound leg");
@@ -352,7 +352,7 @@ impl SipEdge {
             }
         };
         let offer = Negotiated {
-            remote_addr: cfg.advertise,
+            remote_addr: cfg.sip.advertise,
             remote_port: 0,
             codec: self.media.codec,
             // Offer the caller's event payload type, so events relay unchanged.
@@ -360,7 +360,13 @@ impl SipEdge {
             direction: Direction::SendRecv,
         };
         let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-        let sdp = sdp::write_answer(&offer, cfg.advertise, port, rand::random::<u32>() as u64, 1);
+        let sdp = sdp::write_answer(
+            &offer,
+            cfg.sip.advertise,
+            port,
+            rand::random::<u32>() as u64,
+            1,
+        );
         let (reply, handle) = oneshot::channel();
         self.command(SipCommand::Invite {
             peer: gateway,
@@ -460,7 +466,7 @@ impl Edge for SipEdge {
     /// The caller is expected to send RTP unless the stream is on hold the other way (not
     /// checked while joined with a callee).
     fn poll_timeout(&self) -> Option<Instant> {
-        (self.out.is_none() && self.media.send).then(|| self.last_rtp + self.shared.cfg.rtp_timeout)
+        (self.out.is_none() && self.media.send).then(|| self.last_rtp + self.shared.cfg.rtp.timeout)
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Option<String> {
@@ -506,7 +512,7 @@ impl Edge for SipEdge {
     }
 
     fn can_dial(&self) -> bool {
-        self.shared.cfg.calling_gateway.is_some()
+        self.shared.cfg.calling.gateway.is_some()
     }
 }
 

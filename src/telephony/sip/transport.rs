@@ -58,7 +58,7 @@ impl Transport {
         Transport {
             socket,
             endpoint,
-            sources: SourceGuard::new(shared.cfg.per_source.clone()),
+            sources: SourceGuard::new(shared.cfg.sip.per_source.clone()),
             shared,
             routes: HashMap::new(),
             commands_tx,
