@@ -24,7 +24,10 @@ impl Core {
         match outcome {
             Outcome::Succeeded { carrier_ref } => {
                 for t in &transfer_ids {
-                    if crate::topup::books::transfer_by_id(&mut tx, t).await?.is_some() {
+                    if crate::topup::books::transfer_by_id(&mut tx, t)
+                        .await?
+                        .is_some()
+                    {
                         post(&mut tx, t, now).await?;
                     }
                 }
@@ -49,7 +52,10 @@ impl Core {
             }
             Outcome::Failed { reason } => {
                 for t in &transfer_ids {
-                    if crate::topup::books::transfer_by_id(&mut tx, t).await?.is_some() {
+                    if crate::topup::books::transfer_by_id(&mut tx, t)
+                        .await?
+                        .is_some()
+                    {
                         void(&mut tx, t, now).await?;
                     }
                 }
