@@ -31,7 +31,8 @@ use super::messages::Messages;
 use super::outbox::{ReceiptResult, retry_at};
 use super::service::{Commands, Mo};
 use super::session::{
-    Event, Incoming, Session, SessionConfig, Submit, SubmitId, is_temporary, status, status_name,
+    CommandStatus, Event, Incoming, Session, SessionConfig, Submit, SubmitId, is_temporary,
+    status_name,
 };
 use super::text::{self, Reassembler};
 use crate::config::{SmsConfig, SmscConfig};
@@ -131,7 +132,7 @@ enum LinkCmd {
     Respond {
         generation: u64,
         seq: u32,
-        status: u32,
+        status: CommandStatus,
     },
     Unbind,
 }
@@ -529,7 +530,7 @@ impl Gateway {
         let name = link.cfg.name.clone();
         let respond = {
             let tx = link.tx.clone();
-            move |status: u32| {
+            move |status: CommandStatus| {
                 let _ = tx.send(LinkCmd::Respond {
                     generation,
                     seq: m.seq,
@@ -540,11 +541,11 @@ impl Gateway {
         if m.is_receipt() {
             let Some(r) = parse_receipt(&m) else {
                 warn!(smsc = %name, "a delivery receipt without a message id; acknowledged");
-                respond(status::OK);
+                respond(CommandStatus::EsmeRok);
                 return;
             };
             let Some(delivered) = r.delivered else {
-                respond(status::OK);
+                respond(CommandStatus::EsmeRok);
                 return;
             };
             match self
@@ -555,16 +556,16 @@ impl Gateway {
             {
                 Ok(ReceiptResult::Applied { outbox_id, state }) => {
                     info!(id = %outbox_id, state = %state, status = %r.status, "delivery receipt");
-                    respond(status::OK)
+                    respond(CommandStatus::EsmeRok)
                 }
                 Ok(ReceiptResult::Unknown) => {
                     debug!(smsc = %name, message_id = %r.message_id, "receipt for a message we do not know");
-                    respond(status::OK)
+                    respond(CommandStatus::EsmeRok)
                 }
                 // The SMSC keeps the receipt and delivers it again.
                 Err(e) => {
                     warn!(error = %e, "cannot record a delivery receipt");
-                    respond(0x64)
+                    respond(CommandStatus::EsmeRxTAppn)
                 }
             }
             return;
@@ -576,7 +577,7 @@ impl Gateway {
             .handle_part(now, &format!("{name}/{sender}"), decoded)
         else {
             // A part of a longer message: held until the rest arrives.
-            respond(status::OK);
+            respond(CommandStatus::EsmeRok);
             return;
         };
         let smsc_id = mo_id(&m, self.cfg.mo_id_tlv);
@@ -602,7 +603,7 @@ impl Gateway {
                 Ok(mo) => mo,
                 Err(e) => {
                     error!(%smsc, error = %e, "SMS command not recorded; the SMSC will deliver it again");
-                    respond(0x64);
+                    respond(CommandStatus::EsmeRxTAppn);
                     return;
                 }
             };
@@ -615,11 +616,11 @@ impl Gateway {
             match commands.handle(&mo, now_ms()).await {
                 Ok(outcome) => {
                     info!(id = %mo.id, outcome = %outcome, "SMS command answered");
-                    respond(status::OK)
+                    respond(CommandStatus::EsmeRok)
                 }
                 Err(e) => {
                     error!(id = %mo.id, error = %e, "SMS command not recorded; the SMSC will deliver it again");
-                    respond(0x64)
+                    respond(CommandStatus::EsmeRxTAppn)
                 }
             }
         });

@@ -18,6 +18,8 @@ use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
 
 use bytes::{Buf, BufMut, BytesMut};
+/// SMPP command statuses (SMPP 3.4 §5.1.3), as rusmpp names them.
+pub use rusmpp::CommandStatus;
 use rusmpp::decode::DecodeWithLength;
 use rusmpp::encode::{Encode, Length};
 use rusmpp::pdus::{BindTransceiver, DeliverSmResp, SubmitSm};
@@ -26,65 +28,37 @@ use rusmpp::types::{COctetString, OctetString};
 use rusmpp::values::{
     DataCoding, EsmClass, InterfaceVersion, Npi, RegisteredDelivery, ServiceType, Ton,
 };
-use rusmpp::{Command, CommandStatus, Pdu};
+use rusmpp::{Command, Pdu};
 
-/// Command status values the session acts on (SMPP 3.4 §5.1.3).
-pub mod status {
-    pub const OK: u32 = 0x0000_0000;
-    pub const INVALID_MSG_LENGTH: u32 = 0x0000_0001;
-    pub const INVALID_CMD_LENGTH: u32 = 0x0000_0002;
-    pub const INVALID_CMD_ID: u32 = 0x0000_0003;
-    pub const SYSTEM_ERROR: u32 = 0x0000_0008;
-    pub const INVALID_SOURCE: u32 = 0x0000_000A;
-    pub const INVALID_DESTINATION: u32 = 0x0000_000B;
-    pub const BIND_FAILED: u32 = 0x0000_000D;
-    pub const INVALID_PASSWORD: u32 = 0x0000_000E;
-    pub const INVALID_SYSTEM_ID: u32 = 0x0000_000F;
-    pub const QUEUE_FULL: u32 = 0x0000_0014;
-    pub const THROTTLED: u32 = 0x0000_0058;
-    pub const SUBMIT_FAILED: u32 = 0x0000_0045;
-    pub const DELIVERY_FAILURE: u32 = 0x0000_00FE;
-    pub const UNKNOWN_ERROR: u32 = 0x0000_00FF;
-}
-
-/// The SMPP name of a command status, for logs and `sms show`.
-pub fn status_name(s: u32) -> String {
-    let name = match s {
-        status::OK => "ESME_ROK",
-        status::INVALID_MSG_LENGTH => "ESME_RINVMSGLEN",
-        status::INVALID_CMD_LENGTH => "ESME_RINVCMDLEN",
-        status::INVALID_CMD_ID => "ESME_RINVCMDID",
-        0x04 => "ESME_RINVBNDSTS",
-        0x05 => "ESME_RALYBND",
-        status::SYSTEM_ERROR => "ESME_RSYSERR",
-        status::INVALID_SOURCE => "ESME_RINVSRCADR",
-        status::INVALID_DESTINATION => "ESME_RINVDSTADR",
-        status::BIND_FAILED => "ESME_RBINDFAIL",
-        status::INVALID_PASSWORD => "ESME_RINVPASWD",
-        status::INVALID_SYSTEM_ID => "ESME_RINVSYSID",
-        status::QUEUE_FULL => "ESME_RMSGQFUL",
-        status::SUBMIT_FAILED => "ESME_RSUBMITFAIL",
-        0x53 => "ESME_RINVSYSTYP",
-        status::THROTTLED => "ESME_RTHROTTLED",
-        status::DELIVERY_FAILURE => "ESME_RDELIVERYFAILURE",
-        status::UNKNOWN_ERROR => "ESME_RUNKNOWNERR",
-        _ => return format!("status 0x{s:08X}"),
-    };
-    format!("{name} (0x{s:08X})")
+/// The SMPP name of a command status, for logs and `sms show`: `ESME_RTHROTTLED (0x00000058)`.
+pub fn status_name(s: CommandStatus) -> String {
+    let code = u32::from(s);
+    match s {
+        CommandStatus::Other(_) => format!("status 0x{code:08X}"),
+        // rusmpp names the statuses after the specification: `EsmeRthrottled`.
+        CommandStatus::EsmeRxTAppn => format!("ESME_RX_T_APPN (0x{code:08X})"),
+        CommandStatus::EsmeRxPAppn => format!("ESME_RX_P_APPN (0x{code:08X})"),
+        CommandStatus::EsmeRxRAppn => format!("ESME_RX_R_APPN (0x{code:08X})"),
+        named => {
+            let name = format!("{named:?}");
+            let rest = name.strip_prefix("Esme").unwrap_or(&name);
+            format!("ESME_{} (0x{code:08X})", rest.to_ascii_uppercase())
+        }
+    }
 }
 
 /// Whether a refused submission may succeed if tried again later (the SMSC's trouble, not
 /// the message's).
-pub fn is_temporary(s: u32) -> bool {
+pub fn is_temporary(s: CommandStatus) -> bool {
     matches!(
         s,
-        status::SYSTEM_ERROR
-            | status::QUEUE_FULL
-            | status::THROTTLED
-            | status::SUBMIT_FAILED
-            | status::DELIVERY_FAILURE
-            | status::UNKNOWN_ERROR
-            | 0x64 // ESME_RX_T_APPN: temporary application error
+        CommandStatus::EsmeRsyserr
+            | CommandStatus::EsmeRmsgqful
+            | CommandStatus::EsmeRthrottled
+            | CommandStatus::EsmeRsubmitfail
+            | CommandStatus::EsmeRdeliveryfailure
+            | CommandStatus::EsmeRunknownerr
+            | CommandStatus::EsmeRxTAppn
     )
 }
 
@@ -204,7 +178,7 @@ pub enum Event {
     Bound,
     /// The SMSC refused the bind; the session is closed.
     BindRefused {
-        status: u32,
+        status: CommandStatus,
     },
     Accepted {
         id: SubmitId,
@@ -213,11 +187,11 @@ pub enum Event {
     /// The SMSC refused the message (for a reason other than throttling).
     Refused {
         id: SubmitId,
-        status: u32,
+        status: CommandStatus,
     },
     /// The SMSC asked us to slow down: submissions pause until `resume_at`.
     Throttled {
-        status: u32,
+        status: CommandStatus,
         resume_at: i64,
     },
     /// The session ended before the SMSC accepted this submission: send it again later.
@@ -381,15 +355,11 @@ impl Session {
     }
 
     /// Answers a `deliver_sm`.
-    pub fn respond(&mut self, now: i64, seq: u32, status: u32) {
+    pub fn respond(&mut self, now: i64, seq: u32, status: CommandStatus) {
         if self.state == State::Closed {
             return;
         }
-        let cmd = Command::new(
-            CommandStatus::from(status),
-            seq,
-            DeliverSmResp::builder().build(),
-        );
+        let cmd = Command::new(status, seq, DeliverSmResp::builder().build());
         self.send(now, &cmd);
     }
 
@@ -427,7 +397,7 @@ impl Session {
                 } else {
                     0
                 };
-                self.generic_nack(now, seq, status::INVALID_CMD_LENGTH);
+                self.generic_nack(now, seq, CommandStatus::EsmeRinvcmdlen);
                 self.close(format!("unreadable PDU: command_length {len}"));
                 return;
             }
@@ -437,7 +407,8 @@ impl Session {
             let mut frame = self.rx.split_to(len);
             frame.advance(4);
             let id = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
-            let st = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            let st =
+                CommandStatus::from(u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]));
             let seq = u32::from_be_bytes([frame[8], frame[9], frame[10], frame[11]]);
             match Command::decode(&mut frame, len - 4) {
                 Ok((cmd, _)) => self.on_command(now, cmd),
@@ -446,12 +417,12 @@ impl Session {
         }
     }
 
-    fn on_undecodable(&mut self, now: i64, id: u32, st: u32, seq: u32, why: &str) {
+    fn on_undecodable(&mut self, now: i64, id: u32, st: CommandStatus, seq: u32, why: &str) {
         if id & 0x8000_0000 == 0 {
             self.events.push_back(Event::Protocol(format!(
                 "malformed request 0x{id:08X} (sequence {seq}): {why}; answered generic_nack"
             )));
-            self.generic_nack(now, seq, status::INVALID_CMD_LENGTH);
+            self.generic_nack(now, seq, CommandStatus::EsmeRinvcmdlen);
             return;
         }
         // A response whose body we cannot read: the header still says how it went.
@@ -463,7 +434,7 @@ impl Session {
 
     fn on_command(&mut self, now: i64, cmd: Command) {
         let seq = cmd.sequence_number();
-        let st = u32::from(cmd.status());
+        let st = cmd.status();
         let id = u32::from(cmd.id());
         match cmd.pdu() {
             Some(Pdu::BindTransceiverResp(_))
@@ -533,12 +504,12 @@ impl Session {
                 self.events.push_back(Event::Protocol(format!(
                     "unsupported request 0x{id:08X} (sequence {seq}); answered generic_nack"
                 )));
-                self.generic_nack(now, seq, status::INVALID_CMD_ID);
+                self.generic_nack(now, seq, CommandStatus::EsmeRinvcmdid);
             }
         }
     }
 
-    fn on_response(&mut self, now: i64, seq: u32, st: u32, message_id: Option<String>) {
+    fn on_response(&mut self, now: i64, seq: u32, st: CommandStatus, message_id: Option<String>) {
         let Some((what, _)) = self.pending.remove(&seq) else {
             self.events.push_back(Event::Protocol(format!(
                 "answer to an unknown request (sequence {seq}) ignored"
@@ -546,7 +517,7 @@ impl Session {
             return;
         };
         match what {
-            Pending::Bind if st == status::OK => {
+            Pending::Bind if st == CommandStatus::EsmeRok => {
                 self.state = State::Bound;
                 self.events.push_back(Event::Bound);
                 self.pump(now);
@@ -558,14 +529,14 @@ impl Session {
             Pending::Submit(id, m) => {
                 self.outstanding_submits -= 1;
                 match st {
-                    status::OK => {
+                    CommandStatus::EsmeRok => {
                         self.throttle_level = 0;
                         self.events.push_back(Event::Accepted {
                             id,
                             message_id: message_id.unwrap_or_default(),
                         });
                     }
-                    status::THROTTLED | status::QUEUE_FULL => {
+                    CommandStatus::EsmeRthrottled | CommandStatus::EsmeRmsgqful => {
                         let pause = (self.cfg.throttle_min_ms << self.throttle_level.min(16))
                             .min(self.cfg.throttle_max_ms);
                         self.throttle_level += 1;
@@ -618,8 +589,8 @@ impl Session {
         self.send(now, &cmd);
     }
 
-    fn generic_nack(&mut self, now: i64, seq: u32, st: u32) {
-        let cmd = Command::new(CommandStatus::from(st), seq, Pdu::GenericNack);
+    fn generic_nack(&mut self, now: i64, seq: u32, st: CommandStatus) {
+        let cmd = Command::new(st, seq, Pdu::GenericNack);
         self.send(now, &cmd);
     }
 
@@ -699,13 +670,13 @@ fn address(a: &str) -> (Ton, Npi, String) {
     }
 }
 
-fn submit_pdu(m: &Submit) -> Result<SubmitSm, u32> {
+fn submit_pdu(m: &Submit) -> Result<SubmitSm, CommandStatus> {
     let (ston, snpi, src) = address(&m.source);
     let (dton, dnpi, dst) = address(&m.destination);
-    let src = cstr::<1, 21>("source", &src).map_err(|_| status::INVALID_SOURCE)?;
-    let dst = cstr::<1, 21>("destination", &dst).map_err(|_| status::INVALID_DESTINATION)?;
-    let sm =
-        OctetString::from_vec(m.short_message.clone()).map_err(|_| status::INVALID_MSG_LENGTH)?;
+    let src = cstr::<1, 21>("source", &src).map_err(|_| CommandStatus::EsmeRinvsrcadr)?;
+    let dst = cstr::<1, 21>("destination", &dst).map_err(|_| CommandStatus::EsmeRinvdstadr)?;
+    let sm = OctetString::from_vec(m.short_message.clone())
+        .map_err(|_| CommandStatus::EsmeRinvmsglen)?;
     Ok(SubmitSm::builder()
         .service_type(ServiceType::default())
         .source_addr_ton(ston)
@@ -723,580 +694,4 @@ fn submit_pdu(m: &Submit) -> Result<SubmitSm, u32> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rusmpp::CommandId;
-    use rusmpp::pdus::{BindTransceiverResp, DeliverSm, SubmitSmResp};
-    use rusmpp::tlvs::MessageDeliveryRequestTlvValue;
-    use rusmpp::values::MessageState;
-
-    fn cfg() -> SessionConfig {
-        SessionConfig {
-            system_id: "topup".into(),
-            password: "secret".into(),
-            window: 2,
-            ..SessionConfig::default()
-        }
-    }
-
-    /// What the session sent, decoded as the SMSC would.
-    fn sent(s: &mut Session) -> Vec<Command> {
-        let mut out = vec![];
-        while let Some(b) = s.poll_transmit() {
-            let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            assert_eq!(len, b.len(), "length prefix");
-            let mut body = BytesMut::from(&b[4..]);
-            out.push(Command::decode(&mut body, len - 4).unwrap().0);
-        }
-        out
-    }
-
-    fn events(s: &mut Session) -> Vec<Event> {
-        std::iter::from_fn(|| s.poll_event()).collect()
-    }
-
-    fn resp(seq: u32, st: CommandStatus, pdu: impl Into<Pdu>) -> Vec<u8> {
-        encode(&Command::new(st, seq, pdu))
-    }
-
-    fn bound(now: i64) -> Session {
-        let mut s = Session::new(cfg(), now);
-        let bind = sent(&mut s);
-        s.handle_input(
-            now,
-            &resp(
-                bind[0].sequence_number(),
-                CommandStatus::EsmeRok,
-                BindTransceiverResp::builder()
-                    .system_id(COctetString::from_str("smsc").unwrap())
-                    .build(),
-            ),
-        );
-        assert_eq!(events(&mut s), vec![Event::Bound]);
-        s
-    }
-
-    fn msg(to: &str) -> Submit {
-        Submit {
-            source: "RECHARGE".into(),
-            destination: to.into(),
-            esm_class: 0,
-            data_coding: 0,
-            short_message: b"hello".to_vec(),
-            receipt: true,
-        }
-    }
-
-    fn accept(s: &mut Session, now: i64, c: &Command, id: &str) {
-        s.handle_input(
-            now,
-            &resp(
-                c.sequence_number(),
-                CommandStatus::EsmeRok,
-                SubmitSmResp::builder()
-                    .message_id(COctetString::from_str(id).unwrap())
-                    .build(),
-            ),
-        );
-    }
-
-    #[test]
-    fn binds_as_a_transceiver_with_the_configured_credentials() {
-        let mut s = Session::new(cfg(), 0);
-        let c = sent(&mut s);
-        assert_eq!(c.len(), 1);
-        let Some(Pdu::BindTransceiver(b)) = c[0].pdu() else {
-            panic!("{c:?}")
-        };
-        assert_eq!(b.system_id.as_str(), "topup");
-        assert_eq!(b.password.as_str(), "secret");
-        assert_eq!(u8::from(b.interface_version), 0x34);
-        assert_eq!(s.state(), State::Binding);
-        assert_eq!(s.capacity(), 0, "nothing is taken before the bind");
-    }
-
-    #[test]
-    fn a_refused_bind_names_the_reason_and_closes() {
-        let mut s = Session::new(cfg(), 0);
-        let c = sent(&mut s);
-        s.handle_input(
-            5,
-            &resp(
-                c[0].sequence_number(),
-                CommandStatus::EsmeRinvpaswd,
-                BindTransceiverResp::default(),
-            ),
-        );
-        let ev = events(&mut s);
-        assert_eq!(
-            ev[0],
-            Event::BindRefused {
-                status: status::INVALID_PASSWORD
-            }
-        );
-        let Event::Closed { reason } = &ev[1] else {
-            panic!("{ev:?}")
-        };
-        assert!(reason.contains("ESME_RINVPASWD"), "{reason}");
-        assert_eq!(s.state(), State::Closed);
-        assert_eq!(s.poll_timeout(), None);
-    }
-
-    #[test]
-    fn a_bind_that_is_never_answered_times_out() {
-        let mut s = Session::new(cfg(), 0);
-        sent(&mut s);
-        assert_eq!(s.poll_timeout(), Some(10_000));
-        s.handle_timeout(9_999);
-        assert!(events(&mut s).is_empty());
-        s.handle_timeout(10_000);
-        let ev = events(&mut s);
-        assert!(
-            matches!(&ev[..], [Event::Closed { reason }] if reason.contains("bind_transceiver")),
-            "{ev:?}"
-        );
-    }
-
-    #[test]
-    fn submissions_respect_the_window_and_keep_their_order() {
-        let mut s = bound(0);
-        assert_eq!(s.capacity(), 2);
-        s.submit(1, 10, msg("+525512345678"));
-        s.submit(1, 11, msg("+525512345679"));
-        s.submit(1, 12, msg("+525512345670"));
-        let c = sent(&mut s);
-        assert_eq!(c.len(), 2, "window of two");
-        let Some(Pdu::SubmitSm(first)) = c[0].pdu() else {
-            panic!()
-        };
-        assert_eq!(first.destination_addr.as_str(), "525512345678");
-        assert_eq!(u8::from(first.dest_addr_ton), 1, "international");
-        assert_eq!(u8::from(first.source_addr_ton), 5, "alphanumeric sender");
-        assert_eq!(u8::from(first.esm_class), 0x00);
-        assert_eq!(u8::from(first.registered_delivery), 1);
-        assert_eq!(first.short_message().as_ref(), b"hello");
-        // Answers may come in any order.
-        accept(&mut s, 2, &c[1], "m-11");
-        let c2 = sent(&mut s);
-        assert_eq!(c2.len(), 1, "room for the third");
-        accept(&mut s, 3, &c[0], "m-10");
-        accept(&mut s, 3, &c2[0], "m-12");
-        assert_eq!(
-            events(&mut s),
-            vec![
-                Event::Accepted {
-                    id: 11,
-                    message_id: "m-11".into()
-                },
-                Event::Accepted {
-                    id: 10,
-                    message_id: "m-10".into()
-                },
-                Event::Accepted {
-                    id: 12,
-                    message_id: "m-12".into()
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn the_udhi_bit_goes_out_as_given() {
-        let mut s = bound(0);
-        s.submit(
-            0,
-            1,
-            Submit {
-                esm_class: 0x40,
-                data_coding: 8,
-                ..msg("+84912345678")
-            },
-        );
-        let c = sent(&mut s);
-        let Some(Pdu::SubmitSm(m)) = c[0].pdu() else {
-            panic!()
-        };
-        assert_eq!(u8::from(m.esm_class), 0x40);
-        assert_eq!(u8::from(m.data_coding), 8);
-    }
-
-    #[test]
-    fn throttling_pauses_with_a_growing_backoff_and_resends_the_same_message() {
-        let mut s = bound(0);
-        s.submit(0, 7, msg("+525512345678"));
-        let c = sent(&mut s);
-        s.handle_input(
-            100,
-            &resp(
-                c[0].sequence_number(),
-                CommandStatus::EsmeRthrottled,
-                SubmitSmResp::default(),
-            ),
-        );
-        assert_eq!(
-            events(&mut s),
-            vec![Event::Throttled {
-                status: status::THROTTLED,
-                resume_at: 1_100
-            }]
-        );
-        assert!(sent(&mut s).is_empty(), "paused");
-        assert_eq!(s.poll_timeout(), Some(1_100));
-        s.handle_timeout(1_099);
-        assert!(sent(&mut s).is_empty());
-        s.handle_timeout(1_100);
-        let again = sent(&mut s);
-        assert_eq!(again.len(), 1);
-        assert_ne!(again[0].sequence_number(), c[0].sequence_number());
-        // Queue full: the pause doubles.
-        s.handle_input(
-            1_200,
-            &resp(
-                again[0].sequence_number(),
-                CommandStatus::EsmeRmsgqful,
-                SubmitSmResp::default(),
-            ),
-        );
-        assert_eq!(
-            events(&mut s),
-            vec![Event::Throttled {
-                status: status::QUEUE_FULL,
-                resume_at: 3_200
-            }]
-        );
-        s.handle_timeout(3_200);
-        let third = sent(&mut s);
-        accept(&mut s, 3_300, &third[0], "ok-7");
-        assert_eq!(
-            events(&mut s),
-            vec![Event::Accepted {
-                id: 7,
-                message_id: "ok-7".into()
-            }]
-        );
-        // After a success the next throttle starts small again.
-        s.submit(3_400, 8, msg("+525512345678"));
-        let c = sent(&mut s);
-        s.handle_input(
-            3_500,
-            &resp(
-                c[0].sequence_number(),
-                CommandStatus::EsmeRthrottled,
-                SubmitSmResp::default(),
-            ),
-        );
-        assert!(matches!(
-            events(&mut s)[..],
-            [Event::Throttled {
-                resume_at: 4_500,
-                ..
-            }]
-        ));
-    }
-
-    #[test]
-    fn other_refusals_are_reported_per_message() {
-        let mut s = bound(0);
-        s.submit(0, 3, msg("+525512345678"));
-        let c = sent(&mut s);
-        s.handle_input(
-            5,
-            &resp(
-                c[0].sequence_number(),
-                CommandStatus::EsmeRinvdstadr,
-                SubmitSmResp::default(),
-            ),
-        );
-        assert_eq!(
-            events(&mut s),
-            vec![Event::Refused {
-                id: 3,
-                status: status::INVALID_DESTINATION
-            }]
-        );
-        assert!(!is_temporary(status::INVALID_DESTINATION));
-        assert!(is_temporary(status::SYSTEM_ERROR));
-    }
-
-    #[test]
-    fn an_idle_line_is_probed_and_a_dead_one_closed_with_its_messages_unsent() {
-        let mut s = bound(0);
-        assert_eq!(s.poll_timeout(), Some(30_000));
-        s.handle_timeout(30_000);
-        let c = sent(&mut s);
-        assert_eq!(c[0].id(), CommandId::EnquireLink);
-        s.submit(30_001, 1, msg("+525512345678"));
-        s.submit(30_001, 2, msg("+525512345678"));
-        s.submit(30_001, 3, msg("+525512345678"));
-        sent(&mut s);
-        s.handle_timeout(40_000);
-        let ev = events(&mut s);
-        assert_eq!(
-            ev[..3],
-            [
-                Event::Unsent { id: 1 },
-                Event::Unsent { id: 2 },
-                Event::Unsent { id: 3 }
-            ]
-        );
-        assert!(
-            matches!(&ev[3], Event::Closed { reason } if reason.contains("enquire_link")),
-            "{ev:?}"
-        );
-    }
-
-    #[test]
-    fn an_answered_probe_keeps_the_session() {
-        let mut s = bound(0);
-        s.handle_timeout(30_000);
-        let c = sent(&mut s);
-        s.handle_input(
-            30_010,
-            &resp(
-                c[0].sequence_number(),
-                CommandStatus::EsmeRok,
-                Pdu::EnquireLinkResp,
-            ),
-        );
-        s.handle_timeout(50_000);
-        assert!(events(&mut s).is_empty());
-        assert_eq!(s.state(), State::Bound);
-        assert_eq!(s.poll_timeout(), Some(60_010));
-    }
-
-    #[test]
-    fn the_smscs_enquire_link_and_unbind_are_answered() {
-        let mut s = bound(0);
-        s.handle_input(
-            5,
-            &encode(&Command::new(CommandStatus::EsmeRok, 77, Pdu::EnquireLink)),
-        );
-        let c = sent(&mut s);
-        assert_eq!(
-            (c[0].id(), c[0].sequence_number()),
-            (CommandId::EnquireLinkResp, 77)
-        );
-        s.submit(6, 1, msg("+525512345678"));
-        sent(&mut s);
-        s.handle_input(
-            7,
-            &encode(&Command::new(CommandStatus::EsmeRok, 78, Pdu::Unbind)),
-        );
-        let c = sent(&mut s);
-        assert_eq!(
-            (c[0].id(), c[0].sequence_number()),
-            (CommandId::UnbindResp, 78)
-        );
-        assert_eq!(
-            events(&mut s),
-            vec![
-                Event::Unsent { id: 1 },
-                Event::Closed {
-                    reason: "the SMSC unbound".into()
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn our_unbind_closes_on_its_answer() {
-        let mut s = bound(0);
-        s.unbind(1);
-        assert_eq!(s.state(), State::Unbinding);
-        assert_eq!(s.capacity(), 0);
-        let c = sent(&mut s);
-        assert_eq!(c[0].id(), CommandId::Unbind);
-        s.handle_input(
-            2,
-            &resp(
-                c[0].sequence_number(),
-                CommandStatus::EsmeRok,
-                Pdu::UnbindResp,
-            ),
-        );
-        assert_eq!(
-            events(&mut s),
-            vec![Event::Closed {
-                reason: "unbound".into()
-            }]
-        );
-    }
-
-    fn mo(seq: u32, text: &[u8], tlvs: Vec<MessageDeliveryRequestTlvValue>) -> Vec<u8> {
-        let mut d = DeliverSm::builder()
-            .source_addr_ton(Ton::International)
-            .source_addr(COctetString::from_str("12015550100").unwrap())
-            .destination_addr(COctetString::from_str("4242").unwrap())
-            .short_message(OctetString::from_vec(text.to_vec()).unwrap())
-            .build();
-        d.set_tlvs(tlvs);
-        encode(&Command::new(CommandStatus::EsmeRok, seq, d))
-    }
-
-    #[test]
-    fn mo_messages_and_receipts_arrive_as_events_and_are_answered_by_the_owner() {
-        let mut s = bound(0);
-        s.handle_input(
-            1,
-            &mo(
-                900,
-                b"BAL 1234",
-                vec![MessageDeliveryRequestTlvValue::ReceiptedMessageId(
-                    COctetString::from_str("smsc-17").unwrap(),
-                )],
-            ),
-        );
-        let ev = events(&mut s);
-        let [Event::Deliver(m)] = &ev[..] else {
-            panic!("{ev:?}")
-        };
-        assert_eq!(m.seq, 900);
-        assert_eq!(m.source_e164(), "+12015550100");
-        assert_eq!(m.destination, "4242");
-        assert_eq!(m.data, b"BAL 1234");
-        assert_eq!(m.receipted_message_id.as_deref(), Some("smsc-17"));
-        assert!(!m.is_receipt());
-        assert!(sent(&mut s).is_empty(), "answered by the owner, later");
-        s.respond(2, 900, status::OK);
-        let c = sent(&mut s);
-        assert_eq!(
-            (c[0].id(), c[0].sequence_number()),
-            (CommandId::DeliverSmResp, 900)
-        );
-        // A receipt: esm_class 0x04 with the state TLV.
-        let mut d = DeliverSm::builder()
-            .esm_class(EsmClass::from(0x04))
-            .source_addr(COctetString::from_str("525512345678").unwrap())
-            .destination_addr(COctetString::from_str("RECHARGE").unwrap())
-            .short_message(
-                OctetString::from_vec(b"id:m-1 sub:001 dlvrd:001 stat:DELIVRD err:000".to_vec())
-                    .unwrap(),
-            )
-            .build();
-        d.set_tlvs(vec![
-            MessageDeliveryRequestTlvValue::ReceiptedMessageId(
-                COctetString::from_str("m-1").unwrap(),
-            ),
-            MessageDeliveryRequestTlvValue::MessageState(MessageState::Delivered),
-        ]);
-        s.handle_input(3, &encode(&Command::new(CommandStatus::EsmeRok, 901, d)));
-        let ev = events(&mut s);
-        let [Event::Deliver(r)] = &ev[..] else {
-            panic!("{ev:?}")
-        };
-        assert!(r.is_receipt());
-        assert_eq!(r.message_state, Some(2));
-    }
-
-    #[test]
-    fn pdus_split_across_reads_are_joined() {
-        let mut s = bound(0);
-        let bytes = [
-            mo(1, b"HELP", vec![]),
-            encode(&Command::new(CommandStatus::EsmeRok, 2, Pdu::EnquireLink)),
-        ]
-        .concat();
-        for b in &bytes {
-            s.handle_input(1, std::slice::from_ref(b));
-        }
-        assert!(matches!(events(&mut s)[..], [Event::Deliver(_)]));
-        assert_eq!(sent(&mut s)[0].id(), CommandId::EnquireLinkResp);
-    }
-
-    #[test]
-    fn garbage_gets_a_generic_nack_and_the_stream_goes_on() {
-        let mut s = bound(0);
-        // An unknown command id.
-        let mut unknown = vec![0, 0, 0, 16, 0, 0, 0x07, 0x77, 0, 0, 0, 0, 0, 0, 0, 41];
-        // A deliver_sm whose body stops half-way through its fields.
-        let mut broken = vec![0, 0, 0, 20, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 42];
-        broken.extend_from_slice(b"\0\x01\x01X");
-        unknown.append(&mut broken);
-        unknown.extend_from_slice(&mo(43, b"HELP", vec![]));
-        s.handle_input(1, &unknown);
-        let c = sent(&mut s);
-        assert_eq!(c.len(), 2);
-        assert_eq!(
-            (c[0].id(), c[0].sequence_number(), u32::from(c[0].status())),
-            (CommandId::GenericNack, 41, status::INVALID_CMD_ID)
-        );
-        assert_eq!(
-            (c[1].id(), c[1].sequence_number()),
-            (CommandId::GenericNack, 42)
-        );
-        let ev = events(&mut s);
-        assert!(
-            matches!(ev.last(), Some(Event::Deliver(m)) if m.seq == 43),
-            "the next PDU is still read: {ev:?}"
-        );
-        assert_eq!(s.state(), State::Bound);
-    }
-
-    #[test]
-    fn an_unframeable_length_ends_the_session() {
-        let mut s = bound(0);
-        s.handle_input(1, &[0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
-        assert_eq!(sent(&mut s)[0].id(), CommandId::GenericNack);
-        assert!(matches!(
-            events(&mut s)[..],
-            [Event::Closed { ref reason }] if reason.contains("command_length 3")
-        ));
-        let mut s = bound(0);
-        s.handle_input(1, &[0x7F, 0, 0, 0]);
-        assert_eq!(s.state(), State::Closed, "2 GB PDUs are not waited for");
-    }
-
-    #[test]
-    fn an_unencodable_message_is_refused_without_reaching_the_smsc() {
-        let mut s = bound(0);
-        s.submit(
-            0,
-            5,
-            Submit {
-                short_message: vec![0; 300],
-                ..msg("+525512345678")
-            },
-        );
-        s.submit(0, 6, msg("+5255123456789012345678901"));
-        assert!(sent(&mut s).is_empty());
-        assert_eq!(
-            events(&mut s),
-            vec![
-                Event::Refused {
-                    id: 5,
-                    status: status::INVALID_MSG_LENGTH
-                },
-                Event::Refused {
-                    id: 6,
-                    status: status::INVALID_DESTINATION
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn sequence_numbers_wrap_within_31_bits() {
-        let mut s = bound(0);
-        s.next_seq = 0x7FFF_FFFE;
-        s.submit(0, 1, msg("+525512345678"));
-        s.submit(0, 2, msg("+525512345678"));
-        let c = sent(&mut s);
-        assert_eq!(c[0].sequence_number(), 0x7FFF_FFFF);
-        assert_eq!(c[1].sequence_number(), 1);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn any_bytes_from_the_smsc_never_panic(chunks in proptest::collection::vec(
-            proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..8)) {
-            let mut s = bound(0);
-            s.submit(0, 1, msg("+525512345678"));
-            for (i, c) in chunks.iter().enumerate() {
-                s.handle_input(i as i64, c);
-                while s.poll_transmit().is_some() {}
-                while s.poll_event().is_some() {}
-            }
-            s.handle_timeout(1_000_000);
-        }
-    }
-}
+mod tests;
