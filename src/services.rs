@@ -3,6 +3,7 @@
 //! identity for wallets and the payer of top-ups; PINs go straight to the core and are never
 //! returned or logged.
 
+use crate::dialplan::Args;
 use crate::topup::adapters::Adapters;
 use crate::topup::books::now_ms;
 use crate::topup::numbers::Hlr;
@@ -30,11 +31,14 @@ pub struct OpContext<'a> {
 /// Result of an operation: code and variables.
 pub type OpResult = (String, Vec<(String, String)>);
 
-fn arg<'a>(args: &'a [(String, String)], name: &str) -> &'a str {
-    args.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("")
+fn arg<'a>(args: &'a Args, name: &str) -> &'a str {
+    args.text(name)
+}
+
+/// The PIN argument: a secret the caller keyed in (the plan check holds plans to that); any
+/// other value is no PIN, and fails as a wrong one would.
+fn pin(args: &Args) -> Pin {
+    args.pin("pin").cloned().unwrap_or_else(|| Pin::new(""))
 }
 
 fn ok(vars: Vec<(&str, String)>) -> OpResult {
@@ -62,13 +66,13 @@ pub fn caller_e164(ani: &str) -> String {
 }
 
 /// Runs operation `op`.
-pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> OpResult {
+pub async fn run(ctx: &OpContext<'_>, op: &str, args: &Args) -> OpResult {
     let now = now_ms();
     let core = ctx.core;
     let result: Result<OpResult, TopupError> = async {
         match op {
             "redeem_card" | "recharge_wallet" => {
-                let pin = Pin::new(arg(args, "pin"));
+                let pin = pin(args);
                 let r = if op == "recharge_wallet" {
                     core.recharge_wallet(&pin, ctx.caller, now).await?
                 } else {
@@ -142,7 +146,7 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
                 Ok((code.into(), ok(vars).1))
             }
             "wallet_auth" => {
-                core.authenticate_wallet(ctx.caller, &Pin::new(arg(args, "pin")), now)
+                core.authenticate_wallet(ctx.caller, &pin(args), now)
                     .await?;
                 let w = core.wallet(ctx.caller).await?.ok_or(TopupError::NoWallet)?;
                 let balance = core.wallet_balance(ctx.caller).await?;
@@ -241,14 +245,25 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &[(String, String)]) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialplan::Arg;
     use crate::topup::demo;
     use crate::topup::testing::cores;
 
-    fn a(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    /// Arguments as the interpreter passes them: `pin` as the secret the caller keyed in.
+    fn a(pairs: &[(&str, &str)]) -> Args {
+        Args(
+            pairs
+                .iter()
+                .map(|(k, v)| {
+                    let v = if *k == "pin" {
+                        Arg::Pin(Pin::new(v))
+                    } else {
+                        Arg::Text(v.to_string())
+                    };
+                    (k.to_string(), v)
+                })
+                .collect(),
+        )
     }
 
     fn get<'a>(r: &'a OpResult, k: &str) -> &'a str {
@@ -275,6 +290,10 @@ mod tests {
             };
             let r = run(&ctx, "redeem_card", &a(&[("pin", "99999999999999")])).await;
             assert_eq!(r.0, "invalid_pin");
+            // A PIN that did not come from a secret collect is no PIN: the right digits as
+            // plain text redeem nothing.
+            let as_text = Args::texts([("pin", "22223333444455")]);
+            assert_eq!(run(&ctx, "redeem_card", &as_text).await.0, "invalid_pin");
             let r = run(&ctx, "redeem_card", &a(&[("pin", "22223333444455")])).await;
             assert_eq!(
                 (r.0.as_str(), get(&r, "card_value"), get(&r, "balance")),
@@ -321,7 +340,7 @@ mod tests {
             )
             .await;
             assert_eq!(r.0, "insufficient_funds");
-            let r = run(&ctx2, "recent_recipient", &[]).await;
+            let r = run(&ctx2, "recent_recipient", &Args::default()).await;
             assert_eq!(get(&r, "recent.1"), "+525512345678");
         }
     }
@@ -353,7 +372,10 @@ mod tests {
                 ),
                 ("ok", "25.00 USD", "en")
             );
-            assert_eq!(run(&ctx, "recent_recipient", &[]).await.0, "none");
+            assert_eq!(
+                run(&ctx, "recent_recipient", &Args::default()).await.0,
+                "none"
+            );
             let r = run(&ctx, "minutes_left", &a(&[("number", "+525512345678")])).await;
             assert_eq!(get(&r, "minutes"), "500");
             assert_eq!(

@@ -87,12 +87,9 @@ impl Simulation<'_> {
                         };
                         let shown: Vec<String> = args
                             .iter()
-                            .map(|(k, v)| {
-                                if k.contains("pin") {
-                                    format!("{k}=****")
-                                } else {
-                                    format!("{k}={v}")
-                                }
+                            .map(|(k, v)| match v {
+                                crate::dialplan::Arg::Pin(pin) => format!("{k}={pin}"),
+                                crate::dialplan::Arg::Text(t) => format!("{k}={t}"),
                             })
                             .collect();
                         let (code, vars) = run(&ctx, &op, &args).await;

@@ -12,8 +12,8 @@ use tracing::{debug, info, warn};
 
 use super::paid::{PaidCall, PaidCallAction, WARNING_PROMPT};
 use super::session::{CallSession, MediaParams, Output};
-use crate::dialplan::Dialplan;
 use crate::dialplan::interpreter::CallContext;
+use crate::dialplan::{Args, Dialplan};
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::server::{Shared, Shutdown};
 use crate::store::Cdr;
@@ -213,7 +213,7 @@ pub async fn drive<E: Edge>(
                     op_seq += 1;
                     if op == "call" {
                         // The calling service takes over the media until the call ends.
-                        let number = arg(&args, "number");
+                        let number = args.text("number").to_string();
                         let id = format!("{call_id}:{op_seq}");
                         let r = dial(shared, &mut session, edge, &mut buf, &caller, id, number);
                         match r.await {
@@ -328,13 +328,6 @@ pub async fn drive<E: Edge>(
     edge.send(Instant::now(), EdgeCommand::Hangup(reason.clone()))
         .await;
     (reason, session)
-}
-
-fn arg(args: &[(String, String)], name: &str) -> String {
-    args.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
 }
 
 /// The calling service: reserve the wallet's money, have the edge place and join the call,
@@ -505,7 +498,7 @@ fn spawn_op(
     request_id: String,
     session: &CallSession,
     op: String,
-    args: Vec<(String, String)>,
+    args: Args,
 ) -> tokio::task::JoinHandle<crate::services::OpResult> {
     let shared = shared.clone();
     let caller = caller.to_string();

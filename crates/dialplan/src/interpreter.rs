@@ -14,6 +14,7 @@ use super::model::{CONFIRM_PROMPT, ConfirmAs, Dialplan, Node, PRESS_PROMPT, SayI
 use super::say;
 use topup_media::dtmf::Digit;
 use topup_values::money::Money;
+use topup_values::pin::Pin;
 
 /// Keys a call's record keeps at most.
 pub const MAX_RECORDED_DIGITS: usize = 256;
@@ -52,6 +53,54 @@ pub struct CallContext {
     pub last_failure: Option<String>,
 }
 
+/// An operation's argument: text, or a PIN the caller keyed into a `secret` collect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arg {
+    Text(String),
+    Pin(Pin),
+}
+
+/// The arguments of an `invoke`, by name. PINs are [`Pin`]s from the moment they are keyed,
+/// so no `Debug` of an action, a log line or a trace can show one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Args(pub Vec<(String, Arg)>);
+
+impl Args {
+    /// Text arguments, for tests and callers that build an invoke by hand.
+    pub fn texts<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Args {
+        Args(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Arg::Text(v.to_string())))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arg> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// The text argument `name`, or "" when absent (or a PIN).
+    pub fn text(&self, name: &str) -> &str {
+        match self.get(name) {
+            Some(Arg::Text(t)) => t,
+            _ => "",
+        }
+    }
+
+    /// The PIN argument `name`, if the plan passed a secret there.
+    pub fn pin(&self, name: &str) -> Option<&Pin> {
+        match self.get(name) {
+            Some(Arg::Pin(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arg)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallAction {
     /// Queue prompts; a `PromptDone` event is expected when they end (not after a stop).
@@ -59,10 +108,7 @@ pub enum CallAction {
     /// Barge-in: stop whatever is playing now.
     StopPlayback,
     /// Run a core operation; answer with `CallEvent::Result`.
-    Invoke {
-        op: String,
-        args: Vec<(String, String)>,
-    },
+    Invoke { op: String, args: Args },
     /// Hand the call over (escalation) with its context; the interpreter is done.
     Transfer {
         target: String,
@@ -83,7 +129,6 @@ enum After {
     Transfer,
 }
 
-#[derive(Debug)]
 enum Phase {
     Playing { barge_in: bool, then: After },
     MenuWait { deadline: Instant },
@@ -99,6 +144,8 @@ pub struct Interpreter {
     node: String,
     phase: Phase,
     vars: BTreeMap<String, String>,
+    /// What the caller keyed into `secret` collects: never in `vars`, never said or shown.
+    secrets: BTreeMap<String, Pin>,
     language: String,
     typeahead: VecDeque<Digit>,
     /// Failed attempts in the current menu/collect/choose node.
@@ -129,6 +176,7 @@ impl Interpreter {
             node,
             phase: Phase::Done,
             vars: vars.into_iter().collect(),
+            secrets: BTreeMap::new(),
             language,
             typeahead: VecDeque::new(),
             tries: 0,
@@ -485,16 +533,22 @@ impl Interpreter {
                     wait_prompts,
                     ..
                 } => {
-                    let args = args
-                        .iter()
-                        .map(|(k, v)| {
-                            let value = match super::model::literal(v) {
-                                Some(text) => text.to_string(),
-                                None => self.vars.get(v).cloned().unwrap_or_default(),
-                            };
-                            (k.clone(), value)
-                        })
-                        .collect();
+                    let args = Args(
+                        args.iter()
+                            .map(|(k, v)| {
+                                let value = match super::model::literal(v) {
+                                    Some(text) => Arg::Text(text.to_string()),
+                                    None => match self.secrets.get(v) {
+                                        Some(pin) => Arg::Pin(pin.clone()),
+                                        None => {
+                                            Arg::Text(self.vars.get(v).cloned().unwrap_or_default())
+                                        }
+                                    },
+                                };
+                                (k.clone(), value)
+                            })
+                            .collect(),
+                    );
                     self.actions.push_back(CallAction::Invoke {
                         op: op.clone(),
                         args,
@@ -743,7 +797,11 @@ impl Interpreter {
                 return self.fail(now, "invalid");
             }
         };
-        self.vars.insert(var.clone(), value.clone());
+        if *secret {
+            self.secrets.insert(var.clone(), Pin::new(&value));
+        } else {
+            self.vars.insert(var.clone(), value.clone());
+        }
         for (suffix, v) in extra {
             self.vars.insert(format!("{var}_{suffix}"), v);
         }

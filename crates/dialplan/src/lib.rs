@@ -5,5 +5,5 @@ pub mod interpreter;
 pub mod model;
 pub mod say;
 
-pub use interpreter::{CallAction, CallEvent, Interpreter, PromptRef};
+pub use interpreter::{Arg, Args, CallAction, CallEvent, Interpreter, PromptRef};
 pub use model::{Catalog, Dialplan, DialplanError, Dialplans};

@@ -5,4 +5,5 @@
 
 pub mod money;
 pub mod phone;
+pub mod pin;
 pub mod textfile;

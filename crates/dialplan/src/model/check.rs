@@ -163,6 +163,7 @@ impl Dialplan {
                 first_digit_timeout,
                 secret,
                 confirm,
+                append_to,
                 ..
             } => {
                 tries(*max_tries, err);
@@ -203,6 +204,15 @@ impl Dialplan {
                     err(
                         at,
                         format!("node `{id}`: a secret is never read back (remove confirm)"),
+                        None,
+                    );
+                }
+                if *secret && append_to.is_some() {
+                    err(
+                        at,
+                        format!(
+                            "node `{id}`: a secret is never copied into another variable (remove append_to)"
+                        ),
                         None,
                     );
                 }
@@ -261,6 +271,23 @@ impl Dialplan {
                             Some(&format!("one of {}", known.collect::<Vec<_>>().join(", "))),
                         );
                     }
+                }
+                // A PIN reaches an operation only as a secret the caller keyed in.
+                if let Some(v) = args.get("pin")
+                    && !self
+                        .nodes
+                        .values()
+                        .any(|n| matches!(n, Node::Collect { var, secret: true, .. } if var == v))
+                {
+                    err(
+                        at,
+                        format!(
+                            "node `{id}`: `pin` must name the variable of a collect with secret = true"
+                        ),
+                        Some(
+                            "a PIN is collected as a secret, so it is never said, shown or logged",
+                        ),
+                    );
                 }
                 if !OPS.contains(&op.as_str()) {
                     err(

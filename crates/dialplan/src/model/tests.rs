@@ -179,3 +179,35 @@ fn routing_prefers_a_plan_for_the_callers_prefix() {
     );
     assert!(plans.route("x", "+1").is_none());
 }
+
+#[test]
+fn a_pin_reaches_an_operation_only_as_a_secret() {
+    let plan = |secret: &str, append: &str| {
+        format!(
+            "service = \"t\"\nnumbers = [\"t\"]\nlanguage = \"en\"\nstart = \"pin\"\n\
+             [nodes.pin]\nkind = \"collect\"\nvar = \"pin\"\nprompts = [\"p\"]\nmax_digits = 4\n\
+             first_digit_timeout = \"5s\"\ninter_digit_timeout = \"3s\"\non_failure = \"bye\"\n\
+             {secret}{append}next = \"use\"\n\
+             [nodes.use]\nkind = \"invoke\"\nop = \"wallet_auth\"\nargs = {{ pin = \"pin\" }}\n\
+             results = {{ default = \"bye\" }}\n\
+             [nodes.bye]\nkind = \"hangup\"\n"
+        )
+    };
+    assert!(
+        errors(&plan("secret = true\n", "")).is_empty(),
+        "{:?}",
+        errors(&plan("secret = true\n", ""))
+    );
+    let e = errors(&plan("", ""));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("`pin` must name the variable of a collect with secret = true")),
+        "{e:?}"
+    );
+    let e = errors(&plan("secret = true\n", "append_to = \"all\"\n"));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("a secret is never copied into another variable")),
+        "{e:?}"
+    );
+}
