@@ -10,8 +10,6 @@ pub mod live;
 pub use topup_media as media;
 pub mod redact;
 pub mod server;
-pub mod services;
-pub mod simulate;
 pub mod sms;
 pub mod store;
 pub mod telephony;

@@ -450,7 +450,7 @@ async fn dialplan(command: DialplanCommand) -> Result<()> {
                 .with_call_limits(cfg.calling.limits.clone());
                 core.seed_demo(topup_ivr::topup::books::now_ms()).await?;
                 let adapters = topup_ivr::topup::adapters::Adapters::new();
-                let sim = topup_ivr::simulate::Simulation {
+                let sim = topup_ivr::call::simulate::Simulation {
                     plan,
                     prompts: &prompts,
                     core: &core,

@@ -177,7 +177,7 @@ pub async fn drive<E: Edge>(
 ) -> (String, CallSession) {
     let cfg = &shared.cfg;
     let call_id = record.cdr.call_id.clone();
-    let caller = crate::services::caller_e164(&record.cdr.caller);
+    let caller = crate::call::operations::caller_e164(&record.cdr.caller);
     let mut session = CallSession::with_vars(
         plan,
         shared.prompts(),
@@ -192,7 +192,7 @@ pub async fn drive<E: Edge>(
     );
     let mut shutdown = shared.shutdown.clone();
     // The operation in flight (one at a time: the plan waits for it).
-    let mut op_task: Option<tokio::task::JoinHandle<crate::services::OpResult>> = None;
+    let mut op_task: Option<tokio::task::JoinHandle<crate::call::operations::OpResult>> = None;
     let mut op_seq = 0u32;
     let mut topup_ids: Vec<String> = vec![];
     // The escalation whose transfer is in flight.
@@ -342,7 +342,7 @@ async fn dial<E: Edge>(
     caller: &str,
     id: String,
     number: String,
-) -> Result<crate::services::OpResult, String> {
+) -> Result<crate::call::operations::OpResult, String> {
     let cfg = &shared.cfg;
     if !edge.can_dial() {
         return Ok(("unavailable".into(), vec![]));
@@ -499,13 +499,13 @@ fn spawn_op(
     session: &CallSession,
     op: String,
     args: Args,
-) -> tokio::task::JoinHandle<crate::services::OpResult> {
+) -> tokio::task::JoinHandle<crate::call::operations::OpResult> {
     let shared = shared.clone();
     let caller = caller.to_string();
     let language = session.interpreter().language().to_string();
     debug!(op = %op, "operation");
     tokio::spawn(async move {
-        let ctx = crate::services::OpContext {
+        let ctx = crate::call::operations::OpContext {
             core: &shared.core,
             adapters: &shared.adapters,
             hlr: shared.hlr.as_ref(),
@@ -514,11 +514,11 @@ fn spawn_op(
             channel: "voice",
             language: Some(&language),
         };
-        let result = crate::services::run(&ctx, &op, &args).await;
+        let result = crate::call::operations::run(&ctx, &op, &args).await;
         debug!(op = %op, result = %result.0, "operation done");
         // A wrong (or refused) PIN is answered ever more slowly: a dialler guessing PINs
         // gets few tries per hour. The call's media goes on meanwhile.
-        if crate::services::PIN_FAILURES.contains(&result.0.as_str()) {
+        if crate::call::operations::PIN_FAILURES.contains(&result.0.as_str()) {
             let now = crate::topup::books::now_ms();
             match shared.core.pin_failure_delay(&caller, now).await {
                 Ok(d) if !d.is_zero() => {
@@ -540,7 +540,7 @@ fn spawn_op(
 /// carries them to the agent).
 fn finish_op(
     session: &mut CallSession,
-    r: Result<crate::services::OpResult, tokio::task::JoinError>,
+    r: Result<crate::call::operations::OpResult, tokio::task::JoinError>,
     topup_ids: &mut Vec<String>,
 ) {
     let (code, vars) = r.unwrap_or_else(|_| ("unavailable".into(), vec![]));

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::call::operations::{OpContext, caller_e164, run};
 use crate::dialplan::{CallAction, CallEvent, Dialplan, Interpreter};
 use crate::media::dtmf::Digit;
 use crate::media::prompts::PromptStore;
-use crate::services::{OpContext, caller_e164, run};
 use crate::topup::Core;
 use crate::topup::adapters::Adapters;
 use crate::topup::numbers::Hlr;
