@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::paid::{PaidCall, PaidCallAction, WARNING_PROMPT};
 use super::session::{CallSession, MediaParams, Output};
 use crate::dialplan::interpreter::CallContext;
-use crate::dialplan::{Args, Dialplan};
+use crate::dialplan::{Args, Dialplan, Op};
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::server::{Shared, Shutdown};
 use crate::store::Cdr;
@@ -211,7 +211,7 @@ pub async fn drive<E: Edge>(
                 Output::Flush => edge.send(now, EdgeCommand::Flush).await,
                 Output::Invoke { op, args } => {
                     op_seq += 1;
-                    if op == "call" {
+                    if op == Op::Call {
                         // The calling service takes over the media until the call ends.
                         let number = args.text("number").to_string();
                         let id = format!("{call_id}:{op_seq}");
@@ -497,7 +497,7 @@ fn spawn_op(
     caller: &str,
     request_id: String,
     session: &CallSession,
-    op: String,
+    op: Op,
     args: Args,
 ) -> tokio::task::JoinHandle<crate::call::operations::OpResult> {
     let shared = shared.clone();
@@ -514,7 +514,7 @@ fn spawn_op(
             channel: "voice",
             language: Some(&language),
         };
-        let result = crate::call::operations::run(&ctx, &op, &args).await;
+        let result = crate::call::operations::run(&ctx, op, &args).await;
         debug!(op = %op, result = %result.0, "operation done");
         // A wrong (or refused) PIN is answered ever more slowly: a dialler guessing PINs
         // gets few tries per hour. The call's media goes on meanwhile.

@@ -3,7 +3,7 @@
 //! identity for wallets and the payer of top-ups; PINs go straight to the core and are never
 //! returned or logged.
 
-use crate::dialplan::Args;
+use crate::dialplan::{Args, Op};
 use crate::topup::adapters::Adapters;
 use crate::topup::books::now_ms;
 use crate::topup::numbers::Hlr;
@@ -66,14 +66,14 @@ pub fn caller_e164(ani: &str) -> String {
 }
 
 /// Runs operation `op`.
-pub async fn run(ctx: &OpContext<'_>, op: &str, args: &Args) -> OpResult {
+pub async fn run(ctx: &OpContext<'_>, op: Op, args: &Args) -> OpResult {
     let now = now_ms();
     let core = ctx.core;
     let result: Result<OpResult, TopupError> = async {
         match op {
-            "redeem_card" | "recharge_wallet" => {
+            Op::RedeemCard | Op::RechargeWallet => {
                 let pin = pin(args);
-                let r = if op == "recharge_wallet" {
+                let r = if op == Op::RechargeWallet {
                     core.recharge_wallet(&pin, ctx.caller, now).await?
                 } else {
                     core.redeem_card(&pin, None, ctx.caller, now).await?
@@ -83,7 +83,7 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &Args) -> OpResult {
                     ("balance", r.wallet_balance.to_string()),
                 ]))
             }
-            "lookup_number" => {
+            Op::LookupNumber => {
                 let n = core.lookup_number(arg(args, "number"), ctx.hlr).await?;
                 let carrier = n.carrier_id.ok_or(TopupError::NoCarrier)?;
                 Ok(ok(vec![
@@ -97,7 +97,7 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &Args) -> OpResult {
                     ("country", n.country),
                 ]))
             }
-            "list_products" => {
+            Op::ListProducts => {
                 let n = core.lookup_number(arg(args, "number"), ctx.hlr).await?;
                 let carrier = n.carrier_id.ok_or(TopupError::NoCarrier)?;
                 // The keypad offers denominations; open amounts are for the API and SMS.
@@ -118,7 +118,7 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &Args) -> OpResult {
                 vars.push(("products.count".into(), count.to_string()));
                 Ok(("ok".into(), vars))
             }
-            "topup" => {
+            Op::Topup => {
                 let req = TopupRequest {
                     id: ctx.request_id.clone(),
                     channel: ctx.channel.to_string(),
@@ -145,7 +145,7 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &Args) -> OpResult {
                 };
                 Ok((code.into(), ok(vars).1))
             }
-            "wallet_auth" => {
+            Op::WalletAuth => {
                 core.authenticate_wallet(ctx.caller, &pin(args), now)
                     .await?;
                 let w = core.wallet(ctx.caller).await?.ok_or(TopupError::NoWallet)?;
@@ -155,11 +155,11 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &Args) -> OpResult {
                     ("account_language", w.language),
                 ]))
             }
-            "wallet_balance" => Ok(ok(vec![(
+            Op::WalletBalance => Ok(ok(vec![(
                 "balance",
                 core.wallet_balance(ctx.caller).await?.to_string(),
             )])),
-            "recent_recipient" => {
+            Op::RecentRecipient => {
                 let recent = core.recent_recipients(ctx.caller, 3).await?;
                 if recent.is_empty() {
                     return Ok(("none".into(), vec![]));
@@ -172,7 +172,7 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &Args) -> OpResult {
                 vars.push(("recent.count".into(), recent.len().to_string()));
                 Ok(("ok".into(), vars))
             }
-            "minutes_left" => {
+            Op::MinutesLeft => {
                 let e164 = crate::topup::numbers::parse_callable(arg(args, "number"))?.e164;
                 if crate::topup::calling::blocked(&e164, &core.call_limits) {
                     return Err(TopupError::DestinationBlocked);
@@ -192,10 +192,10 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &Args) -> OpResult {
                 })
             }
             // Placing a call needs the call's media: the call driver runs it (call::driver).
-            "call" => Ok(("unavailable".into(), vec![])),
+            Op::Call => Ok(("unavailable".into(), vec![])),
             // An SMS to the caller, with their wallet balance at hand ("call_no_funds": how to
             // recharge). The same message goes at most once per caller in ten minutes.
-            "notify" => {
+            Op::Notify => {
                 let name = arg(args, "message");
                 let Some(kind) = crate::sms::messages::MESSAGES
                     .iter()
@@ -227,14 +227,10 @@ pub async fn run(ctx: &OpContext<'_>, op: &str, args: &Args) -> OpResult {
                 .await?;
                 Ok(ok(vec![]))
             }
-            "set_account_language" => {
+            Op::SetAccountLanguage => {
                 core.set_wallet_language(ctx.caller, arg(args, "language"))
                     .await?;
                 Ok(ok(vec![]))
-            }
-            other => {
-                tracing::error!(op = other, "unknown operation");
-                Ok(("unknown_op".into(), vec![]))
             }
         }
     }
@@ -288,39 +284,39 @@ mod tests {
                 channel: "voice",
                 language: None,
             };
-            let r = run(&ctx, "redeem_card", &a(&[("pin", "99999999999999")])).await;
+            let r = run(&ctx, Op::RedeemCard, &a(&[("pin", "99999999999999")])).await;
             assert_eq!(r.0, "invalid_pin");
             // A PIN that did not come from a secret collect is no PIN: the right digits as
             // plain text redeem nothing.
             let as_text = Args::texts([("pin", "22223333444455")]);
-            assert_eq!(run(&ctx, "redeem_card", &as_text).await.0, "invalid_pin");
-            let r = run(&ctx, "redeem_card", &a(&[("pin", "22223333444455")])).await;
+            assert_eq!(run(&ctx, Op::RedeemCard, &as_text).await.0, "invalid_pin");
+            let r = run(&ctx, Op::RedeemCard, &a(&[("pin", "22223333444455")])).await;
             assert_eq!(
                 (r.0.as_str(), get(&r, "card_value"), get(&r, "balance")),
                 ("ok", "10.00 USD", "10.00 USD")
             );
-            let r = run(&ctx, "redeem_card", &a(&[("pin", "22223333444455")])).await;
+            let r = run(&ctx, Op::RedeemCard, &a(&[("pin", "22223333444455")])).await;
             assert_eq!(r.0, "card_used");
-            let r = run(&ctx, "lookup_number", &a(&[("number", "+525512345678")])).await;
+            let r = run(&ctx, Op::LookupNumber, &a(&[("number", "+525512345678")])).await;
             assert_eq!(
                 (get(&r, "carrier_prompt"), get(&r, "country_prompt")),
                 ("carrier-telcel-mx", "country-mx")
             );
-            let r = run(&ctx, "lookup_number", &a(&[("number", "+447911123456")])).await;
+            let r = run(&ctx, Op::LookupNumber, &a(&[("number", "+447911123456")])).await;
             assert_eq!(r.0, "no_carrier");
-            let r = run(&ctx, "list_products", &a(&[("number", "+525512345678")])).await;
+            let r = run(&ctx, Op::ListProducts, &a(&[("number", "+525512345678")])).await;
             assert_eq!(get(&r, "products.count"), "3", "fixed denominations only");
             assert_eq!(get(&r, "products.1.receive"), "100.00 MXN");
             let r = run(
                 &ctx,
-                "topup",
+                Op::Topup,
                 &a(&[("number", "+525512345678"), ("product", "telcel-mx-100")]),
             )
             .await;
             assert_eq!((r.0.as_str(), get(&r, "balance")), ("ok", "4.01 USD"));
             let r = run(
                 &ctx,
-                "topup",
+                Op::Topup,
                 &a(&[("number", "+525512345678"), ("product", "telcel-mx-100")]),
             )
             .await;
@@ -335,12 +331,12 @@ mod tests {
             };
             let r = run(
                 &ctx2,
-                "topup",
+                Op::Topup,
                 &a(&[("number", "+525512345678"), ("product", "telcel-mx-100")]),
             )
             .await;
             assert_eq!(r.0, "insufficient_funds");
-            let r = run(&ctx2, "recent_recipient", &Args::default()).await;
+            let r = run(&ctx2, Op::RecentRecipient, &Args::default()).await;
             assert_eq!(get(&r, "recent.1"), "+525512345678");
         }
     }
@@ -360,10 +356,10 @@ mod tests {
                 language: None,
             };
             assert_eq!(
-                run(&ctx, "wallet_auth", &a(&[("pin", "0000")])).await.0,
+                run(&ctx, Op::WalletAuth, &a(&[("pin", "0000")])).await.0,
                 "invalid_pin"
             );
-            let r = run(&ctx, "wallet_auth", &a(&[("pin", demo::WALLET_PIN)])).await;
+            let r = run(&ctx, Op::WalletAuth, &a(&[("pin", demo::WALLET_PIN)])).await;
             assert_eq!(
                 (
                     r.0.as_str(),
@@ -373,31 +369,31 @@ mod tests {
                 ("ok", "25.00 USD", "en")
             );
             assert_eq!(
-                run(&ctx, "recent_recipient", &Args::default()).await.0,
+                run(&ctx, Op::RecentRecipient, &Args::default()).await.0,
                 "none"
             );
-            let r = run(&ctx, "minutes_left", &a(&[("number", "+525512345678")])).await;
+            let r = run(&ctx, Op::MinutesLeft, &a(&[("number", "+525512345678")])).await;
             assert_eq!(get(&r, "minutes"), "500");
             assert_eq!(
-                run(&ctx, "minutes_left", &a(&[("number", "+447911123456")]))
+                run(&ctx, Op::MinutesLeft, &a(&[("number", "+447911123456")]))
                     .await
                     .0,
                 "no_rate"
             );
             assert_eq!(
-                run(&ctx, "set_account_language", &a(&[("language", "es")]))
+                run(&ctx, Op::SetAccountLanguage, &a(&[("language", "es")]))
                     .await
                     .0,
                 "ok"
             );
-            let r = run(&ctx, "wallet_auth", &a(&[("pin", demo::WALLET_PIN)])).await;
+            let r = run(&ctx, Op::WalletAuth, &a(&[("pin", demo::WALLET_PIN)])).await;
             assert_eq!(get(&r, "account_language"), "es");
             let nobody = OpContext {
                 caller: "+12015550188",
                 ..ctx
             };
             assert_eq!(
-                run(&nobody, "wallet_auth", &a(&[("pin", "1234")])).await.0,
+                run(&nobody, Op::WalletAuth, &a(&[("pin", "1234")])).await.0,
                 "no_wallet"
             );
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::dialplan::interpreter::CallContext;
-use crate::dialplan::{Args, CallAction, CallEvent, Dialplan, Interpreter};
+use crate::dialplan::{Args, CallAction, CallEvent, Dialplan, Interpreter, Op};
 use crate::media::dtmf::inband::{InbandDetector, InbandDigit};
 use crate::media::dtmf::rfc4733::Rfc4733Receiver;
 use crate::media::dtmf::{Digit, DtmfMethod};
@@ -44,7 +44,7 @@ pub enum Output {
     Flush,
     /// Run a plan operation; answer with [`CallSession::handle_result`]. The plan waits for
     /// it (one at a time) while the media goes on.
-    Invoke { op: String, args: Args },
+    Invoke { op: Op, args: Args },
     /// Escalate: record the case and send the caller to `target` (the agents).
     Transfer {
         target: String,
@@ -71,7 +71,7 @@ pub struct CallSession {
     /// The plan ended the call: why, and when the BYE may go (see [`HANGUP_LINGER`]).
     hangup: Option<(String, Instant)>,
     /// Operations the plan asked for, not yet handed to the driver.
-    ops: VecDeque<(String, Args)>,
+    ops: VecDeque<(Op, Args)>,
     /// An escalation the plan asked for: (target, reason, context).
     transfer: Option<(String, String, CallContext)>,
     /// Hang up when the player runs dry (after a driver announcement).

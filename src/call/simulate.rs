@@ -92,7 +92,7 @@ impl Simulation<'_> {
                                 crate::dialplan::Arg::Text(t) => format!("{k}={t}"),
                             })
                             .collect();
-                        let (code, vars) = run(&ctx, &op, &args).await;
+                        let (code, vars) = run(&ctx, op, &args).await;
                         let set: Vec<String> = vars
                             .iter()
                             .take(6)

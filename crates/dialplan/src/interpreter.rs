@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::model::{CONFIRM_PROMPT, ConfirmAs, Dialplan, Node, PRESS_PROMPT, SayItem, Validator};
+use super::model::{
+    CONFIRM_PROMPT, ConfirmAs, Dialplan, Node, Op, PRESS_PROMPT, SayItem, Validator,
+};
 use super::say;
 use topup_media::dtmf::Digit;
 use topup_values::money::Money;
@@ -108,7 +110,7 @@ pub enum CallAction {
     /// Barge-in: stop whatever is playing now.
     StopPlayback,
     /// Run a core operation; answer with `CallEvent::Result`.
-    Invoke { op: String, args: Args },
+    Invoke { op: Op, args: Args },
     /// Hand the call over (escalation) with its context; the interpreter is done.
     Transfer {
         target: String,
@@ -549,10 +551,13 @@ impl Interpreter {
                             })
                             .collect(),
                     );
-                    self.actions.push_back(CallAction::Invoke {
-                        op: op.clone(),
-                        args,
-                    });
+                    // The plan check refused unknown operations.
+                    let Some(op) = Op::from_name(op) else {
+                        tracing::error!(node = %id, op = %op, "unknown operation");
+                        self.hangup("dialplan-error");
+                        return;
+                    };
+                    self.actions.push_back(CallAction::Invoke { op, args });
                     let music = !wait_prompts.is_empty();
                     if music {
                         self.actions

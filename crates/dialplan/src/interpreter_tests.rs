@@ -279,7 +279,7 @@ fn star_goes_back_and_secrets_are_masked_in_the_context() {
     keys(&mut i, t0, "1");
     keys(&mut i, t0, "12345678#");
     let a = actions(&mut i);
-    assert!(a.iter().any(|x| matches!(x, CallAction::Invoke { op, args } if op == "redeem_card" && args.pin("pin") == Some(&Pin::new("12345678")))));
+    assert!(a.iter().any(|x| matches!(x, CallAction::Invoke { op, args } if *op == Op::RedeemCard && args.pin("pin") == Some(&Pin::new("12345678")))));
     assert!(
         a.iter()
             .any(|x| matches!(x, CallAction::Play(p) if p[0].name == "please-wait"))
@@ -384,7 +384,7 @@ fn numbers_are_validated_read_back_and_confirmed() {
     keys(&mut i, t0, "525512345678#1");
     assert_eq!(i.var("to_e164"), Some("+525512345678"));
     let a = actions(&mut i);
-    assert!(a.iter().any(|x| matches!(x, CallAction::Invoke { op, args } if op == "list_products" && args.0[0].1 == Arg::Text("+525512345678".into()))));
+    assert!(a.iter().any(|x| matches!(x, CallAction::Invoke { op, args } if *op == Op::ListProducts && args.0[0].1 == Arg::Text("+525512345678".into()))));
 }
 
 #[test]
@@ -591,7 +591,7 @@ kind = "hangup"
     let args = a
         .iter()
         .find_map(|x| match x {
-            CallAction::Invoke { op, args } if op == "notify" => Some(args.clone()),
+            CallAction::Invoke { op, args } if *op == Op::Notify => Some(args.clone()),
             _ => None,
         })
         .expect("notify invoked");

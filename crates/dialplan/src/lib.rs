@@ -6,4 +6,4 @@ pub mod model;
 pub mod say;
 
 pub use interpreter::{Arg, Args, CallAction, CallEvent, Interpreter, PromptRef};
-pub use model::{Catalog, Dialplan, DialplanError, Dialplans};
+pub use model::{Catalog, Dialplan, DialplanError, Dialplans, Op};

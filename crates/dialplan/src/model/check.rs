@@ -259,7 +259,7 @@ impl Dialplan {
             Node::Invoke {
                 op, results, args, ..
             } => {
-                if op == "notify" {
+                if Op::from_name(op) == Some(Op::Notify) {
                     let known = catalog.messages.iter().copied();
                     let msg = args.get("message").and_then(|v| literal(v));
                     if !msg.is_some_and(|m| known.clone().any(|k| k == m)) {
@@ -289,11 +289,12 @@ impl Dialplan {
                         ),
                     );
                 }
-                if !OPS.contains(&op.as_str()) {
+                if Op::from_name(op).is_none() {
+                    let names: Vec<&str> = Op::ALL.iter().map(|o| o.name()).collect();
                     err(
                         at,
                         format!("node `{id}`: unknown operation `{op}`"),
-                        Some(&format!("one of {}", OPS.join(", "))),
+                        Some(&format!("one of {}", names.join(", "))),
                     );
                 }
                 if !results.contains_key("default") {

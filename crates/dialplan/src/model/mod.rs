@@ -316,20 +316,67 @@ pub fn literal(v: &str) -> Option<&str> {
 }
 
 /// Operations the voice services can invoke (the service carries them out).
-pub const OPS: &[&str] = &[
-    "redeem_card",
-    "recharge_wallet",
-    "lookup_number",
-    "list_products",
-    "topup",
-    "wallet_auth",
-    "wallet_balance",
-    "recent_recipient",
-    "minutes_left",
-    "notify",
-    "set_account_language",
-    "call",
-];
+/// The operations a plan can invoke; the service carries them out (its `call::operations`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    RedeemCard,
+    RechargeWallet,
+    LookupNumber,
+    ListProducts,
+    Topup,
+    WalletAuth,
+    WalletBalance,
+    RecentRecipient,
+    MinutesLeft,
+    Notify,
+    SetAccountLanguage,
+    Call,
+}
+
+impl Op {
+    pub const ALL: [Op; 12] = [
+        Op::RedeemCard,
+        Op::RechargeWallet,
+        Op::LookupNumber,
+        Op::ListProducts,
+        Op::Topup,
+        Op::WalletAuth,
+        Op::WalletBalance,
+        Op::RecentRecipient,
+        Op::MinutesLeft,
+        Op::Notify,
+        Op::SetAccountLanguage,
+        Op::Call,
+    ];
+
+    /// The name plans write (`op = "redeem_card"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::RedeemCard => "redeem_card",
+            Op::RechargeWallet => "recharge_wallet",
+            Op::LookupNumber => "lookup_number",
+            Op::ListProducts => "list_products",
+            Op::Topup => "topup",
+            Op::WalletAuth => "wallet_auth",
+            Op::WalletBalance => "wallet_balance",
+            Op::RecentRecipient => "recent_recipient",
+            Op::MinutesLeft => "minutes_left",
+            Op::Notify => "notify",
+            Op::SetAccountLanguage => "set_account_language",
+            Op::Call => "call",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 impl Node {
     /// Nodes this one can go to.

@@ -211,3 +211,15 @@ fn a_pin_reaches_an_operation_only_as_a_secret() {
         "{e:?}"
     );
 }
+
+#[test]
+fn every_operation_has_one_name() {
+    for op in Op::ALL {
+        assert_eq!(Op::from_name(op.name()), Some(op));
+    }
+    let mut names: Vec<&str> = Op::ALL.iter().map(|o| o.name()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), Op::ALL.len());
+    assert_eq!(Op::from_name("fly"), None);
+}
