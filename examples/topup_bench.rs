@@ -17,7 +17,7 @@ use topup_ivr::topup::books::{check_books, now_ms};
 use topup_ivr::topup::ledger::accounts;
 use topup_ivr::topup::money::Money;
 use topup_ivr::topup::secrets::Pepper;
-use topup_ivr::topup::topups::{Funding, TopupRequest};
+use topup_ivr::topup::topups::{Funding, TopupRequest, TopupState};
 
 const RUN: Duration = Duration::from_secs(5);
 
@@ -91,7 +91,7 @@ async fn main() {
                         )
                         .await
                         .expect("top-up");
-                    assert_eq!(r.state, "succeeded");
+                    assert_eq!(r.state, TopupState::Succeeded);
                     latencies.push(t.elapsed());
                     i += 1;
                 }

@@ -16,7 +16,7 @@ use topup_ivr::topup::cards::{format_date, parse_date_end};
 use topup_ivr::topup::ledger::accounts;
 use topup_ivr::topup::money::{Currency, Money};
 use topup_ivr::topup::secrets::Pin;
-use topup_ivr::topup::topups::{Funding, TopupRequest};
+use topup_ivr::topup::topups::{Funding, TopupRequest, TopupState};
 
 #[derive(Subcommand)]
 pub enum CardsCommand {
@@ -164,8 +164,9 @@ pub enum TopupsCommand {
     },
     /// Recent top-ups.
     List {
-        #[arg(long)]
-        state: Option<String>,
+        /// pending, succeeded, failed or reversed.
+        #[arg(long, value_parser = parse_topup_state)]
+        state: Option<TopupState>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
         #[arg(long)]
@@ -870,7 +871,7 @@ pub async fn topups(cfg: &Config, cmd: TopupsCommand) -> Result<()> {
             print(json, &r, print_receipt)?;
         }
         TopupsCommand::List { state, limit, json } => {
-            let list = core.list_topups(state.as_deref(), limit).await?;
+            let list = core.list_topups(state, limit).await?;
             print(json, &list, |l| {
                 for r in l {
                     println!(
@@ -949,4 +950,10 @@ pub async fn ledger(cfg: &Config, cmd: LedgerCommand) -> Result<()> {
         println!("the books balance");
     }
     Ok(())
+}
+
+fn parse_topup_state(s: &str) -> Result<TopupState, String> {
+    TopupState::from_name(s).ok_or_else(|| {
+        format!("`{s}` is not a top-up state: pending, succeeded, failed or reversed")
+    })
 }

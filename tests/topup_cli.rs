@@ -221,6 +221,17 @@ fn cards_accounts_topups_and_the_ledger_from_the_command_line() {
         assert!(!ok && err.contains("insufficient funds"), "{err}");
         let list = env.json(&["topups", "list"]);
         assert!(list.as_array().unwrap().len() >= 2);
+        let done = env.json(&["topups", "list", "--state", "succeeded"]);
+        assert!(
+            done.as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["state"] == "succeeded")
+                && !done.as_array().unwrap().is_empty(),
+            "{done}"
+        );
+        let (ok, _, err) = env.run(&["topups", "list", "--state", "done"]);
+        assert!(!ok && err.contains("`done` is not a top-up state"), "{err}");
         let lookup = env.json(&["numbers", "lookup", "+84 98 123 4567"]);
         assert_eq!(lookup["carrier_id"], "viettel-vn");
         let products = env.json(&["products", "list", "--number", "+84981234567"]);

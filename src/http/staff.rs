@@ -68,7 +68,9 @@ async fn overview(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
     let data = async {
         let q = core.queue_lengths().await?;
         let sms = core.list_sms(None, None, 20).await?;
-        let pending = core.list_topups(Some("pending"), 50).await?;
+        let pending = core
+            .list_topups(Some(crate::topup::topups::TopupState::Pending), 50)
+            .await?;
         let conflicts = core.carrier_conflicts(50).await?;
         let carriers = core.carriers().await?;
         let nodes = core

@@ -145,7 +145,7 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            assert_eq!(r.state, "succeeded");
+            assert_eq!(r.state, crate::topup::topups::TopupState::Succeeded);
             // A printed demo card redeems.
             let red = core
                 .redeem_card(&Pin::new("11112222333344"), None, "+12015550199", now)

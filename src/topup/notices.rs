@@ -18,6 +18,7 @@ use serde::Deserialize;
 use sqlx::Row;
 
 use super::adapters::Outcome;
+use super::topups::TopupState;
 use super::{Core, TopupError};
 
 /// How old a signed notice may be (seconds): older ones are refused as replays.
@@ -145,25 +146,26 @@ pub enum Action {
     Conflict,
 }
 
-pub fn action(notice: &Notice, state: &str) -> Action {
+pub fn action(notice: &Notice, state: TopupState) -> Action {
     let reason = || {
         notice
             .message
             .clone()
             .unwrap_or_else(|| format!("{:?} by the carrier", notice.status).to_lowercase())
     };
+    use TopupState::*;
     match (notice.status, state) {
         (Status::Processing, _) => Action::Ignore,
-        (Status::Succeeded, "pending") => Action::Settle(Outcome::Succeeded {
+        (Status::Succeeded, Pending) => Action::Settle(Outcome::Succeeded {
             carrier_ref: notice.transaction_id.clone().unwrap_or_default(),
         }),
-        (Status::Failed | Status::Reversed, "pending") => {
+        (Status::Failed | Status::Reversed, Pending) => {
             Action::Settle(Outcome::Failed { reason: reason() })
         }
-        (Status::Reversed, "succeeded") => Action::Reverse,
-        (Status::Succeeded, "succeeded")
-        | (Status::Failed, "failed")
-        | (Status::Reversed, "failed" | "reversed") => Action::Ignore,
+        (Status::Reversed, Succeeded) => Action::Reverse,
+        (Status::Succeeded, Succeeded)
+        | (Status::Failed, Failed)
+        | (Status::Reversed, Failed | Reversed) => Action::Ignore,
         _ => Action::Conflict,
     }
 }
@@ -261,9 +263,9 @@ impl Core {
         if row.try_get::<String, _>("carrier_id")? != carrier_id {
             return Ok(Applied::UnknownTopup);
         }
-        let state: String = row.try_get("state")?;
+        let state = TopupState::from_row(&row)?;
         let id = notice.external_id.as_str();
-        let applied = match action(notice, &state) {
+        let applied = match action(notice, state) {
             Action::Settle(outcome) => {
                 self.settle(id, &outcome, now).await?;
                 Applied::Settled
@@ -284,7 +286,7 @@ impl Core {
                 tracing::warn!(
                     topup = id,
                     carrier = carrier_id,
-                    state,
+                    state = %state,
                     notice = ?notice.status,
                     "a carrier notice contradicts the top-up's final state; left for staff"
                 );
@@ -394,17 +396,17 @@ mod tests {
             carrier_ref: "TX9".into(),
         });
         let cases = [
-            (Succeeded, "pending", settle_ok),
-            (Succeeded, "succeeded", Action::Ignore),
-            (Succeeded, "failed", Action::Conflict),
-            (Succeeded, "reversed", Action::Conflict),
-            (Failed, "succeeded", Action::Conflict),
-            (Failed, "failed", Action::Ignore),
-            (Reversed, "succeeded", Action::Reverse),
-            (Reversed, "reversed", Action::Ignore),
-            (Reversed, "failed", Action::Ignore),
-            (Processing, "pending", Action::Ignore),
-            (Processing, "succeeded", Action::Ignore),
+            (Succeeded, TopupState::Pending, settle_ok),
+            (Succeeded, TopupState::Succeeded, Action::Ignore),
+            (Succeeded, TopupState::Failed, Action::Conflict),
+            (Succeeded, TopupState::Reversed, Action::Conflict),
+            (Failed, TopupState::Succeeded, Action::Conflict),
+            (Failed, TopupState::Failed, Action::Ignore),
+            (Reversed, TopupState::Succeeded, Action::Reverse),
+            (Reversed, TopupState::Reversed, Action::Ignore),
+            (Reversed, TopupState::Failed, Action::Ignore),
+            (Processing, TopupState::Pending, Action::Ignore),
+            (Processing, TopupState::Succeeded, Action::Ignore),
         ];
         for (status, state, want) in cases {
             assert_eq!(
@@ -416,7 +418,7 @@ mod tests {
         for status in [Failed, Reversed] {
             assert!(
                 matches!(
-                    action(&notice(status), "pending"),
+                    action(&notice(status), TopupState::Pending),
                     Action::Settle(Outcome::Failed { .. })
                 ),
                 "{status:?} on a pending top-up fails it"

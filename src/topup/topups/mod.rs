@@ -24,6 +24,52 @@ use super::money::{Currency, Money};
 use super::numbers::{Hlr, parse_number};
 use super::{Core, TopupError};
 
+/// Where a top-up is: `pending` until the carrier's answer is known, then `succeeded` or
+/// `failed`; a succeeded one the carrier takes back becomes `reversed`. Stored and shown by
+/// [`TopupState::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopupState {
+    Pending,
+    Succeeded,
+    Failed,
+    Reversed,
+}
+
+impl TopupState {
+    pub const ALL: [TopupState; 4] = [
+        TopupState::Pending,
+        TopupState::Succeeded,
+        TopupState::Failed,
+        TopupState::Reversed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopupState::Pending => "pending",
+            TopupState::Succeeded => "succeeded",
+            TopupState::Failed => "failed",
+            TopupState::Reversed => "reversed",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TopupState> {
+        TopupState::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The state stored in a row (anything else is a corrupt row).
+    pub(crate) fn from_row(r: &sqlx::any::AnyRow) -> Result<TopupState, TopupError> {
+        let s: String = r.try_get("state")?;
+        TopupState::from_name(&s).ok_or_else(|| TopupError::Corrupt(format!("top-up state `{s}`")))
+    }
+}
+
+impl std::fmt::Display for TopupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where the money comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Funding {
@@ -104,7 +150,7 @@ impl Core {
         let started = std::time::Instant::now();
         let r = self.topup_inner(adapters, hlr, req, now).await;
         let outcome = match &r {
-            Ok(receipt) => receipt.state.clone(),
+            Ok(receipt) => receipt.state.to_string(),
             Err(e) => e.code().to_string(),
         };
         metrics::histogram!("topup_ivr_topup_seconds", "channel" => req.channel.clone(), "outcome" => outcome)

@@ -33,13 +33,13 @@ impl Core {
     /// Most recent top-ups, optionally only those in `state`.
     pub async fn list_topups(
         &self,
-        state: Option<&str>,
+        state: Option<TopupState>,
         limit: i64,
     ) -> Result<Vec<Receipt>, TopupError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RECEIPT_COLUMNS} FROM topups WHERE ($1 = '' OR state = $1) ORDER BY created_at DESC, id LIMIT $2"
         )))
-        .bind(state.unwrap_or(""))
+        .bind(state.map(TopupState::as_str).unwrap_or(""))
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
@@ -58,7 +58,7 @@ impl Core {
 pub struct Receipt {
     pub id: String,
     /// pending, succeeded, failed, reversed
-    pub state: String,
+    pub state: TopupState,
     pub recipient: String,
     pub carrier_id: String,
     pub product_id: String,
@@ -98,7 +98,7 @@ pub(super) fn receipt_from_row(r: &sqlx::any::AnyRow) -> Result<Receipt, TopupEr
         Ok(Money::new(r.try_get(minor)?, c).to_string())
     };
     Ok(Receipt {
-        state: r.try_get("state")?,
+        state: TopupState::from_row(r)?,
         recipient: r.try_get("recipient")?,
         carrier_id: r.try_get("carrier_id")?,
         product_id: r.try_get("product_id")?,

@@ -14,8 +14,7 @@ impl Core {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| TopupError::Corrupt(format!("no top-up {id}")))?;
-        let state: String = row.try_get("state")?;
-        if state != "pending" {
+        if TopupState::from_row(&row)? != TopupState::Pending {
             return Ok(());
         }
         let carrier: String = row.try_get("carrier_id")?;
@@ -116,10 +115,9 @@ impl Core {
             .fetch_optional(self.db.pool())
             .await?
             .ok_or_else(|| TopupError::Corrupt(format!("no top-up {id}")))?;
-        let state: String = row.try_get("state")?;
         let carrier: String = row.try_get("carrier_id")?;
-        match state.as_str() {
-            "pending" => {
+        match TopupState::from_row(&row)? {
+            TopupState::Pending => {
                 self.settle(
                     id,
                     &Outcome::Failed {
@@ -130,8 +128,8 @@ impl Core {
                 .await?;
                 return Ok(true);
             }
-            "succeeded" => {}
-            _ => return Ok(false),
+            TopupState::Succeeded => {}
+            TopupState::Failed | TopupState::Reversed => return Ok(false),
         }
         let mut tx = self.db.begin().await?;
         // Claim the change first: of two racing notices, one finds nothing left to do.

@@ -199,7 +199,7 @@ receive = "5.00USD"
                 .topup(&a, None, &req("r1", w, "+525512345678", "telcel-100"), NOW)
                 .await
                 .unwrap();
-            assert_eq!(r.state, "succeeded");
+            assert_eq!(r.state, TopupState::Succeeded);
             assert_eq!(balance(&core).await, "4.01 USD");
             let rev = notice("ev-1", "r1", Status::Reversed);
             assert_eq!(
@@ -210,7 +210,7 @@ receive = "5.00USD"
             );
             assert_eq!(balance(&core).await, "10.00 USD");
             let receipt = core.topup_receipt("r1").await.unwrap().unwrap();
-            assert_eq!(receipt.state, "reversed");
+            assert_eq!(receipt.state, TopupState::Reversed);
             for t in ["r1:pay:reversal", "r1:fx:reversal"] {
                 let mut conn = core.db.pool().acquire().await.unwrap();
                 let t = crate::topup::books::transfer_by_id(&mut conn, t)
@@ -280,7 +280,7 @@ receive = "5.00USD"
                 .topup(&a, None, &req("p1", w, "+525512349999", "telcel-100"), NOW)
                 .await
                 .unwrap();
-            assert_eq!(p.state, "pending");
+            assert_eq!(p.state, TopupState::Pending);
             assert_eq!(
                 core.carrier_notice(
                     "telcel-mx",
@@ -400,7 +400,7 @@ receive = "5.00USD"
                 )
                 .await
                 .unwrap();
-            assert_eq!(r.state, "pending");
+            assert_eq!(r.state, TopupState::Pending);
             assert_eq!(
                 core.wallet_balance("+12015550102")
                     .await
@@ -418,7 +418,7 @@ receive = "5.00USD"
             assert_eq!((rep.checked, rep.succeeded), (1, 1));
             assert_eq!(
                 core.topup_receipt("u1").await.unwrap().unwrap().state,
-                "succeeded"
+                TopupState::Succeeded
             );
             assert_eq!(
                 core.reconcile(&a, NOW + 120_000, 10).await.unwrap().checked,
@@ -452,7 +452,7 @@ receive = "5.00USD"
                 )
                 .await
                 .unwrap();
-            assert_eq!(r.state, "succeeded");
+            assert_eq!(r.state, TopupState::Succeeded);
             assert_eq!(
                 core.prepaid("+12015550150").await.unwrap().unwrap().balance,
                 "5.00"
@@ -508,7 +508,7 @@ receive = "5.00USD"
             for t in tasks {
                 match t.await.unwrap() {
                     Ok(r) => {
-                        assert_eq!(r.state, "succeeded");
+                        assert_eq!(r.state, TopupState::Succeeded);
                         ok += 1;
                     }
                     Err(e) => assert_eq!(e.code(), "insufficient_funds", "{e}"),
@@ -614,7 +614,7 @@ prefixes = [\"849\"]\nhttp = {{ base_url = \"{url}\", operator_id = \"vt\", time
                 .unwrap();
             let a = Adapters::new();
             let w = "+12015550105";
-            let state = |r: &Receipt| r.state.clone();
+            let state = |r: &Receipt| r.state;
             assert_eq!(
                 state(
                     &core
@@ -622,7 +622,7 @@ prefixes = [\"849\"]\nhttp = {{ base_url = \"{url}\", operator_id = \"vt\", time
                         .await
                         .unwrap()
                 ),
-                "succeeded"
+                TopupState::Succeeded
             );
             let f = core
                 .topup(&a, None, &req("h2", w, "+84912342222", "vt-50k"), NOW)
@@ -636,17 +636,21 @@ prefixes = [\"849\"]\nhttp = {{ base_url = \"{url}\", operator_id = \"vt\", time
                 .topup(&a, None, &req("h3", w, "+84912343333", "vt-50k"), NOW)
                 .await
                 .unwrap();
-            assert_eq!(slow.state, "pending", "a timeout is unknown, never failed");
+            assert_eq!(
+                slow.state,
+                TopupState::Pending,
+                "a timeout is unknown, never failed"
+            );
             let junk = core
                 .topup(&a, None, &req("h4", w, "+84912344444", "vt-50k"), NOW)
                 .await
                 .unwrap();
-            assert_eq!(junk.state, "pending");
+            assert_eq!(junk.state, TopupState::Pending);
             let busy = core
                 .topup(&a, None, &req("h5", w, "+84912345555", "vt-50k"), NOW)
                 .await
                 .unwrap();
-            assert_eq!(busy.state, "pending");
+            assert_eq!(busy.state, TopupState::Pending);
             let rep = core.reconcile(&a, NOW + 60_000, 10).await.unwrap();
             assert_eq!((rep.checked, rep.succeeded), (3, 3), "{rep:?}");
             let posts = agg.posts.lock().unwrap().clone();
