@@ -17,6 +17,7 @@ use crate::dialplan::{Args, Dialplan, Op};
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::server::{Shared, Shutdown};
 use crate::store::Cdr;
+use crate::topup::escalations::EscalationState;
 
 /// What an edge reports about a call.
 #[derive(Debug)]
@@ -295,13 +296,13 @@ pub async fn drive<E: Edge>(
                         let ms = crate::topup::books::now_ms();
                         match r {
                             Ok(()) => {
-                                let _ = shared.core.set_escalation_state(&id, "transferred", ms).await;
+                                let _ = shared.core.set_escalation_state(&id, EscalationState::Transferred, ms).await;
                                 // The call has left us: nothing to hang up.
                                 return ("transferred".into(), session);
                             }
                             Err(e) => {
                                 warn!(error = %e, "transfer failed");
-                                let _ = shared.core.set_escalation_state(&id, "failed", ms).await;
+                                let _ = shared.core.set_escalation_state(&id, EscalationState::Failed, ms).await;
                                 session.announce_then_hangup(now, &["agents-unavailable"], "escalation-failed");
                             }
                         }
@@ -572,7 +573,7 @@ async fn record_escalation(
         inputs: context.inputs.clone(),
         reason: reason.to_string(),
         topup_ids: topup_ids.to_vec(),
-        state: "open".into(),
+        state: EscalationState::Open,
         created_at: crate::topup::books::now_ms(),
         updated_at: crate::topup::books::now_ms(),
     };

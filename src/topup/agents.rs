@@ -263,7 +263,7 @@ impl Core {
         .await?;
         // The list shows what changed: every action touches the escalation.
         let state = if action == "close" {
-            Some("closed")
+            Some(super::escalations::EscalationState::Closed.as_str())
         } else {
             None
         };

@@ -6,6 +6,47 @@ use sqlx::Row;
 
 use super::{Core, TopupError};
 
+/// Where an escalation is: `open` while the call is handed over, `transferred` when the
+/// transfer went through, `failed` when it did not, `closed` when an agent closed the case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscalationState {
+    Open,
+    Transferred,
+    Failed,
+    Closed,
+}
+
+impl EscalationState {
+    pub const ALL: [EscalationState; 4] = [
+        EscalationState::Open,
+        EscalationState::Transferred,
+        EscalationState::Failed,
+        EscalationState::Closed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscalationState::Open => "open",
+            EscalationState::Transferred => "transferred",
+            EscalationState::Failed => "failed",
+            EscalationState::Closed => "closed",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EscalationState> {
+        EscalationState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for EscalationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Escalation {
     pub id: String,
@@ -18,7 +59,7 @@ pub struct Escalation {
     pub inputs: std::collections::BTreeMap<String, String>,
     pub reason: String,
     pub topup_ids: Vec<String>,
-    pub state: String,
+    pub state: EscalationState,
     pub created_at: i64,
     /// When it last changed (state, an agent's action).
     pub updated_at: i64,
@@ -41,7 +82,7 @@ impl Core {
         .bind(serde_json::to_string(&e.inputs).unwrap_or_default())
         .bind(&e.reason)
         .bind(serde_json::to_string(&e.topup_ids).unwrap_or_default())
-        .bind(&e.state)
+        .bind(e.state.as_str())
         .bind(now)
         .execute(self.db.pool())
         .await?;
@@ -51,11 +92,11 @@ impl Core {
     pub async fn set_escalation_state(
         &self,
         id: &str,
-        state: &str,
+        state: EscalationState,
         now: i64,
     ) -> Result<(), TopupError> {
         sqlx::query("UPDATE escalations SET state = $1, updated_at = $2 WHERE id = $3")
-            .bind(state)
+            .bind(state.as_str())
             .bind(now)
             .bind(id)
             .execute(self.db.pool())
@@ -113,7 +154,11 @@ impl Core {
                     inputs: serde_json::from_str(&json("inputs")?).unwrap_or_default(),
                     reason: r.try_get("reason")?,
                     topup_ids: serde_json::from_str(&json("topup_ids")?).unwrap_or_default(),
-                    state: r.try_get("state")?,
+                    state: {
+                        let s: String = r.try_get("state")?;
+                        EscalationState::from_name(&s)
+                            .ok_or_else(|| TopupError::Corrupt(format!("escalation state `{s}`")))?
+                    },
                     created_at: r.try_get("created_at")?,
                     updated_at: r.try_get("updated_at")?,
                 })
