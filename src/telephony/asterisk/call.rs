@@ -455,7 +455,8 @@ impl edge::Edge for AsteriskEdge<'_> {
                 if r.is_ok() {
                     self.end = Some("normal");
                 }
-                self.pending.push_back(EdgeEvent::Transferred(r));
+                self.pending
+                    .push_back(EdgeEvent::Transferred(r.map_err(|e| e.to_string())));
             }
             EdgeCommand::Hangup(_) => {
                 played_out(self.media).await;
@@ -708,16 +709,14 @@ pub(super) async fn escalate(
     escalation: &str,
     target: &str,
     reason: &str,
-) -> Result<(), String> {
+) -> Result<(), ari::AriError> {
     let caller = &t.channel.id;
     t.ari
         .set_variable(caller, "TOPUP_ESCALATION_ID", escalation)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     t.ari
         .set_variable(caller, "TOPUP_ESCALATION_REASON", reason)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     // The media channel goes first (its Close frame hangs a chan_websocket channel up).
     if media.close().await {
         st.media = false;
@@ -732,8 +731,7 @@ pub(super) async fn escalate(
     }
     t.ari
         .continue_in_dialplan(caller, &t.cfg.escalation_context, target)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     st.left = true;
     Ok(())
 }

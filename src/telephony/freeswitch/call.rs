@@ -31,6 +31,9 @@ pub(super) static SILENCE_WARNED: std::sync::atomic::AtomicBool =
 /// How long a repaired call has to park again.
 pub(super) const REPARK_WAIT: Duration = Duration::from_secs(3);
 
+/// How long a command on the event socket may wait for FreeSWITCH's reply.
+const REPLY_WAIT: Duration = Duration::from_secs(10);
+
 /// How long the first streamed audio has to be played (its mark to come back) before the
 /// call is taken to hear nothing.
 pub(super) const AUDIO_CHECK_WAIT: Duration = Duration::from_secs(5);
@@ -52,7 +55,7 @@ pub(super) async fn repair_silent_park(
     uuid: &str,
     events: &mut mpsc::Receiver<LegEvent>,
     early: &mut Vec<LegEvent>,
-) -> Result<(), String> {
+) -> Result<(), EslError> {
     if !SILENCE_WARNED.swap(true, Ordering::Relaxed) {
         warn!(
             "FreeSWITCH parked a call without send_silence_when_idle: callers would hear nothing. \
@@ -74,16 +77,16 @@ pub(super) async fn repair_silent_park(
             Ok(Some(LegEvent::Parked(_))) => {}
             Ok(Some(e @ LegEvent::Gone(_))) => {
                 early.push(e);
-                return Err("the caller left".into());
+                return Err(EslError::CallerLeft);
             }
             Ok(Some(e)) => early.push(e),
-            Ok(None) => return Err("event socket task gone".into()),
-            Err(_) => return Err(format!("not parked again in {REPARK_WAIT:?}")),
+            Ok(None) => return Err(EslError::Down),
+            Err(_) => return Err(EslError::NotParked(REPARK_WAIT)),
         }
     }
 }
 
-pub(super) async fn api_call(api: &mpsc::Sender<Api>, command: String) -> Result<String, String> {
+pub(super) async fn api_call(api: &mpsc::Sender<Api>, command: String) -> Result<String, EslError> {
     esl_call(api, format!("api {command}"), vec![]).await
 }
 
@@ -92,7 +95,7 @@ pub(super) async fn esl_call(
     api: &mpsc::Sender<Api>,
     command: String,
     headers: Vec<(String, String)>,
-) -> Result<String, String> {
+) -> Result<String, EslError> {
     let (reply, rx) = oneshot::channel();
     api.send(Api {
         command,
@@ -100,13 +103,13 @@ pub(super) async fn esl_call(
         reply,
     })
     .await
-    .map_err(|_| "event socket task gone".to_string())?;
-    let r = tokio::time::timeout(Duration::from_secs(10), rx)
+    .map_err(|_| EslError::Down)?;
+    let r = tokio::time::timeout(REPLY_WAIT, rx)
         .await
-        .map_err(|_| "no reply".to_string())?
-        .map_err(|_| "event socket lost".to_string())??;
+        .map_err(|_| EslError::NoReply(REPLY_WAIT))?
+        .map_err(|_| EslError::Lost)??;
     if r.starts_with("-ERR") {
-        Err(r.trim().to_string())
+        Err(EslError::Refused(r.trim().to_string()))
     } else {
         Ok(r)
     }
@@ -467,7 +470,8 @@ impl edge::Edge for FsEdge<'_> {
                 if r.is_ok() {
                     self.end = Some(None);
                 }
-                self.pending.push_back(EdgeEvent::Transferred(r));
+                self.pending
+                    .push_back(EdgeEvent::Transferred(r.map_err(|e| e.to_string())));
             }
             EdgeCommand::Hangup(_) => {
                 played_out(&mut self.ws).await;
@@ -536,9 +540,9 @@ pub(super) async fn originate(
     number: &str,
     caller: &str,
     ring: Duration,
-) -> Result<(), String> {
+) -> Result<(), EslError> {
     let Some(template) = &cfg.calling_gateway else {
-        return Err("no [freeswitch] calling_gateway".into());
+        return Err(EslError::NoGateway);
     };
     let callee = callee_uuid(uuid);
     let caller: String = caller
@@ -587,7 +591,7 @@ pub(super) async fn transfer(
     escalation: &str,
     target: &str,
     reason: &str,
-) -> Result<(), String> {
+) -> Result<(), EslError> {
     api_call(
         api,
         format!("uuid_setvar {uuid} topup_escalation_id {escalation}"),

@@ -73,13 +73,35 @@ fn caller_gone(e: LegEvent) -> Option<String> {
     }
 }
 
+/// Why a command on the event socket did not do what it asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EslError {
+    #[error("event socket down")]
+    Down,
+    #[error("event socket lost")]
+    Lost,
+    #[error("no reply in {0:?}")]
+    NoReply(Duration),
+    #[error("a command with a line break is refused")]
+    LineBreak,
+    /// FreeSWITCH answered `-ERR ...`.
+    #[error("{0}")]
+    Refused(String),
+    #[error("no [freeswitch] calling_gateway")]
+    NoGateway,
+    #[error("the caller left")]
+    CallerLeft,
+    #[error("not parked again in {0:?}")]
+    NotParked(Duration),
+}
+
 /// A request to the ESL connection: an `api` command and where its reply goes.
 struct Api {
     /// The whole command line (`api ...`, `bgapi ...`).
     command: String,
     /// Extra header lines (`Job-UUID` for bgapi).
     headers: Vec<(String, String)>,
-    reply: oneshot::Sender<Result<String, String>>,
+    reply: oneshot::Sender<Result<String, EslError>>,
 }
 
 /// Runs the FreeSWITCH edge until the service stops (returns at once without `[freeswitch]`).
@@ -129,7 +151,7 @@ pub async fn run(shared: Arc<Shared>) {
                 }
                 shared.freeswitch_up.store(true, Ordering::Relaxed);
                 // Replies come in the order of the commands.
-                let mut waiting: VecDeque<oneshot::Sender<Result<String, String>>> =
+                let mut waiting: VecDeque<oneshot::Sender<Result<String, EslError>>> =
                     VecDeque::new();
                 // Calls whose channel vanished while we were away.
                 for (uuid, (tx, leg)) in &routes {
@@ -180,8 +202,8 @@ pub async fn run(shared: Arc<Shared>) {
                         Some(api) = api_rx.recv() => {
                             match esl::command_with(&api.command, &api.headers) {
                                 Some(line) if sock.write_all(line.as_bytes()).await.is_ok() => waiting.push_back(api.reply),
-                                Some(_) => { let _ = api.reply.send(Err("event socket lost".into())); break; }
-                                None => { let _ = api.reply.send(Err("command with a line break refused".into())); }
+                                Some(_) => { let _ = api.reply.send(Err(EslError::Lost)); break; }
+                                None => { let _ = api.reply.send(Err(EslError::LineBreak)); }
                             }
                         }
                         Some((uuid, socket)) = media_rx.recv() => deliver_media(&routes, uuid, socket),
@@ -194,7 +216,7 @@ pub async fn run(shared: Arc<Shared>) {
                     }
                 }
                 for w in waiting.drain(..) {
-                    let _ = w.send(Err("event socket lost".into()));
+                    let _ = w.send(Err(EslError::Lost));
                 }
                 outage = Some((Instant::now(), Instant::now()));
             }
@@ -206,7 +228,7 @@ pub async fn run(shared: Arc<Shared>) {
         loop {
             tokio::select! {
                 _ = &mut wait => break,
-                Some(api) = api_rx.recv() => { let _ = api.reply.send(Err("event socket down".into())); }
+                Some(api) = api_rx.recv() => { let _ = api.reply.send(Err(EslError::Down)); }
                 Some((uuid, socket)) = media_rx.recv() => deliver_media(&routes, uuid, socket),
                 Some(uuid) = done_rx.recv() => forget(&mut routes, &uuid),
                 _ = shutdown.changed() => {
@@ -312,7 +334,7 @@ fn on_frame(
     api: &mpsc::Sender<Api>,
     done: &mpsc::Sender<String>,
     routes: &mut HashMap<String, (mpsc::Sender<LegEvent>, Leg)>,
-    waiting: &mut VecDeque<oneshot::Sender<Result<String, String>>>,
+    waiting: &mut VecDeque<oneshot::Sender<Result<String, EslError>>>,
     f: esl::Frame,
 ) {
     match f.content_type() {
