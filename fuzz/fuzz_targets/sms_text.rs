@@ -10,10 +10,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (dcs, esm, body) = (data[0], data[1], &data[2..]);
-    let mut r = Reassembler::new(60_000, 8);
+    let t0 = std::time::Instant::now();
+    let mut r = Reassembler::new(std::time::Duration::from_secs(60), 8);
     for (i, part) in body.chunks(40).enumerate() {
         let d = decode(dcs, esm, part);
-        let _ = r.handle_part(i as i64, "+1", d);
+        let _ = r.handle_part(t0 + std::time::Duration::from_millis(i as u64), "+1", d);
         assert!(r.pending() <= 8);
     }
     // What we send round-trips through what we receive.

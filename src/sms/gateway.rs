@@ -218,7 +218,7 @@ pub async fn run(shared: Arc<Shared>) {
         links,
         in_flight: HashMap::new(),
         next_id: 1,
-        reassembler: Reassembler::new(10 * 60_000, 10_000),
+        reassembler: Reassembler::new(Duration::from_secs(10 * 60), 10_000),
         keywords,
     };
     g.publish();
@@ -234,7 +234,7 @@ pub async fn run(shared: Arc<Shared>) {
                 None => break,
             },
             _ = fill.tick() => {
-                g.reassembler.handle_timeout(now_ms());
+                g.reassembler.handle_timeout(std::time::Instant::now());
                 g.fill().await;
             }
             _ = alerts.tick() => g.alerts().await,
@@ -495,8 +495,11 @@ impl Gateway {
                 status: st,
                 resume_at,
             } => {
-                warn!(smsc = %name, status = %status_name(st), pause_ms = resume_at - now, "the SMSC is throttling; pausing");
-                self.links[li].throttled_until = resume_at;
+                // The session's clock is monotonic; the gateway's is the one its rows use.
+                let pause = resume_at.saturating_duration_since(std::time::Instant::now());
+                let pause_ms = pause.as_millis() as i64;
+                warn!(smsc = %name, status = %status_name(st), pause_ms, "the SMSC is throttling; pausing");
+                self.links[li].throttled_until = now + pause_ms;
             }
             Event::Unsent { id } => {
                 let Some(f) = self.take(id) else { return };
@@ -572,10 +575,11 @@ impl Gateway {
         }
         let sender = m.source_e164();
         let decoded = text::decode(m.data_coding, m.esm_class, &m.data);
-        let Some(text) = self
-            .reassembler
-            .handle_part(now, &format!("{name}/{sender}"), decoded)
-        else {
+        let Some(text) = self.reassembler.handle_part(
+            std::time::Instant::now(),
+            &format!("{name}/{sender}"),
+            decoded,
+        ) else {
             // A part of a longer message: held until the rest arrives.
             respond(CommandStatus::EsmeRok);
             return;
@@ -656,8 +660,8 @@ async fn link_task(
         password: cfg.password.expose().to_string(),
         system_type: cfg.system_type.clone(),
         window: cfg.window,
-        enquire_link_ms: cfg.enquire_link.as_millis() as i64,
-        response_timeout_ms: cfg.response_timeout.as_millis() as i64,
+        enquire_link: cfg.enquire_link,
+        response_timeout: cfg.response_timeout,
         ..SessionConfig::default()
     };
     let mut backoff = MIN;
@@ -726,7 +730,7 @@ async fn drive(
     stopping: &mut bool,
     emit: &(dyn Fn(Event) + Sync),
 ) -> bool {
-    let mut session = Session::new(cfg.clone(), now_ms());
+    let mut session = Session::new(cfg.clone(), std::time::Instant::now());
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = vec![0u8; 64 * 1024];
     let mut was_bound = false;
@@ -748,30 +752,28 @@ async fn drive(
             let _ = wr.shutdown().await;
             return was_bound;
         }
-        let wake = session.poll_timeout().map(|t| {
-            tokio::time::Instant::now() + Duration::from_millis((t - now_ms()).max(0) as u64)
-        });
+        let wake = session.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             r = rd.read(&mut buf) => match r {
                 Ok(0) => session.handle_close("the SMSC closed the connection"),
-                Ok(n) => session.handle_input(now_ms(), &buf[..n]),
+                Ok(n) => session.handle_input(std::time::Instant::now(), &buf[..n]),
                 Err(e) => session.handle_close(&format!("read failed: {e}")),
             },
             c = cmds.recv(), if cmds_open => match c {
-                Some(LinkCmd::Submit(id, m)) => session.submit(now_ms(), id, m),
+                Some(LinkCmd::Submit(id, m)) => session.submit(std::time::Instant::now(), id, m),
                 Some(LinkCmd::Respond { generation: g, seq, status }) => {
                     if g == generation {
-                        session.respond(now_ms(), seq, status);
+                        session.respond(std::time::Instant::now(), seq, status);
                     }
                 }
                 Some(LinkCmd::Unbind) | None => {
                     cmds_open = false;
                     *stopping = true;
-                    session.unbind(now_ms());
+                    session.unbind(std::time::Instant::now());
                 }
             },
             _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
-                session.handle_timeout(now_ms());
+                session.handle_timeout(std::time::Instant::now());
             }
         }
     }

@@ -16,6 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 /// SMPP command statuses (SMPP 3.4 §5.1.3), as rusmpp names them.
@@ -69,13 +70,13 @@ pub struct SessionConfig {
     pub system_type: String,
     /// Most submissions awaiting an answer at once.
     pub window: usize,
-    /// Send `enquire_link` after this long without traffic (ms).
-    pub enquire_link_ms: i64,
+    /// Send `enquire_link` after this long without traffic.
+    pub enquire_link: Duration,
     /// How long a request may wait for its answer before the connection is given up (ms).
-    pub response_timeout_ms: i64,
+    pub response_timeout: Duration,
     /// First pause after a throttling answer, doubled up to the maximum (ms).
-    pub throttle_min_ms: i64,
-    pub throttle_max_ms: i64,
+    pub throttle_min: Duration,
+    pub throttle_max: Duration,
     /// Longest PDU accepted.
     pub max_pdu: usize,
 }
@@ -98,10 +99,10 @@ impl Default for SessionConfig {
             password: String::new(),
             system_type: String::new(),
             window: 10,
-            enquire_link_ms: 30_000,
-            response_timeout_ms: 10_000,
-            throttle_min_ms: 1_000,
-            throttle_max_ms: 30_000,
+            enquire_link: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(10),
+            throttle_min: Duration::from_secs(1),
+            throttle_max: Duration::from_secs(30),
             max_pdu: 64 * 1024,
         }
     }
@@ -192,7 +193,7 @@ pub enum Event {
     /// The SMSC asked us to slow down: submissions pause until `resume_at`.
     Throttled {
         status: CommandStatus,
-        resume_at: i64,
+        resume_at: Instant,
     },
     /// The session ended before the SMSC accepted this submission: send it again later.
     Unsent {
@@ -226,18 +227,18 @@ pub struct Session {
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
     /// Requests awaiting an answer, by sequence number, with their deadline.
-    pending: HashMap<u32, (Pending, i64)>,
+    pending: HashMap<u32, (Pending, Instant)>,
     /// Submissions waiting for room in the window or for throttling to end.
     queue: VecDeque<(SubmitId, Submit)>,
     outstanding_submits: usize,
-    throttled_until: Option<i64>,
+    throttled_until: Option<Instant>,
     throttle_level: u32,
-    last_activity: i64,
+    last_activity: Instant,
 }
 
 impl Session {
     /// Starts a session on a fresh connection: the bind goes out at once.
-    pub fn new(cfg: SessionConfig, now: i64) -> Session {
+    pub fn new(cfg: SessionConfig, now: Instant) -> Session {
         let mut s = Session {
             cfg,
             state: State::Binding,
@@ -273,7 +274,7 @@ impl Session {
             .saturating_sub(self.outstanding_submits + self.queue.len())
     }
 
-    pub fn is_throttled(&self, now: i64) -> bool {
+    pub fn is_throttled(&self, now: Instant) -> bool {
         self.throttled_until.is_some_and(|t| now < t)
     }
 
@@ -286,13 +287,13 @@ impl Session {
     }
 
     /// When [`Session::handle_timeout`] should next be called.
-    pub fn poll_timeout(&self) -> Option<i64> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         if self.state == State::Closed {
             return None;
         }
         let mut t = self.pending.values().map(|(_, d)| *d).min();
         if self.state == State::Bound {
-            let ping = self.last_activity + self.cfg.enquire_link_ms;
+            let ping = self.last_activity + self.cfg.enquire_link;
             t = Some(t.map_or(ping, |x| x.min(ping)));
             if let (Some(resume), false) = (self.throttled_until, self.queue.is_empty()) {
                 t = Some(t.map_or(resume, |x| x.min(resume)));
@@ -301,7 +302,7 @@ impl Session {
         t
     }
 
-    pub fn handle_timeout(&mut self, now: i64) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == State::Closed {
             return;
         }
@@ -319,13 +320,13 @@ impl Session {
                 Pending::Unbind => "unbind".to_string(),
             };
             self.close(format!(
-                "no answer to {what} within {} ms",
-                self.cfg.response_timeout_ms
+                "no answer to {what} within {:?}",
+                self.cfg.response_timeout
             ));
             return;
         }
         if self.state == State::Bound
-            && now - self.last_activity >= self.cfg.enquire_link_ms
+            && now.saturating_duration_since(self.last_activity) >= self.cfg.enquire_link
             && !self
                 .pending
                 .values()
@@ -341,7 +342,7 @@ impl Session {
 
     /// Queues a message. It goes out when the window has room and the SMSC is not throttling.
     /// A message that cannot be put into a PDU is refused at once.
-    pub fn submit(&mut self, now: i64, id: SubmitId, m: Submit) {
+    pub fn submit(&mut self, now: Instant, id: SubmitId, m: Submit) {
         if self.state != State::Bound {
             self.events.push_back(Event::Unsent { id });
             return;
@@ -355,7 +356,7 @@ impl Session {
     }
 
     /// Answers a `deliver_sm`.
-    pub fn respond(&mut self, now: i64, seq: u32, status: CommandStatus) {
+    pub fn respond(&mut self, now: Instant, seq: u32, status: CommandStatus) {
         if self.state == State::Closed {
             return;
         }
@@ -364,7 +365,7 @@ impl Session {
     }
 
     /// Ends the session politely: `unbind`, then close on its answer.
-    pub fn unbind(&mut self, now: i64) {
+    pub fn unbind(&mut self, now: Instant) {
         match self.state {
             State::Bound => {
                 self.state = State::Unbinding;
@@ -382,7 +383,7 @@ impl Session {
         }
     }
 
-    pub fn handle_input(&mut self, now: i64, bytes: &[u8]) {
+    pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
         if self.state == State::Closed {
             return;
         }
@@ -417,7 +418,7 @@ impl Session {
         }
     }
 
-    fn on_undecodable(&mut self, now: i64, id: u32, st: CommandStatus, seq: u32, why: &str) {
+    fn on_undecodable(&mut self, now: Instant, id: u32, st: CommandStatus, seq: u32, why: &str) {
         if id & 0x8000_0000 == 0 {
             self.events.push_back(Event::Protocol(format!(
                 "malformed request 0x{id:08X} (sequence {seq}): {why}; answered generic_nack"
@@ -432,7 +433,7 @@ impl Session {
         self.on_response(now, seq, st, None);
     }
 
-    fn on_command(&mut self, now: i64, cmd: Command) {
+    fn on_command(&mut self, now: Instant, cmd: Command) {
         let seq = cmd.sequence_number();
         let st = cmd.status();
         let id = u32::from(cmd.id());
@@ -509,7 +510,13 @@ impl Session {
         }
     }
 
-    fn on_response(&mut self, now: i64, seq: u32, st: CommandStatus, message_id: Option<String>) {
+    fn on_response(
+        &mut self,
+        now: Instant,
+        seq: u32,
+        st: CommandStatus,
+        message_id: Option<String>,
+    ) {
         let Some((what, _)) = self.pending.remove(&seq) else {
             self.events.push_back(Event::Protocol(format!(
                 "answer to an unknown request (sequence {seq}) ignored"
@@ -537,8 +544,8 @@ impl Session {
                         });
                     }
                     CommandStatus::EsmeRthrottled | CommandStatus::EsmeRmsgqful => {
-                        let pause = (self.cfg.throttle_min_ms << self.throttle_level.min(16))
-                            .min(self.cfg.throttle_max_ms);
+                        let pause = (self.cfg.throttle_min * (1 << self.throttle_level.min(16)))
+                            .min(self.cfg.throttle_max);
                         self.throttle_level += 1;
                         let resume_at = now + pause;
                         self.throttled_until = Some(resume_at);
@@ -558,7 +565,7 @@ impl Session {
         }
     }
 
-    fn pump(&mut self, now: i64) {
+    fn pump(&mut self, now: Instant) {
         while self.state == State::Bound
             && !self.is_throttled(now)
             && self.outstanding_submits < self.cfg.window
@@ -576,7 +583,7 @@ impl Session {
         }
     }
 
-    fn request(&mut self, now: i64, pdu: Pdu, what: Pending) {
+    fn request(&mut self, now: Instant, pdu: Pdu, what: Pending) {
         self.next_seq = if self.next_seq >= 0x7FFF_FFFF {
             1
         } else {
@@ -585,16 +592,16 @@ impl Session {
         let seq = self.next_seq;
         let cmd = Command::new(CommandStatus::EsmeRok, seq, pdu);
         self.pending
-            .insert(seq, (what, now + self.cfg.response_timeout_ms));
+            .insert(seq, (what, now + self.cfg.response_timeout));
         self.send(now, &cmd);
     }
 
-    fn generic_nack(&mut self, now: i64, seq: u32, st: CommandStatus) {
+    fn generic_nack(&mut self, now: Instant, seq: u32, st: CommandStatus) {
         let cmd = Command::new(st, seq, Pdu::GenericNack);
         self.send(now, &cmd);
     }
 
-    fn send(&mut self, now: i64, cmd: &Command) {
+    fn send(&mut self, now: Instant, cmd: &Command) {
         self.last_activity = now;
         self.transmit.push_back(encode(cmd));
     }

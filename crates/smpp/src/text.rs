@@ -13,6 +13,7 @@
 //! test holds it against rusmpp-extra's encoder.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use rusmpp::extra::concatenation::Concatenator;
 use rusmpp::extra::encoding::gsm7bit::Gsm7BitUnpacked;
@@ -298,25 +299,25 @@ pub fn parts_needed(text: &str) -> Result<(usize, Coding), TextError> {
     encode(text, 0).map(|e| (e.parts.len(), e.coding))
 }
 
-/// Joins the parts of long incoming messages. Pure: the caller passes `now` (ms); partial
-/// messages older than `max_age_ms` are dropped on [`Reassembler::handle_timeout`].
+/// Joins the parts of long incoming messages. Pure: the caller passes `now`; partial
+/// messages older than `max_age` are dropped on [`Reassembler::handle_timeout`].
 #[derive(Debug)]
 pub struct Reassembler {
-    max_age_ms: i64,
+    max_age: Duration,
     max_groups: usize,
     groups: HashMap<(String, u16, u8), Group>,
 }
 
 #[derive(Debug)]
 struct Group {
-    first_at: i64,
+    first_at: Instant,
     parts: Vec<Option<String>>,
 }
 
 impl Reassembler {
-    pub fn new(max_age_ms: i64, max_groups: usize) -> Reassembler {
+    pub fn new(max_age: Duration, max_groups: usize) -> Reassembler {
         Reassembler {
-            max_age_ms,
+            max_age,
             max_groups,
             groups: HashMap::new(),
         }
@@ -324,7 +325,7 @@ impl Reassembler {
 
     /// Adds a part from `sender`; returns the whole text once every part has arrived. A
     /// message without a concatenation header is whole already.
-    pub fn handle_part(&mut self, now: i64, sender: &str, d: Decoded) -> Option<String> {
+    pub fn handle_part(&mut self, now: Instant, sender: &str, d: Decoded) -> Option<String> {
         let Some(c) = d.concat else {
             return Some(d.text);
         };
@@ -356,9 +357,10 @@ impl Reassembler {
     }
 
     /// Drops partial messages that waited too long.
-    pub fn handle_timeout(&mut self, now: i64) {
-        let max = self.max_age_ms;
-        self.groups.retain(|_, g| now - g.first_at < max);
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let max = self.max_age;
+        self.groups
+            .retain(|_, g| now.saturating_duration_since(g.first_at) < max);
     }
 
     pub fn pending(&self) -> usize {
@@ -416,10 +418,11 @@ mod tests {
         assert_eq!(&e.parts[2][..6], &[0x05, 0x00, 0x03, 0x42, 3, 3]);
         assert_eq!(e.parts[0].len(), 6 + 153);
         // The parts decode and join back to the text.
-        let mut r = Reassembler::new(60_000, 10);
+        let mut r = Reassembler::new(Duration::from_secs(60), 10);
+        let t0 = Instant::now();
         let mut whole = None;
         for p in e.parts.iter().rev() {
-            whole = r.handle_part(0, "+1", decode(DCS_GSM, ESM_UDHI, p));
+            whole = r.handle_part(t0, "+1", decode(DCS_GSM, ESM_UDHI, p));
         }
         assert_eq!(whole.as_deref(), Some(text.as_str()));
         assert_eq!(r.pending(), 0);
@@ -525,7 +528,9 @@ mod tests {
 
     #[test]
     fn partial_messages_expire_and_groups_are_bounded() {
-        let mut r = Reassembler::new(1000, 2);
+        let mut r = Reassembler::new(Duration::from_secs(1), 2);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
         let part = |reference, seq| Decoded {
             text: format!("p{seq}"),
             concat: Some(Concat {
@@ -534,16 +539,23 @@ mod tests {
                 seq,
             }),
         };
-        assert_eq!(r.handle_part(0, "+1", part(1, 1)), None);
-        assert_eq!(r.handle_part(10, "+1", part(2, 1)), None);
-        assert_eq!(r.handle_part(20, "+1", part(3, 1)), None);
+        assert_eq!(r.handle_part(at(0), "+1", part(1, 1)), None);
+        assert_eq!(r.handle_part(at(10), "+1", part(2, 1)), None);
+        assert_eq!(r.handle_part(at(20), "+1", part(3, 1)), None);
         assert_eq!(r.pending(), 2, "the oldest partial message was dropped");
-        assert_eq!(r.handle_part(30, "+1", part(1, 2)), None, "1 was dropped");
-        r.handle_timeout(5000);
+        assert_eq!(
+            r.handle_part(at(30), "+1", part(1, 2)),
+            None,
+            "1 was dropped"
+        );
+        r.handle_timeout(at(5000));
         assert_eq!(r.pending(), 0);
         // The same reference from two senders are two messages.
-        assert_eq!(r.handle_part(0, "+1", part(7, 1)), None);
-        assert_eq!(r.handle_part(0, "+2", part(7, 2)), None);
-        assert_eq!(r.handle_part(0, "+1", part(7, 2)).as_deref(), Some("p1p2"));
+        assert_eq!(r.handle_part(at(0), "+1", part(7, 1)), None);
+        assert_eq!(r.handle_part(at(0), "+2", part(7, 2)), None);
+        assert_eq!(
+            r.handle_part(at(0), "+1", part(7, 2)).as_deref(),
+            Some("p1p2")
+        );
     }
 }

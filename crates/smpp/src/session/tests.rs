@@ -5,6 +5,14 @@ use rusmpp::CommandId;
 use rusmpp::pdus::{BindTransceiverResp, DeliverSm, SubmitSmResp};
 use rusmpp::tlvs::MessageDeliveryRequestTlvValue;
 use rusmpp::values::MessageState;
+use std::sync::LazyLock;
+
+/// The simulated clock's start; `at(ms)` is `ms` milliseconds after it.
+static T0: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn at(ms: i64) -> Instant {
+    *T0 + Duration::from_millis(ms as u64)
+}
 
 fn cfg() -> SessionConfig {
     SessionConfig {
@@ -36,10 +44,10 @@ fn resp(seq: u32, st: CommandStatus, pdu: impl Into<Pdu>) -> Vec<u8> {
 }
 
 fn bound(now: i64) -> Session {
-    let mut s = Session::new(cfg(), now);
+    let mut s = Session::new(cfg(), at(now));
     let bind = sent(&mut s);
     s.handle_input(
-        now,
+        at(now),
         &resp(
             bind[0].sequence_number(),
             CommandStatus::EsmeRok,
@@ -65,7 +73,7 @@ fn msg(to: &str) -> Submit {
 
 fn accept(s: &mut Session, now: i64, c: &Command, id: &str) {
     s.handle_input(
-        now,
+        at(now),
         &resp(
             c.sequence_number(),
             CommandStatus::EsmeRok,
@@ -78,7 +86,7 @@ fn accept(s: &mut Session, now: i64, c: &Command, id: &str) {
 
 #[test]
 fn binds_as_a_transceiver_with_the_configured_credentials() {
-    let mut s = Session::new(cfg(), 0);
+    let mut s = Session::new(cfg(), at(0));
     let c = sent(&mut s);
     assert_eq!(c.len(), 1);
     let Some(Pdu::BindTransceiver(b)) = c[0].pdu() else {
@@ -93,10 +101,10 @@ fn binds_as_a_transceiver_with_the_configured_credentials() {
 
 #[test]
 fn a_refused_bind_names_the_reason_and_closes() {
-    let mut s = Session::new(cfg(), 0);
+    let mut s = Session::new(cfg(), at(0));
     let c = sent(&mut s);
     s.handle_input(
-        5,
+        at(5),
         &resp(
             c[0].sequence_number(),
             CommandStatus::EsmeRinvpaswd,
@@ -120,12 +128,12 @@ fn a_refused_bind_names_the_reason_and_closes() {
 
 #[test]
 fn a_bind_that_is_never_answered_times_out() {
-    let mut s = Session::new(cfg(), 0);
+    let mut s = Session::new(cfg(), at(0));
     sent(&mut s);
-    assert_eq!(s.poll_timeout(), Some(10_000));
-    s.handle_timeout(9_999);
+    assert_eq!(s.poll_timeout(), Some(at(10_000)));
+    s.handle_timeout(at(9_999));
     assert!(events(&mut s).is_empty());
-    s.handle_timeout(10_000);
+    s.handle_timeout(at(10_000));
     let ev = events(&mut s);
     assert!(
         matches!(&ev[..], [Event::Closed { reason }] if reason.contains("bind_transceiver")),
@@ -137,9 +145,9 @@ fn a_bind_that_is_never_answered_times_out() {
 fn submissions_respect_the_window_and_keep_their_order() {
     let mut s = bound(0);
     assert_eq!(s.capacity(), 2);
-    s.submit(1, 10, msg("+525512345678"));
-    s.submit(1, 11, msg("+525512345679"));
-    s.submit(1, 12, msg("+525512345670"));
+    s.submit(at(1), 10, msg("+525512345678"));
+    s.submit(at(1), 11, msg("+525512345679"));
+    s.submit(at(1), 12, msg("+525512345670"));
     let c = sent(&mut s);
     assert_eq!(c.len(), 2, "window of two");
     let Some(Pdu::SubmitSm(first)) = c[0].pdu() else {
@@ -180,7 +188,7 @@ fn submissions_respect_the_window_and_keep_their_order() {
 fn the_udhi_bit_goes_out_as_given() {
     let mut s = bound(0);
     s.submit(
-        0,
+        at(0),
         1,
         Submit {
             esm_class: 0x40,
@@ -199,10 +207,10 @@ fn the_udhi_bit_goes_out_as_given() {
 #[test]
 fn throttling_pauses_with_a_growing_backoff_and_resends_the_same_message() {
     let mut s = bound(0);
-    s.submit(0, 7, msg("+525512345678"));
+    s.submit(at(0), 7, msg("+525512345678"));
     let c = sent(&mut s);
     s.handle_input(
-        100,
+        at(100),
         &resp(
             c[0].sequence_number(),
             CommandStatus::EsmeRthrottled,
@@ -213,20 +221,20 @@ fn throttling_pauses_with_a_growing_backoff_and_resends_the_same_message() {
         events(&mut s),
         vec![Event::Throttled {
             status: CommandStatus::EsmeRthrottled,
-            resume_at: 1_100
+            resume_at: at(1_100)
         }]
     );
     assert!(sent(&mut s).is_empty(), "paused");
-    assert_eq!(s.poll_timeout(), Some(1_100));
-    s.handle_timeout(1_099);
+    assert_eq!(s.poll_timeout(), Some(at(1_100)));
+    s.handle_timeout(at(1_099));
     assert!(sent(&mut s).is_empty());
-    s.handle_timeout(1_100);
+    s.handle_timeout(at(1_100));
     let again = sent(&mut s);
     assert_eq!(again.len(), 1);
     assert_ne!(again[0].sequence_number(), c[0].sequence_number());
     // Queue full: the pause doubles.
     s.handle_input(
-        1_200,
+        at(1_200),
         &resp(
             again[0].sequence_number(),
             CommandStatus::EsmeRmsgqful,
@@ -237,10 +245,10 @@ fn throttling_pauses_with_a_growing_backoff_and_resends_the_same_message() {
         events(&mut s),
         vec![Event::Throttled {
             status: CommandStatus::EsmeRmsgqful,
-            resume_at: 3_200
+            resume_at: at(3_200)
         }]
     );
-    s.handle_timeout(3_200);
+    s.handle_timeout(at(3_200));
     let third = sent(&mut s);
     accept(&mut s, 3_300, &third[0], "ok-7");
     assert_eq!(
@@ -251,10 +259,10 @@ fn throttling_pauses_with_a_growing_backoff_and_resends_the_same_message() {
         }]
     );
     // After a success the next throttle starts small again.
-    s.submit(3_400, 8, msg("+525512345678"));
+    s.submit(at(3_400), 8, msg("+525512345678"));
     let c = sent(&mut s);
     s.handle_input(
-        3_500,
+        at(3_500),
         &resp(
             c[0].sequence_number(),
             CommandStatus::EsmeRthrottled,
@@ -263,20 +271,17 @@ fn throttling_pauses_with_a_growing_backoff_and_resends_the_same_message() {
     );
     assert!(matches!(
         events(&mut s)[..],
-        [Event::Throttled {
-            resume_at: 4_500,
-            ..
-        }]
+        [Event::Throttled { resume_at, .. }] if resume_at == at(4_500)
     ));
 }
 
 #[test]
 fn other_refusals_are_reported_per_message() {
     let mut s = bound(0);
-    s.submit(0, 3, msg("+525512345678"));
+    s.submit(at(0), 3, msg("+525512345678"));
     let c = sent(&mut s);
     s.handle_input(
-        5,
+        at(5),
         &resp(
             c[0].sequence_number(),
             CommandStatus::EsmeRinvdstadr,
@@ -297,15 +302,15 @@ fn other_refusals_are_reported_per_message() {
 #[test]
 fn an_idle_line_is_probed_and_a_dead_one_closed_with_its_messages_unsent() {
     let mut s = bound(0);
-    assert_eq!(s.poll_timeout(), Some(30_000));
-    s.handle_timeout(30_000);
+    assert_eq!(s.poll_timeout(), Some(at(30_000)));
+    s.handle_timeout(at(30_000));
     let c = sent(&mut s);
     assert_eq!(c[0].id(), CommandId::EnquireLink);
-    s.submit(30_001, 1, msg("+525512345678"));
-    s.submit(30_001, 2, msg("+525512345678"));
-    s.submit(30_001, 3, msg("+525512345678"));
+    s.submit(at(30_001), 1, msg("+525512345678"));
+    s.submit(at(30_001), 2, msg("+525512345678"));
+    s.submit(at(30_001), 3, msg("+525512345678"));
     sent(&mut s);
-    s.handle_timeout(40_000);
+    s.handle_timeout(at(40_000));
     let ev = events(&mut s);
     assert_eq!(
         ev[..3],
@@ -324,27 +329,27 @@ fn an_idle_line_is_probed_and_a_dead_one_closed_with_its_messages_unsent() {
 #[test]
 fn an_answered_probe_keeps_the_session() {
     let mut s = bound(0);
-    s.handle_timeout(30_000);
+    s.handle_timeout(at(30_000));
     let c = sent(&mut s);
     s.handle_input(
-        30_010,
+        at(30_010),
         &resp(
             c[0].sequence_number(),
             CommandStatus::EsmeRok,
             Pdu::EnquireLinkResp,
         ),
     );
-    s.handle_timeout(50_000);
+    s.handle_timeout(at(50_000));
     assert!(events(&mut s).is_empty());
     assert_eq!(s.state(), State::Bound);
-    assert_eq!(s.poll_timeout(), Some(60_010));
+    assert_eq!(s.poll_timeout(), Some(at(60_010)));
 }
 
 #[test]
 fn the_smscs_enquire_link_and_unbind_are_answered() {
     let mut s = bound(0);
     s.handle_input(
-        5,
+        at(5),
         &encode(&Command::new(CommandStatus::EsmeRok, 77, Pdu::EnquireLink)),
     );
     let c = sent(&mut s);
@@ -352,10 +357,10 @@ fn the_smscs_enquire_link_and_unbind_are_answered() {
         (c[0].id(), c[0].sequence_number()),
         (CommandId::EnquireLinkResp, 77)
     );
-    s.submit(6, 1, msg("+525512345678"));
+    s.submit(at(6), 1, msg("+525512345678"));
     sent(&mut s);
     s.handle_input(
-        7,
+        at(7),
         &encode(&Command::new(CommandStatus::EsmeRok, 78, Pdu::Unbind)),
     );
     let c = sent(&mut s);
@@ -377,13 +382,13 @@ fn the_smscs_enquire_link_and_unbind_are_answered() {
 #[test]
 fn our_unbind_closes_on_its_answer() {
     let mut s = bound(0);
-    s.unbind(1);
+    s.unbind(at(1));
     assert_eq!(s.state(), State::Unbinding);
     assert_eq!(s.capacity(), 0);
     let c = sent(&mut s);
     assert_eq!(c[0].id(), CommandId::Unbind);
     s.handle_input(
-        2,
+        at(2),
         &resp(
             c[0].sequence_number(),
             CommandStatus::EsmeRok,
@@ -413,7 +418,7 @@ fn mo(seq: u32, text: &[u8], tlvs: Vec<MessageDeliveryRequestTlvValue>) -> Vec<u
 fn mo_messages_and_receipts_arrive_as_events_and_are_answered_by_the_owner() {
     let mut s = bound(0);
     s.handle_input(
-        1,
+        at(1),
         &mo(
             900,
             b"BAL 1234",
@@ -433,7 +438,7 @@ fn mo_messages_and_receipts_arrive_as_events_and_are_answered_by_the_owner() {
     assert_eq!(m.receipted_message_id.as_deref(), Some("smsc-17"));
     assert!(!m.is_receipt());
     assert!(sent(&mut s).is_empty(), "answered by the owner, later");
-    s.respond(2, 900, CommandStatus::EsmeRok);
+    s.respond(at(2), 900, CommandStatus::EsmeRok);
     let c = sent(&mut s);
     assert_eq!(
         (c[0].id(), c[0].sequence_number()),
@@ -453,7 +458,10 @@ fn mo_messages_and_receipts_arrive_as_events_and_are_answered_by_the_owner() {
         MessageDeliveryRequestTlvValue::ReceiptedMessageId(COctetString::from_str("m-1").unwrap()),
         MessageDeliveryRequestTlvValue::MessageState(MessageState::Delivered),
     ]);
-    s.handle_input(3, &encode(&Command::new(CommandStatus::EsmeRok, 901, d)));
+    s.handle_input(
+        at(3),
+        &encode(&Command::new(CommandStatus::EsmeRok, 901, d)),
+    );
     let ev = events(&mut s);
     let [Event::Deliver(r)] = &ev[..] else {
         panic!("{ev:?}")
@@ -471,7 +479,7 @@ fn pdus_split_across_reads_are_joined() {
     ]
     .concat();
     for b in &bytes {
-        s.handle_input(1, std::slice::from_ref(b));
+        s.handle_input(at(1), std::slice::from_ref(b));
     }
     assert!(matches!(events(&mut s)[..], [Event::Deliver(_)]));
     assert_eq!(sent(&mut s)[0].id(), CommandId::EnquireLinkResp);
@@ -487,7 +495,7 @@ fn garbage_gets_a_generic_nack_and_the_stream_goes_on() {
     broken.extend_from_slice(b"\0\x01\x01X");
     unknown.append(&mut broken);
     unknown.extend_from_slice(&mo(43, b"HELP", vec![]));
-    s.handle_input(1, &unknown);
+    s.handle_input(at(1), &unknown);
     let c = sent(&mut s);
     assert_eq!(c.len(), 2);
     assert_eq!(
@@ -509,14 +517,14 @@ fn garbage_gets_a_generic_nack_and_the_stream_goes_on() {
 #[test]
 fn an_unframeable_length_ends_the_session() {
     let mut s = bound(0);
-    s.handle_input(1, &[0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    s.handle_input(at(1), &[0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
     assert_eq!(sent(&mut s)[0].id(), CommandId::GenericNack);
     assert!(matches!(
         events(&mut s)[..],
         [Event::Closed { ref reason }] if reason.contains("command_length 3")
     ));
     let mut s = bound(0);
-    s.handle_input(1, &[0x7F, 0, 0, 0]);
+    s.handle_input(at(1), &[0x7F, 0, 0, 0]);
     assert_eq!(s.state(), State::Closed, "2 GB PDUs are not waited for");
 }
 
@@ -524,14 +532,14 @@ fn an_unframeable_length_ends_the_session() {
 fn an_unencodable_message_is_refused_without_reaching_the_smsc() {
     let mut s = bound(0);
     s.submit(
-        0,
+        at(0),
         5,
         Submit {
             short_message: vec![0; 300],
             ..msg("+525512345678")
         },
     );
-    s.submit(0, 6, msg("+5255123456789012345678901"));
+    s.submit(at(0), 6, msg("+5255123456789012345678901"));
     assert!(sent(&mut s).is_empty());
     assert_eq!(
         events(&mut s),
@@ -552,8 +560,8 @@ fn an_unencodable_message_is_refused_without_reaching_the_smsc() {
 fn sequence_numbers_wrap_within_31_bits() {
     let mut s = bound(0);
     s.next_seq = 0x7FFF_FFFE;
-    s.submit(0, 1, msg("+525512345678"));
-    s.submit(0, 2, msg("+525512345678"));
+    s.submit(at(0), 1, msg("+525512345678"));
+    s.submit(at(0), 2, msg("+525512345678"));
     let c = sent(&mut s);
     assert_eq!(c[0].sequence_number(), 0x7FFF_FFFF);
     assert_eq!(c[1].sequence_number(), 1);
@@ -564,12 +572,12 @@ proptest::proptest! {
     fn any_bytes_from_the_smsc_never_panic(chunks in proptest::collection::vec(
         proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..8)) {
         let mut s = bound(0);
-        s.submit(0, 1, msg("+525512345678"));
+        s.submit(at(0), 1, msg("+525512345678"));
         for (i, c) in chunks.iter().enumerate() {
-            s.handle_input(i as i64, c);
+            s.handle_input(at(i as i64), c);
             while s.poll_transmit().is_some() {}
             while s.poll_event().is_some() {}
         }
-        s.handle_timeout(1_000_000);
+        s.handle_timeout(at(1_000_000));
     }
 }
