@@ -436,7 +436,12 @@ async fn dial<E: Edge>(
             }
             None => {}
         }
-        let wake = next_wake(now, [Some(wake), Some(clock.poll_timeout())]);
+        // The edge's own deadline (the SIP caller's RTP timeout, FreeSWITCH's audio check)
+        // holds during a paid call too.
+        let wake = next_wake(
+            now,
+            [Some(wake), Some(clock.poll_timeout()), edge.poll_timeout()],
+        );
         tokio::select! {
             input = edge.wait(buf) => {
                 let ev = match input {
@@ -479,7 +484,13 @@ async fn dial<E: Edge>(
                 }
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                session.handle_timeout(Instant::now());
+                let now = Instant::now();
+                if let Some(reason) = edge.handle_timeout(now) {
+                    edge.send(now, EdgeCommand::DropDial).await;
+                    settle(clock.talk(now)).await;
+                    break Err(reason);
+                }
+                session.handle_timeout(now);
             }
         }
     };

@@ -275,7 +275,7 @@ pub(super) struct FsEdge<'a> {
     /// The audio check: frames streamed since it was (re)armed, and until when its mark has
     /// to come back; `None` once FreeSWITCH has played our audio.
     streamed: u32,
-    check_deadline: Option<tokio::time::Instant>,
+    check_deadline: Option<Instant>,
     audio_heard: bool,
     /// How the caller's channel is to be hung up once the call is over (`Some(None)`: not
     /// ours to hang up), set when the edge ends the call.
@@ -287,8 +287,6 @@ pub(super) enum FsInput {
     Pending,
     Leg(Option<LegEvent>),
     Media(Option<Result<Message, axum::Error>>),
-    /// The audio check's mark did not come back in time.
-    Silent,
 }
 
 impl FsEdge<'_> {
@@ -304,12 +302,11 @@ impl edge::Edge for FsEdge<'_> {
         if !self.pending.is_empty() {
             return Some(FsInput::Pending);
         }
-        let check = self.check_deadline;
-        // All cancel-safe: a channel receive, a websocket read, a sleep.
+        // Both cancel-safe: a channel receive, a websocket read. The audio check's deadline
+        // is the driver's timer (poll_timeout / handle_timeout).
         tokio::select! {
             ev = self.events.recv() => Some(FsInput::Leg(ev)),
             msg = self.ws.next() => Some(FsInput::Media(msg)),
-            _ = async { tokio::time::sleep_until(check.unwrap_or_else(tokio::time::Instant::now)).await }, if check.is_some() => Some(FsInput::Silent),
         }
     }
 
@@ -411,18 +408,6 @@ impl edge::Edge for FsEdge<'_> {
                 self.end = Some(Some("NORMAL_TEMPORARY_FAILURE"));
                 Some(EdgeEvent::Ended("media-lost".into()))
             }
-            FsInput::Silent => {
-                // FreeSWITCH took our audio but played none of it: the caller hears silence.
-                // Such a call must not look healthy: it ends, with its own end reason.
-                tracing::error!(
-                    "FreeSWITCH played none of the call's audio in {AUDIO_CHECK_WAIT:?}: the caller \
-                     hears nothing. Set send_silence_when_idle=-1 before park in the dialplan and \
-                     rtp-timer-name=soft in the SIP profile (README, Running behind FreeSWITCH)"
-                );
-                metrics::counter!("topup_ivr_freeswitch_silent_calls_total").increment(1);
-                self.end = Some(Some("NORMAL_TEMPORARY_FAILURE"));
-                Some(EdgeEvent::Ended("no-audio".into()))
-            }
         }
     }
 
@@ -442,7 +427,7 @@ impl edge::Edge for FsEdge<'_> {
                 {
                     let mark = r#"{"type":"mark","data":{"name":"audio-check"}}"#;
                     let _ = self.ws.send(Message::Text(mark.into())).await;
-                    self.check_deadline = Some(tokio::time::Instant::now() + AUDIO_CHECK_WAIT);
+                    self.check_deadline = Some(Instant::now() + AUDIO_CHECK_WAIT);
                 }
             }
             EdgeCommand::Media(_) => {}
@@ -473,6 +458,8 @@ impl edge::Edge for FsEdge<'_> {
                 self.pending
                     .push_back(EdgeEvent::Transferred(r.map_err(|e| e.to_string())));
             }
+            // Ended already (the audio check failed): nothing is played out.
+            EdgeCommand::Hangup(_) if self.end.is_some() => {}
             EdgeCommand::Hangup(_) => {
                 played_out(&mut self.ws).await;
                 self.end = Some(Some("NORMAL_CLEARING"));
@@ -503,6 +490,28 @@ impl edge::Edge for FsEdge<'_> {
                 }
             }
         }
+    }
+
+    /// The audio check: the mark sent after the first frames must come back in time.
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.check_deadline
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Option<String> {
+        if self.check_deadline.is_none_or(|d| now < d) {
+            return None;
+        }
+        self.check_deadline = None;
+        // FreeSWITCH took our audio but played none of it: the caller hears silence. Such a
+        // call must not look healthy: it ends, with its own end reason.
+        tracing::error!(
+            "FreeSWITCH played none of the call's audio in {AUDIO_CHECK_WAIT:?}: the caller \
+             hears nothing. Set send_silence_when_idle=-1 before park in the dialplan and \
+             rtp-timer-name=soft in the SIP profile (README, Running behind FreeSWITCH)"
+        );
+        metrics::counter!("topup_ivr_freeswitch_silent_calls_total").increment(1);
+        self.end = Some(Some("NORMAL_TEMPORARY_FAILURE"));
+        Some("no-audio".into())
     }
 
     fn can_dial(&self) -> bool {
