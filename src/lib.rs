@@ -10,6 +10,7 @@ pub mod live;
 pub use topup_media as media;
 pub mod redact;
 pub mod server;
+pub mod shutdown;
 pub mod sms;
 pub mod store;
 pub mod telephony;

@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tracing::{error, info, warn};
 
+use crate::call::CallEnv;
 use crate::config::Config;
 use crate::dialplan::{Catalog, DialplanError, Dialplans};
 use crate::live::Live;
@@ -24,16 +25,7 @@ use crate::topup::numbers::Hlr;
 use crate::topup::secrets::Pepper;
 use crate::topup::{Core, books::now_ms};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shutdown {
-    Running,
-    /// Refuse new calls; let calls in progress finish.
-    Draining,
-    /// Hang up every call now.
-    HangupNow,
-    /// Stop the transports.
-    Stop,
-}
+pub use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -60,6 +52,8 @@ pub enum ServeError {
 /// State shared by the transports and call tasks (read-only but for counters and ports).
 pub struct Shared {
     pub cfg: Config,
+    /// What a call's driver uses (and nothing else): the edges hand it to `call::drive`.
+    pub call_env: Arc<CallEnv>,
     /// Prompts and dialplans; replaced whole on reload (calls keep the version they started
     /// with, through their own `Arc`s).
     content: Live<(Arc<PromptStore>, Arc<Dialplans>)>,
@@ -69,7 +63,7 @@ pub struct Shared {
     /// the same ones; a reload replaces them for both).
     pub sms_texts: Option<SmsTexts>,
     pub adapters: Adapters,
-    pub hlr: Option<Hlr>,
+    pub hlr: Option<Arc<Hlr>>,
     pub store: Store,
     pub ports: PortPool,
     /// One permit per call in progress (admission).
@@ -397,7 +391,21 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
         },
         rand::random(),
     );
+    let content = Live::new((Arc::new(prompts), Arc::new(dialplans)));
+    let hlr = hlr(&cfg).map(Arc::new);
+    let adapters = Adapters::new();
+    let call_env = Arc::new(CallEnv {
+        core: core.clone(),
+        store: store.clone(),
+        adapters: adapters.clone(),
+        hlr: hlr.clone(),
+        content: content.clone(),
+        shutdown: shutdown_rx.clone(),
+        calls: cfg.calls.clone(),
+        calling: cfg.calling.clone(),
+    });
     let shared = Arc::new(Shared {
+        call_env,
         ports: PortPool::new(cfg.rtp.ports),
         calls: Arc::new(Semaphore::new(cfg.sip.max_calls)),
         calls_total: AtomicU64::new(0),
@@ -406,11 +414,11 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
         freeswitch_up: Default::default(),
         metrics: install_metrics(),
         active_by_service: Default::default(),
-        content: Live::new((Arc::new(prompts), Arc::new(dialplans))),
+        content,
         store: store.clone(),
         shutdown: shutdown_rx,
-        hlr: hlr(&cfg),
-        adapters: Adapters::new(),
+        hlr,
+        adapters,
         core,
         sms_texts,
         cfg,

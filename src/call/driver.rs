@@ -12,10 +12,11 @@ use tracing::{debug, info, warn};
 
 use super::paid::{PaidCall, PaidCallAction, WARNING_PROMPT};
 use super::session::{CallSession, MediaParams, Output};
+use crate::call::CallEnv;
 use crate::dialplan::interpreter::CallContext;
 use crate::dialplan::{Args, Dialplan, Op};
 use crate::media::dtmf::{Digit, DtmfMethod};
-use crate::server::{Shared, Shutdown};
+use crate::shutdown::Shutdown;
 use crate::store::Cdr;
 use crate::topup::escalations::EscalationState;
 
@@ -142,13 +143,13 @@ impl Record {
 
     /// Writes the record of a call that ended for `reason`; `session` is absent when the
     /// call ended before its plan started.
-    pub async fn finish(mut self, shared: &Shared, reason: &str, session: Option<&CallSession>) {
+    pub async fn finish(mut self, env: &CallEnv, reason: &str, session: Option<&CallSession>) {
         let cdr = &mut self.cdr;
         match session {
             Some(s) => {
                 let path = s.interpreter().context().path;
                 if let Some(service) = &cdr.service {
-                    shared.core.record_path(service, &path).await;
+                    env.core.record_path(service, &path).await;
                 }
                 cdr.dtmf_methods = s.dtmf_methods();
                 if self.record_digits {
@@ -160,7 +161,7 @@ impl Record {
         }
         cdr.end_reason = reason.to_string();
         cdr.ended_at = timestamp();
-        if let Err(e) = shared.store.insert_cdr(cdr).await {
+        if let Err(e) = env.store.insert_cdr(cdr).await {
             warn!(error = %e, "CDR not written");
         }
     }
@@ -170,18 +171,18 @@ impl Record {
 /// answered and its media flowing; `record` is the call's record (its codec follows
 /// renegotiations). The session is returned for the record.
 pub async fn drive<E: Edge>(
-    shared: &Arc<Shared>,
+    env: &Arc<CallEnv>,
     plan: Arc<Dialplan>,
     media: MediaParams,
     edge: &mut E,
     record: &mut Record,
 ) -> (String, CallSession) {
-    let cfg = &shared.cfg;
+    let cfg = env;
     let call_id = record.cdr.call_id.clone();
     let caller = crate::call::operations::caller_e164(&record.cdr.caller);
     let mut session = CallSession::with_vars(
         plan,
-        shared.prompts(),
+        env.prompts(),
         media,
         rand::random(),
         rand::random(),
@@ -191,7 +192,7 @@ pub async fn drive<E: Edge>(
             ("dialled".to_string(), record.cdr.dialled.clone()),
         ],
     );
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = env.shutdown.clone();
     // The operation in flight (one at a time: the plan waits for it).
     let mut op_task: Option<tokio::task::JoinHandle<crate::call::operations::OpResult>> = None;
     let mut op_seq = 0u32;
@@ -216,11 +217,11 @@ pub async fn drive<E: Edge>(
                         // The calling service takes over the media until the call ends.
                         let number = args.text("number").to_string();
                         let id = format!("{call_id}:{op_seq}");
-                        let r = dial(shared, &mut session, edge, &mut buf, &caller, id, number);
+                        let r = dial(env, &mut session, edge, &mut buf, &caller, id, number);
                         match r.await {
                             Ok((code, mut vars)) => {
                                 debug!(op = %"call", result = %code, "operation done");
-                                if let Ok(b) = shared.core.wallet_balance(&caller).await {
+                                if let Ok(b) = env.core.wallet_balance(&caller).await {
                                     vars.push(("balance".into(), b.to_string()));
                                 }
                                 session.handle_result(Instant::now(), code, vars);
@@ -231,7 +232,7 @@ pub async fn drive<E: Edge>(
                         continue 'call;
                     }
                     let request_id = format!("voice:{call_id}:{op_seq}");
-                    op_task = Some(spawn_op(shared, &caller, request_id, &session, op, args));
+                    op_task = Some(spawn_op(env, &caller, request_id, &session, op, args));
                 }
                 Output::Transfer {
                     target,
@@ -239,7 +240,7 @@ pub async fn drive<E: Edge>(
                     context,
                 } => {
                     let id =
-                        record_escalation(shared, &call_id, &caller, &reason, &context, &topup_ids)
+                        record_escalation(env, &call_id, &caller, &reason, &context, &topup_ids)
                             .await;
                     info!(escalation = %id, %target, %reason, "escalating");
                     transferring = Some(id.clone());
@@ -296,13 +297,13 @@ pub async fn drive<E: Edge>(
                         let ms = crate::topup::books::now_ms();
                         match r {
                             Ok(()) => {
-                                let _ = shared.core.set_escalation_state(&id, EscalationState::Transferred, ms).await;
+                                let _ = env.core.set_escalation_state(&id, EscalationState::Transferred, ms).await;
                                 // The call has left us: nothing to hang up.
                                 return ("transferred".into(), session);
                             }
                             Err(e) => {
                                 warn!(error = %e, "transfer failed");
-                                let _ = shared.core.set_escalation_state(&id, EscalationState::Failed, ms).await;
+                                let _ = env.core.set_escalation_state(&id, EscalationState::Failed, ms).await;
                                 session.announce_then_hangup(now, &["agents-unavailable"], "escalation-failed");
                             }
                         }
@@ -336,7 +337,7 @@ pub async fn drive<E: Edge>(
 /// `Err(reason)` when the caller hung up. The plan waits for the result meanwhile: the session
 /// only speaks (announcements) and keeps time.
 async fn dial<E: Edge>(
-    shared: &Shared,
+    env: &CallEnv,
     session: &mut CallSession,
     edge: &mut E,
     buf: &mut [u8],
@@ -344,7 +345,7 @@ async fn dial<E: Edge>(
     id: String,
     number: String,
 ) -> Result<crate::call::operations::OpResult, String> {
-    let cfg = &shared.cfg;
+    let cfg = env;
     if !edge.can_dial() {
         return Ok(("unavailable".into(), vec![]));
     }
@@ -353,7 +354,7 @@ async fn dial<E: Edge>(
         Err(_) => return Ok(("invalid_number".into(), vec![])),
     };
     let now_ms = crate::topup::books::now_ms;
-    let budget = match shared
+    let budget = match env
         .core
         .reserve_call(&id, caller, &e164, cfg.calls.max_duration, now_ms())
         .await
@@ -365,7 +366,7 @@ async fn dial<E: Edge>(
         let id = id.clone();
         let budget = &budget;
         async move {
-            match shared
+            match env
                 .core
                 .settle_call(&id, caller, budget, talk, now_ms())
                 .await
@@ -505,22 +506,22 @@ async fn dial<E: Edge>(
 /// Runs a plan operation in its own task (the plan waits for the result; the call's media
 /// goes on meanwhile). `request_id` is unique per call and operation.
 fn spawn_op(
-    shared: &Arc<Shared>,
+    env: &Arc<CallEnv>,
     caller: &str,
     request_id: String,
     session: &CallSession,
     op: Op,
     args: Args,
 ) -> tokio::task::JoinHandle<crate::call::operations::OpResult> {
-    let shared = shared.clone();
+    let env = env.clone();
     let caller = caller.to_string();
     let language = session.interpreter().language().to_string();
     debug!(op = %op, "operation");
     tokio::spawn(async move {
         let ctx = crate::call::operations::OpContext {
-            core: &shared.core,
-            adapters: &shared.adapters,
-            hlr: shared.hlr.as_ref(),
+            core: &env.core,
+            adapters: &env.adapters,
+            hlr: env.hlr.as_deref(),
             caller: &caller,
             request_id,
             channel: "voice",
@@ -532,7 +533,7 @@ fn spawn_op(
         // gets few tries per hour. The call's media goes on meanwhile.
         if crate::call::operations::PIN_FAILURES.contains(&result.0.as_str()) {
             let now = crate::topup::books::now_ms();
-            match shared.core.pin_failure_delay(&caller, now).await {
+            match env.core.pin_failure_delay(&caller, now).await {
                 Ok(d) if !d.is_zero() => {
                     debug!(
                         delay_ms = d.as_millis() as u64,
@@ -565,7 +566,7 @@ fn finish_op(
 /// Records an escalation the plan asked for (what the agent sees) and returns its id, which
 /// travels with the transfer.
 async fn record_escalation(
-    shared: &Shared,
+    env: &CallEnv,
     call_id: &str,
     caller: &str,
     reason: &str,
@@ -588,7 +589,7 @@ async fn record_escalation(
         created_at: crate::topup::books::now_ms(),
         updated_at: crate::topup::books::now_ms(),
     };
-    if let Err(e) = shared.core.record_escalation(&esc, esc.created_at).await {
+    if let Err(e) = env.core.record_escalation(&esc, esc.created_at).await {
         warn!(error = %e, "escalation not recorded");
     }
     id

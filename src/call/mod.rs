@@ -13,3 +13,30 @@ pub mod simulate;
 
 pub use driver::{DialEvent, Edge, EdgeCommand, EdgeEvent, Record, drive, next_wake, timestamp};
 pub use session::{CallSession, HANGUP_LINGER, MediaParams, Output};
+
+/// What a call's driver uses of the service, and nothing else — as mini-redis's `Handler`
+/// gets its database and its shutdown signal, not the server. Built once when the service
+/// starts; its content follows reloads (calls keep the version they started with).
+#[derive(Clone)]
+pub struct CallEnv {
+    pub core: crate::topup::Core,
+    pub store: crate::store::Store,
+    pub adapters: crate::topup::adapters::Adapters,
+    pub hlr: Option<std::sync::Arc<crate::topup::numbers::Hlr>>,
+    pub content: crate::live::Live<(
+        std::sync::Arc<crate::media::prompts::PromptStore>,
+        std::sync::Arc<crate::dialplan::Dialplans>,
+    )>,
+    pub shutdown: tokio::sync::watch::Receiver<crate::shutdown::Shutdown>,
+    /// `[calls]`: the longest call.
+    pub calls: crate::config::CallSettings,
+    /// `[calling]`: the calling service's ring timeout and warning.
+    pub calling: crate::config::CallingSettings,
+}
+
+impl CallEnv {
+    /// The prompts in use now.
+    pub fn prompts(&self) -> std::sync::Arc<crate::media::prompts::PromptStore> {
+        self.content.current().0.clone()
+    }
+}

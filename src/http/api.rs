@@ -275,7 +275,7 @@ async fn number(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&st, &headers, "lookup").await?;
     let s = &st.shared;
-    match s.core.lookup_number(&number, s.hlr.as_ref()).await {
+    match s.core.lookup_number(&number, s.hlr.as_deref()).await {
         Ok(n) => {
             let carrier = match &n.carrier_id {
                 Some(id) => s
@@ -317,7 +317,7 @@ async fn products(
         .number
         .ok_or_else(|| ApiError::bad_request("query parameter `number` is required"))?;
     let s = &st.shared;
-    let n = s.core.lookup_number(&number, s.hlr.as_ref()).await?;
+    let n = s.core.lookup_number(&number, s.hlr.as_deref()).await?;
     let carrier = n.carrier_id.ok_or(TopupError::NoCarrier)?;
     let products = s.core.products(&carrier).await?;
     Ok(Json(
@@ -385,7 +385,7 @@ async fn create_topup(
         .core
         .topup(
             &s.adapters,
-            s.hlr.as_ref(),
+            s.hlr.as_deref(),
             &TopupRequest {
                 // Keys are per client: the same Idempotency-Key from two clients is two
                 // top-ups.

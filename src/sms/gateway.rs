@@ -614,7 +614,7 @@ impl Gateway {
             let commands = Commands {
                 core: &shared.core,
                 adapters: &shared.adapters,
-                hlr: shared.hlr.as_ref(),
+                hlr: shared.hlr.as_deref(),
                 keywords: &keywords,
             };
             match commands.handle(&mo, now_ms()).await {

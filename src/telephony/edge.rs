@@ -62,8 +62,11 @@ pub async fn run_call<E: Edge>(
         inband: call.inband,
         send: true,
     };
-    let (reason, session) = crate::call::drive(shared, call.plan, media, edge, &mut record).await;
-    record.finish(shared, &reason, Some(&session)).await;
+    let (reason, session) =
+        crate::call::drive(&shared.call_env, call.plan, media, edge, &mut record).await;
+    record
+        .finish(&shared.call_env, &reason, Some(&session))
+        .await;
     drop(permit);
 }
 
@@ -75,7 +78,7 @@ pub async fn record_unserved(shared: &Shared, call: &EdgeCall, answered_at: Stri
     record.cdr.codec = Some(call.codec.name().to_string());
     record.cdr.started_at = answered_at.clone();
     record.cdr.answered_at = Some(answered_at);
-    record.finish(shared, reason, None).await;
+    record.finish(&shared.call_env, reason, None).await;
 }
 
 /// The wait between attempts to reach a softswitch's control connection while it is down:

@@ -52,12 +52,14 @@ pub async fn run_sip_call(setup: SipCallSetup, permit: OwnedSemaphorePermit) {
         let _slot = match set_up(setup, &mut record).await {
             Ok((mut edge, media, slot)) => {
                 let (reason, session) =
-                    crate::call::drive(&shared, plan, media, &mut edge, &mut record).await;
-                record.finish(&shared, &reason, Some(&session)).await;
+                    crate::call::drive(&shared.call_env, plan, media, &mut edge, &mut record).await;
+                record
+                    .finish(&shared.call_env, &reason, Some(&session))
+                    .await;
                 slot
             }
             Err(reason) => {
-                record.finish(&shared, reason, None).await;
+                record.finish(&shared.call_env, reason, None).await;
                 None
             }
         };
