@@ -27,8 +27,10 @@ pub const RECHARGE: &str = "7000";
 pub const WALLET: &str = "7001";
 pub const ECHO: &str = "7002";
 
-/// The prebuilt install, unpacked once per test target (several test threads and processes
-/// may ask at once: unpack beside, then rename into place).
+/// The install, unpacked once per tarball (several test threads and processes may ask at
+/// once: unpack beside, then rename into place). The tarball is the prebuilt one, or the one
+/// `scripts/test-asterisk` names (`TOPUP_IVR_ASTERISK_TARBALL`: the same version built here
+/// when the prebuilt one needs instructions this CPU lacks).
 fn install() -> PathBuf {
     let tarball = std::env::var_os("TOPUP_IVR_ASTERISK_TARBALL")
         .map(PathBuf::from)
@@ -38,7 +40,13 @@ fn install() -> PathBuf {
             ))
         });
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peers");
-    let root = base.join(format!("asterisk-{VERSION}"));
+    let name = tarball
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".tar.gz"))
+        .unwrap_or("asterisk")
+        .to_string();
+    let root = base.join(name);
     if root.join("sbin/asterisk").exists() {
         return root;
     }
@@ -176,6 +184,19 @@ impl RealAsterisk {
                 .output();
             if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("fully booted")) {
                 break;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                use std::os::unix::process::ExitStatusExt;
+                assert_ne!(
+                    status.signal(),
+                    Some(libc::SIGILL),
+                    "this Asterisk needs instructions this CPU lacks: run scripts/test-asterisk \
+                     (it builds one for this machine) and set TOPUP_IVR_ASTERISK_TARBALL to what it prints"
+                );
+                panic!(
+                    "Asterisk exited ({status}) before it booted:\n{}",
+                    self.console()
+                );
             }
             assert!(
                 Instant::now() < deadline,
