@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::media::g711::Codec;
-use crate::telephony::sip::transaction::TsxConfig;
+use topup_sip::transaction::TsxConfig;
 
 mod raw;
 mod resolve;
@@ -107,7 +107,7 @@ pub struct SipSettings {
     pub max_calls: usize,
     /// Per source host: calls at once, INVITEs a second, and the hosts exempt (see
     /// telephony::sip::admission).
-    pub per_source: crate::telephony::sip::admission::Limits,
+    pub per_source: topup_sip::admission::Limits,
     pub answer_delay: Duration,
     pub user_agent: String,
     /// Codecs accepted, in our order of preference when the caller has none.

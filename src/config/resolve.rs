@@ -193,7 +193,7 @@ fn sip(cx: &Cx, raw: &RawSip) -> Result<SipSettings, ConfigError> {
         listen,
         advertise,
         max_calls,
-        per_source: crate::telephony::sip::admission::Limits {
+        per_source: topup_sip::admission::Limits {
             rate: per_source_rate,
             calls: per_source_calls,
             trusted,
@@ -397,7 +397,7 @@ fn agent_uri(cx: &Cx, raw: &RawEscalation) -> Result<Option<String>, ConfigError
     {
         None => Ok(None),
         Some(u)
-            if crate::telephony::sip::message::Uri::parse(u)
+            if topup_sip::message::Uri::parse(u)
                 .is_some_and(|x| x.scheme == "sip" || x.scheme == "sips") =>
         {
             Ok(Some(u.to_string()))

@@ -17,11 +17,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::server::Shared;
+use crate::topup::Core;
 use crate::topup::TopupError;
+use crate::topup::adapters::Adapters;
 use crate::topup::apikeys::ApiKey;
 use crate::topup::books::now_ms;
 use crate::topup::money::Money;
+use crate::topup::numbers::Hlr;
 use crate::topup::secrets::Pin;
 use crate::topup::topups::{Funding, TopupRequest};
 
@@ -31,8 +33,11 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Longest `Idempotency-Key` accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 64;
 
+/// What the API uses of the service, and nothing else.
 pub struct ApiState {
-    shared: Arc<Shared>,
+    core: Core,
+    adapters: Adapters,
+    hlr: Option<Arc<Hlr>>,
     limiter: Mutex<RateLimiter>,
 }
 
@@ -115,9 +120,11 @@ impl RateLimiter {
     }
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(core: Core, adapters: Adapters, hlr: Option<Arc<Hlr>>) -> Router {
     let state = Arc::new(ApiState {
-        shared,
+        core,
+        adapters,
+        hlr,
         limiter: Mutex::new(RateLimiter::default()),
     });
     Router::new()
@@ -184,7 +191,6 @@ async fn authorize(st: &ApiState, headers: &HeaderMap, scope: &str) -> Result<Ap
             )
         })?;
     let key = st
-        .shared
         .core
         .authenticate_api_key(presented)
         .await?
@@ -274,7 +280,7 @@ async fn number(
     Path(number): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&st, &headers, "lookup").await?;
-    let s = &st.shared;
+    let s = &*st;
     match s.core.lookup_number(&number, s.hlr.as_deref()).await {
         Ok(n) => {
             let carrier = match &n.carrier_id {
@@ -316,7 +322,7 @@ async fn products(
     let number = q
         .number
         .ok_or_else(|| ApiError::bad_request("query parameter `number` is required"))?;
-    let s = &st.shared;
+    let s = &*st;
     let n = s.core.lookup_number(&number, s.hlr.as_deref()).await?;
     let carrier = n.carrier_id.ok_or(TopupError::NoCarrier)?;
     let products = s.core.products(&carrier).await?;
@@ -380,7 +386,7 @@ async fn create_topup(
             )
         })?),
     };
-    let s = &st.shared;
+    let s = &*st;
     let receipt = s
         .core
         .topup(
@@ -413,7 +419,7 @@ async fn topup(
     // A client sees its own top-ups only.
     let own = id.starts_with(&format!("api:{}:", key.id));
     let receipt = if own {
-        st.shared.core.topup_receipt(&id).await?
+        st.core.topup_receipt(&id).await?
     } else {
         None
     };
@@ -446,7 +452,6 @@ async fn redeem_card(
         .e164;
     // Wrong PINs count against this key, not against the wallet it names.
     let r = st
-        .shared
         .core
         .redeem_card_for(
             &Pin::new(&req.pin),
@@ -469,7 +474,7 @@ async fn balance(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let key = authorize(&st, &headers, "wallet").await?;
-    let b = st.shared.core.wallet_balance(&key.wallet).await?;
+    let b = st.core.wallet_balance(&key.wallet).await?;
     Ok(Json(
         json!({ "wallet": key.wallet, "balance": b.to_string() }),
     ))

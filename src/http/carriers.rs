@@ -13,7 +13,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::server::Shared;
+use crate::server::state::Shared;
 use crate::topup::books::now_ms;
 use crate::topup::notices::{self, Applied};
 

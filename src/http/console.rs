@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::server::Shared;
+use crate::server::state::Shared;
 use crate::topup::books::now_ms;
 
 pub(crate) const PAGE: &str = include_str!("console.html");

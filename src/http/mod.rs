@@ -17,7 +17,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::server::{Shared, Shutdown};
+use crate::server::state::Shared;
+use crate::shutdown::Shutdown;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -31,7 +32,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 .layer(axum::middleware::from_fn(private_page_headers)),
         )
         .merge(carriers::router(shared.clone()))
-        .merge(api::router(shared))
+        .merge(api::router(
+            shared.core.clone(),
+            shared.adapters.clone(),
+            shared.hlr.clone(),
+        ))
         .layer(axum::middleware::from_fn(common_headers))
 }
 
@@ -125,7 +130,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
         let (stream, remote) = match accepted {
             Ok(c) => c,
             Err(e) => {
-                crate::server::log_accept_error("HTTP", &e);
+                crate::server::fds::log_accept_error("HTTP", &e);
                 // Out of descriptors (or another passing error): let some close first.
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;

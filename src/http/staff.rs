@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::console::staff;
-use crate::server::Shared;
+use crate::server::state::Shared;
 
 pub(crate) const PAGE: &str = include_str!("staff.html");
 

@@ -1,12 +1,12 @@
 //! Sends queued webhooks (see [`crate::topup::webhooks`]): at least once, signed, retried with
 //! backoff; several nodes share the queue through short leases.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::server::{Shared, Shutdown};
+use crate::shutdown::Shutdown;
+use crate::topup::Core;
 use crate::topup::books::now_ms;
 use crate::topup::webhooks::signature;
 
@@ -14,13 +14,13 @@ const EVERY: Duration = Duration::from_secs(1);
 /// How long a claimed webhook is ours before another node may send it.
 const LEASE_MS: i64 = 60_000;
 
-pub async fn run(shared: Arc<Shared>) {
+/// Sends due webhooks until the service stops.
+pub async fn run(core: Core, mut shutdown: tokio::sync::watch::Receiver<Shutdown>) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default();
-    let mut shutdown = shared.shutdown.clone();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
@@ -30,7 +30,7 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             }
         }
-        let due = match shared.core.claim_webhooks(now_ms(), LEASE_MS, 50).await {
+        let due = match core.claim_webhooks(now_ms(), LEASE_MS, 50).await {
             Ok(d) => d,
             Err(e) => {
                 warn!(error = %e, "webhooks not read");
@@ -62,8 +62,7 @@ pub async fn run(shared: Arc<Shared>) {
                     debug!(delivery = %w.id, error = %e, attempt = w.attempts + 1, "webhook not delivered")
                 }
             }
-            if let Err(e) = shared
-                .core
+            if let Err(e) = core
                 .webhook_attempted(&w.id, outcome, w.attempts, now_ms())
                 .await
             {

@@ -36,9 +36,13 @@ use super::session::{
 };
 use super::text::{self, Reassembler};
 use crate::config::{SmsConfig, SmscConfig};
-use crate::server::{Shared, Shutdown};
-use crate::topup::TopupError;
+use crate::server::state::LinkStatus;
+use crate::shutdown::Shutdown;
+use crate::sms::messages::SmsTexts;
+use crate::topup::adapters::Adapters;
 use crate::topup::books::now_ms;
+use crate::topup::numbers::Hlr;
+use crate::topup::{Core, TopupError};
 
 /// What a delivery receipt says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,20 +176,25 @@ struct InFlight {
     attempts: i64,
 }
 
-/// Live state of the connections, for `/health`.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct LinkStatus {
-    pub name: String,
-    pub bound: bool,
+/// What the gateway uses of the service, and nothing else.
+pub struct SmsEnv {
+    pub core: Core,
+    pub adapters: Adapters,
+    pub hlr: Option<Arc<Hlr>>,
+    /// The SMS texts and keywords (replaced whole on reload).
+    pub texts: SmsTexts,
+    /// `[sms]`: the SMSCs, retries, alerts.
+    pub cfg: SmsConfig,
+    pub shutdown: tokio::sync::watch::Receiver<Shutdown>,
+    /// Where the connections' state is published (for `/health`).
+    pub links: Arc<std::sync::RwLock<Vec<LinkStatus>>>,
 }
 
 /// Runs the gateway until the service stops.
-pub async fn run(shared: Arc<Shared>) {
-    let cfg = shared.cfg.sms.clone();
-    let Some(texts) = shared.sms_texts.clone() else {
-        return;
-    };
-    let keywords = keywords_of(texts.current());
+pub async fn run(env: SmsEnv) {
+    let env = Arc::new(env);
+    let cfg = env.cfg.clone();
+    let keywords = keywords_of(env.texts.current());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<LinkEvent>();
     let mut links = vec![];
     let mut tasks = vec![];
@@ -204,7 +213,7 @@ pub async fn run(shared: Arc<Shared>) {
     if !cfg.smscs.iter().any(|s| s.prefixes.is_empty()) {
         warn!("no [[sms.smsc]] without prefixes: SMS to other destinations will fail");
     }
-    match shared.core.requeue_sending(now_ms()).await {
+    match env.core.requeue_sending(now_ms()).await {
         Ok(n) if n > 0 => info!(
             count = n,
             "SMS left sending by the last stop are queued again"
@@ -213,7 +222,7 @@ pub async fn run(shared: Arc<Shared>) {
         Err(e) => error!(error = %e, "cannot queue SMS left sending again"),
     }
     let mut g = Gateway {
-        shared: shared.clone(),
+        env: env.clone(),
         cfg,
         links,
         in_flight: HashMap::new(),
@@ -222,7 +231,7 @@ pub async fn run(shared: Arc<Shared>) {
         keywords,
     };
     g.publish();
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = env.shutdown.clone();
     let mut fill = tokio::time::interval(Duration::from_millis(250));
     fill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut alerts = tokio::time::interval(g.cfg.alert_every);
@@ -265,7 +274,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 struct Gateway {
-    shared: Arc<Shared>,
+    env: Arc<SmsEnv>,
     cfg: SmsConfig,
     links: Vec<Link>,
     in_flight: HashMap<SubmitId, InFlight>,
@@ -304,11 +313,7 @@ where
 
 impl Gateway {
     fn publish(&self) {
-        let mut s = self
-            .shared
-            .sms_links
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut s = self.env.links.write().unwrap_or_else(|p| p.into_inner());
         *s = self
             .links
             .iter()
@@ -326,7 +331,7 @@ impl Gateway {
         if room == 0 {
             return;
         }
-        let core = &self.shared.core;
+        let core = &self.env.core;
         let rows = match core.due_sms(now, room.min(200) as i64).await {
             Ok(r) => r,
             Err(e) => {
@@ -435,7 +440,7 @@ impl Gateway {
     }
 
     async fn alerts(&self) {
-        match self.shared.core.alert_low_balances(now_ms()).await {
+        match self.env.core.alert_low_balances(now_ms()).await {
             Ok(n) if n > 0 => info!(count = n, "low-balance alerts queued"),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "low-balance check failed; will retry"),
@@ -446,8 +451,8 @@ impl Gateway {
         let now = now_ms();
         let li = ev.link;
         let name = self.links[li].cfg.name.clone();
-        let shared = self.shared.clone();
-        let core = &shared.core;
+        let env = self.env.clone();
+        let core = &env.core;
         match ev.event {
             Event::Bound => {
                 info!(smsc = %name, address = %self.links[li].cfg.address, "bound to the SMSC");
@@ -513,11 +518,9 @@ impl Gateway {
 
     /// The keywords of the SMS texts in use now.
     fn keywords(&mut self) -> Arc<Keywords> {
-        if let Some(texts) = &self.shared.sms_texts {
-            let now = texts.current();
-            if !Arc::ptr_eq(&now, &self.keywords.0) {
-                self.keywords = keywords_of(now);
-            }
+        let now = self.env.texts.current();
+        if !Arc::ptr_eq(&now, &self.keywords.0) {
+            self.keywords = keywords_of(now);
         }
         self.keywords.1.clone()
     }
@@ -552,7 +555,7 @@ impl Gateway {
                 return;
             };
             match self
-                .shared
+                .env
                 .core
                 .sms_receipt(&name, &r.message_id, delivered, &r.status, now)
                 .await
@@ -587,7 +590,7 @@ impl Gateway {
         let smsc_id = mo_id(&m, self.cfg.mo_id_tlv);
         let window_ms = self.cfg.mo_repeat_window.as_millis() as i64;
         let destination = m.destination.clone();
-        let shared = self.shared.clone();
+        let env = self.env.clone();
         let keywords = self.keywords();
         tokio::spawn(async move {
             let mo = Mo {
@@ -599,7 +602,7 @@ impl Gateway {
                 content_key: None,
             };
             let smsc = mo.smsc.clone();
-            let mo = match shared
+            let mo = match env
                 .core
                 .identify_mo(mo, smsc_id.as_deref(), window_ms, now)
                 .await
@@ -612,9 +615,9 @@ impl Gateway {
                 }
             };
             let commands = Commands {
-                core: &shared.core,
-                adapters: &shared.adapters,
-                hlr: shared.hlr.as_deref(),
+                core: &env.core,
+                adapters: &env.adapters,
+                hlr: env.hlr.as_deref(),
                 keywords: &keywords,
             };
             match commands.handle(&mo, now_ms()).await {

@@ -17,7 +17,8 @@ use crate::dialplan::Dialplan;
 use crate::media::dtmf::Digit;
 use crate::media::g711::Codec;
 use crate::media::player::Payload;
-use crate::server::{Shared, Shutdown};
+use crate::server::state::Shared;
+use crate::shutdown::Shutdown;
 
 /// A call the softswitch handed to us, already answered.
 pub struct EdgeCall {

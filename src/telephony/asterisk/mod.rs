@@ -29,7 +29,8 @@ use tracing::{Instrument, debug, info, warn};
 use crate::config::{AriMedia, AsteriskConfig};
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
-use crate::server::{Shared, Shutdown};
+use crate::server::state::Shared;
+use crate::shutdown::Shutdown;
 use crate::telephony::edge::{
     self, DialEvent, DtmfDedup, EdgeCall, EdgeCommand, EdgeEvent, KeySource, Refusal,
 };

@@ -29,7 +29,8 @@ use crate::config::FreeswitchConfig;
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::media::g711::Codec;
 use crate::media::player::Payload;
-use crate::server::{Shared, Shutdown};
+use crate::server::state::Shared;
+use crate::shutdown::Shutdown;
 use crate::telephony::edge::{self, DialEvent, EdgeCall, EdgeCommand, EdgeEvent, Refusal};
 
 /// The sub-protocols mod_audio_fork asks for (drachtio's default, jambonz's); the one offered

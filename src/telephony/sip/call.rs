@@ -21,7 +21,7 @@ use crate::dialplan::Dialplan;
 use crate::media::dtmf::DtmfMethod;
 use crate::media::peer::{RtpPeer, Verdict};
 use crate::media::player::Payload;
-use crate::server::Shared;
+use crate::server::state::Shared;
 use crate::store::Cdr;
 
 /// Everything a SIP call task needs from the transport.
@@ -110,7 +110,7 @@ async fn set_up(
     };
     let socket = match shared.ports.bind(cfg.sip.advertise).await {
         Ok(s) => s,
-        Err(e) if crate::server::is_out_of_descriptors(&e) => {
+        Err(e) if crate::server::fds::is_out_of_descriptors(&e) => {
             tracing::error!(
                 "out of file descriptors: call refused (raise the open files limit, or lower calls.max / http.max_connections)"
             );

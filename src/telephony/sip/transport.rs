@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 use super::admission::{Refused, SourceGuard};
 use super::call::{SipCallSetup, refused_cdr, run_sip_call};
 use super::endpoint::{CallHandle, Endpoint, IncomingCall, SipEvent};
-use crate::server::{Shared, Shutdown};
+use crate::server::state::Shared;
+use crate::shutdown::Shutdown;
 use crate::telephony::edge::{Refusal, admit};
 
 /// What call tasks ask of the SIP layer.
