@@ -276,13 +276,7 @@ pub async fn drive<E: Edge>(
                 finish_op(&mut session, r, &mut topup_ids);
             }
             input = edge.wait(&mut buf) => {
-                let ev = match input {
-                    Some(input) => match edge.handle(input, &buf).await {
-                        Some(ev) => Some(ev),
-                        None => continue,
-                    },
-                    None => None,
-                };
+                let Some(ev) = event_of(edge, input, &buf).await else { continue };
                 let now = Instant::now();
                 match ev {
                     Some(EdgeEvent::Packet(n)) => session.handle_rtp(now, &buf[..n]),
@@ -319,11 +313,9 @@ pub async fn drive<E: Edge>(
                 }
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                let now = Instant::now();
-                if let Some(reason) = edge.handle_timeout(now) {
+                if let Some(reason) = timers_due(edge, &mut session, Instant::now()) {
                     break reason;
                 }
-                session.handle_timeout(now);
             }
         }
     };
@@ -445,13 +437,7 @@ async fn dial<E: Edge>(
         );
         tokio::select! {
             input = edge.wait(buf) => {
-                let ev = match input {
-                    Some(input) => match edge.handle(input, buf).await {
-                        Some(ev) => Some(ev),
-                        None => continue,
-                    },
-                    None => None,
-                };
+                let Some(ev) = event_of(edge, input, buf).await else { continue };
                 let now = Instant::now();
                 match ev {
                     Some(EdgeEvent::Dial(DialEvent::Answered)) => {
@@ -486,12 +472,11 @@ async fn dial<E: Edge>(
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 let now = Instant::now();
-                if let Some(reason) = edge.handle_timeout(now) {
+                if let Some(reason) = timers_due(edge, session, now) {
                     edge.send(now, EdgeCommand::DropDial).await;
                     settle(clock.talk(now)).await;
                     break Err(reason);
                 }
-                session.handle_timeout(now);
             }
         }
     };
@@ -593,6 +578,30 @@ async fn record_escalation(
         warn!(error = %e, "escalation not recorded");
     }
     id
+}
+
+/// What the edge's input tells the driver, once the edge has handled it: `None` when it was
+/// nothing for the driver (wait again), `Some(None)` when the edge is gone. Both of a call's
+/// loops (the plan's and the paid call's) take their events through it.
+async fn event_of<E: Edge>(
+    edge: &mut E,
+    input: Option<E::Input>,
+    buf: &[u8],
+) -> Option<Option<EdgeEvent>> {
+    match input {
+        Some(input) => edge.handle(input, buf).await.map(Some),
+        None => Some(None),
+    }
+}
+
+/// The loop's timer fired: the edge's deadlines first (`Some(reason)`: the edge gives up on
+/// the call), then the session's.
+fn timers_due<E: Edge>(edge: &mut E, session: &mut CallSession, now: Instant) -> Option<String> {
+    if let Some(reason) = edge.handle_timeout(now) {
+        return Some(reason);
+    }
+    session.handle_timeout(now);
+    None
 }
 
 /// When a call loop must wake: the earliest deadline, not in the past, at most a second away.

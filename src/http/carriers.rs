@@ -61,7 +61,7 @@ async fn notice(
     }
     let n = match notices::parse(&body) {
         Ok(n) => n,
-        Err(why) => return answer(StatusCode::BAD_REQUEST, &why),
+        Err(why) => return answer(StatusCode::BAD_REQUEST, &why.to_string()),
     };
     match s.core.carrier_notice(&carrier_id, &n, now_ms()).await {
         Ok(Applied::UnknownTopup) => answer(StatusCode::NOT_FOUND, Applied::UnknownTopup.as_str()),

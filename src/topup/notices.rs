@@ -62,29 +62,42 @@ struct Body {
     message: Option<String>,
 }
 
+/// What is wrong with a notice body (said to the carrier in the 400 answer).
+#[derive(Debug, thiserror::Error)]
+pub enum NoticeError {
+    #[error("the body is over {MAX_BODY} bytes")]
+    TooLarge,
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0} must be 1-128 printable characters")]
+    Field(&'static str),
+    #[error("status must be SUCCESSFUL, FAILED, REVERSED or PROCESSING")]
+    Status,
+}
+
 /// Parses a notice body; the error names what is wrong.
-pub fn parse(body: &[u8]) -> Result<Notice, String> {
+pub fn parse(body: &[u8]) -> Result<Notice, NoticeError> {
     if body.len() > MAX_BODY {
-        return Err(format!("the body is over {MAX_BODY} bytes"));
+        return Err(NoticeError::TooLarge);
     }
-    let b: Body = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let b: Body = serde_json::from_slice(body)?;
     let field_ok = |v: &str| !v.is_empty() && v.len() <= 128 && !v.chars().any(char::is_control);
     if !field_ok(&b.external_id) {
-        return Err("external_id must be 1-128 printable characters".into());
+        return Err(NoticeError::Field("external_id"));
     }
     let status = match b.status.to_ascii_uppercase().as_str() {
         "SUCCESSFUL" | "SUCCESS" | "COMPLETED" => Status::Succeeded,
         "FAILED" | "REJECTED" | "DECLINED" => Status::Failed,
         "REVERSED" | "REFUNDED" => Status::Reversed,
         "PROCESSING" | "PENDING" => Status::Processing,
-        _ => return Err("status must be SUCCESSFUL, FAILED, REVERSED or PROCESSING".into()),
+        _ => return Err(NoticeError::Status),
     };
     // Without an event id, one notice per top-up and status.
     let event_id = b
         .event_id
         .unwrap_or_else(|| format!("{}:{:?}", b.external_id, status));
     if !field_ok(&event_id) {
-        return Err("event_id must be 1-128 printable characters".into());
+        return Err(NoticeError::Field("event_id"));
     }
     let text = |v: Option<String>| v.map(|v| v.chars().take(200).collect::<String>());
     Ok(Notice {
@@ -348,14 +361,13 @@ mod tests {
             (br#"{"status":"FAILED"}"#, "external_id"),
             (b"not json", "JSON"),
         ] {
-            let e = parse(bad).unwrap_err();
+            let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{e} should name {says}");
         }
-        assert!(
-            parse(&vec![b' '; MAX_BODY + 1])
-                .unwrap_err()
-                .contains("over")
-        );
+        assert!(matches!(
+            parse(&vec![b' '; MAX_BODY + 1]),
+            Err(NoticeError::TooLarge)
+        ));
     }
 
     #[test]

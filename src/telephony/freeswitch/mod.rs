@@ -129,8 +129,16 @@ pub async fn run(shared: Arc<Shared>) {
             },
         ),
     );
+    // The media listener stops with the service (the connections it upgraded are the
+    // calls', which end before).
+    let mut stop = shared.shutdown.clone();
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s == Shutdown::Stop).await;
+        };
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await;
     });
 
     let (api_tx, mut api_rx) = mpsc::channel::<Api>(256);
@@ -240,7 +248,7 @@ pub async fn run(shared: Arc<Shared>) {
             }
         }
     }
-    server.abort();
+    let _ = server.await;
 }
 
 /// A call is over: its channels are no longer routed.
