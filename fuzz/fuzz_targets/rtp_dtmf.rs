@@ -17,7 +17,8 @@ fn fixtures() -> &'static (Arc<Dialplan>, Arc<PromptStore>) {
     static F: OnceLock<(Arc<Dialplan>, Arc<PromptStore>)> = OnceLock::new();
     F.get_or_init(|| {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dialplans/echo.toml");
-        let plan = Dialplan::load(&path, &topup_ivr::dialplan::Catalog::EVERY_PROMPT).expect("the echo plan");
+        let plan = Dialplan::load(&path, &topup_ivr::dialplan::Catalog::EVERY_PROMPT)
+            .expect("the echo plan");
         let mut store = PromptStore::default();
         let names = ["echo-welcome", "echo-reprompt", "goodbye"]
             .into_iter()

@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(plan) = Dialplan::parse(Path::new("fuzz.toml"), text, &topup_dialplan::Catalog::EVERY_PROMPT) else {
+    let Ok(plan) = Dialplan::parse(
+        Path::new("fuzz.toml"),
+        text,
+        &topup_dialplan::Catalog::EVERY_PROMPT,
+    ) else {
         return;
     };
     let _ = graph::to_dot(&plan);
