@@ -153,7 +153,7 @@ impl ServerInviteTsx {
         }
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         [self.g.map(|g| g.0), self.h, self.i, self.l]
             .into_iter()
             .flatten()
@@ -244,7 +244,7 @@ impl ServerNonInviteTsx {
         }
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.j
     }
 
@@ -309,7 +309,7 @@ impl ClientNonInviteTsx {
         }
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         [self.e.map(|e| e.0), self.f, self.k]
             .into_iter()
             .flatten()
@@ -417,7 +417,7 @@ impl ClientInviteTsx {
         }
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         [self.a.map(|a| a.0), self.b, self.d]
             .into_iter()
             .flatten()
@@ -495,7 +495,7 @@ mod tests {
         let (sends, end) = fire_until(
             t0,
             t0 + Duration::from_secs(60),
-            || tsx.borrow().next_deadline(),
+            || tsx.borrow().poll_timeout(),
             |at| tsx.borrow_mut().handle_timeout(at, &cfg),
         );
         let ms: Vec<u128> = sends.iter().map(|d| d.as_millis()).collect();
@@ -512,7 +512,7 @@ mod tests {
         tsx.send_response(t0, &cfg, 487, b"487".to_vec());
         let mut now;
         loop {
-            now = tsx.next_deadline().unwrap();
+            now = tsx.poll_timeout().unwrap();
             if tsx.handle_timeout(now, &cfg).terminated {
                 break;
             }
@@ -531,7 +531,7 @@ mod tests {
         assert_eq!(tsx.state, InviteState::Confirmed);
         assert_eq!(tsx.handle_retransmission(), None);
         assert_eq!(
-            tsx.next_deadline(),
+            tsx.poll_timeout(),
             Some(t0 + Duration::from_millis(10) + cfg.t4)
         );
         let out = tsx.handle_timeout(t0 + Duration::from_millis(10) + cfg.t4, &cfg);
@@ -549,7 +549,7 @@ mod tests {
         assert_eq!(tsx.state, InviteState::Accepted);
         assert_eq!(tsx.handle_retransmission(), None, "absorbed (RFC 6026)");
         assert!(!tsx.handle_ack(t0, &cfg), "2xx ACK goes to the dialog");
-        assert_eq!(tsx.next_deadline(), Some(t0 + cfg.timeout()), "Timer L");
+        assert_eq!(tsx.poll_timeout(), Some(t0 + cfg.timeout()), "Timer L");
         assert_eq!(tsx.send_response(t0, &cfg, 500, b"x".to_vec()), None);
     }
 
@@ -561,7 +561,7 @@ mod tests {
         assert_eq!(tsx.handle_retransmission(), None);
         tsx.send_response(t0, &cfg, 200, b"200".to_vec());
         assert_eq!(tsx.handle_retransmission(), Some(b"200".to_vec()));
-        assert_eq!(tsx.next_deadline(), Some(t0 + cfg.timeout()));
+        assert_eq!(tsx.poll_timeout(), Some(t0 + cfg.timeout()));
         assert!(tsx.handle_timeout(t0 + cfg.timeout()).terminated);
     }
 
@@ -574,7 +574,7 @@ mod tests {
         let (sends, end) = fire_until(
             t0,
             t0 + Duration::from_secs(60),
-            || tsx.borrow().next_deadline(),
+            || tsx.borrow().poll_timeout(),
             |at| tsx.borrow_mut().handle_timeout(at, &cfg),
         );
         let ms: Vec<u128> = sends.iter().map(|d| d.as_millis()).collect();
@@ -592,7 +592,7 @@ mod tests {
         tsx.handle_response(t0 + Duration::from_millis(5), &cfg, 200);
         assert_eq!(tsx.final_code, Some(200));
         assert_eq!(
-            tsx.next_deadline(),
+            tsx.poll_timeout(),
             Some(t0 + Duration::from_millis(5) + cfg.t4)
         );
         let out = tsx.handle_timeout(t0 + Duration::from_millis(5) + cfg.t4, &cfg);
@@ -608,7 +608,7 @@ mod tests {
         let (sends, end) = fire_until(
             t0,
             t0 + Duration::from_secs(60),
-            || tsx.borrow().next_deadline(),
+            || tsx.borrow().poll_timeout(),
             |at| tsx.borrow_mut().handle_timeout(at),
         );
         let ms: Vec<u128> = sends.iter().map(|d| d.as_millis()).collect();
@@ -622,7 +622,7 @@ mod tests {
         let t0 = Instant::now();
         let mut tsx = ClientInviteTsx::new(t0, &cfg, peer(), b"INVITE".to_vec());
         assert_eq!(tsx.handle_response(t0, 180, || unreachable!()), None);
-        assert_eq!(tsx.next_deadline(), None, "no Timer A or B while ringing");
+        assert_eq!(tsx.poll_timeout(), None, "no Timer A or B while ringing");
         assert_eq!(
             tsx.handle_response(t0, 486, || b"ACK".to_vec()),
             Some(b"ACK".to_vec())

@@ -6,12 +6,12 @@ impl Endpoint {
     pub(super) fn deadline_of(&self, owner: &TimerOwner) -> Option<Instant> {
         match owner {
             TimerOwner::Server(k) => match self.server_invite.get(k) {
-                Some((t, _)) => t.next_deadline(),
-                None => self.server_other.get(k).and_then(|t| t.next_deadline()),
+                Some((t, _)) => t.poll_timeout(),
+                None => self.server_other.get(k).and_then(|t| t.poll_timeout()),
             },
-            TimerOwner::Client(b) => self.client.get(b).and_then(|t| t.next_deadline()),
+            TimerOwner::Client(b) => self.client.get(b).and_then(|t| t.poll_timeout()),
             TimerOwner::ClientInvite(b) => {
-                self.client_invite.get(b).and_then(|t| t.0.next_deadline())
+                self.client_invite.get(b).and_then(|t| t.0.poll_timeout())
             }
             TimerOwner::Dialog(c) => self
                 .calls
