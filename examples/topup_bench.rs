@@ -9,11 +9,12 @@
 
 use std::time::{Duration, Instant};
 
+use topup_ivr::clock::now_ms;
 use topup_ivr::store::Db;
 use topup_ivr::topup::Core;
 use topup_ivr::topup::adapters::Adapters;
 use topup_ivr::topup::auth::AuthPolicy;
-use topup_ivr::topup::books::{check_books, now_ms};
+use topup_ivr::topup::books::check_books;
 use topup_ivr::topup::ledger::accounts;
 use topup_ivr::topup::money::Money;
 use topup_ivr::topup::secrets::Pepper;

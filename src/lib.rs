@@ -1,6 +1,7 @@
 //! topup-ivr: an IVR media service for prepaid mobile top-up.
 
 pub mod call;
+pub mod clock;
 pub mod config;
 /// Call flows (crate `topup-dialplan`).
 pub use topup_dialplan as dialplan;

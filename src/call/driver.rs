@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::paid::{PaidCall, PaidCallAction, WARNING_PROMPT};
 use super::session::{CallSession, MediaParams, Output};
 use crate::call::CallEnv;
+use crate::clock::timestamp;
 use crate::dialplan::interpreter::CallContext;
 use crate::dialplan::{Args, Dialplan, Op};
 use crate::media::dtmf::{Digit, DtmfMethod};
@@ -288,7 +289,7 @@ pub async fn drive<E: Edge>(
                     }
                     Some(EdgeEvent::Transferred(r)) => {
                         let Some(id) = transferring.take() else { continue };
-                        let ms = crate::topup::books::now_ms();
+                        let ms = crate::clock::now_ms();
                         match r {
                             Ok(()) => {
                                 let _ = env.core.set_escalation_state(&id, EscalationState::Transferred, ms).await;
@@ -345,7 +346,7 @@ async fn dial<E: Edge>(
         Ok(n) => n.e164,
         Err(_) => return Ok(("invalid_number".into(), vec![])),
     };
-    let now_ms = crate::topup::books::now_ms;
+    let now_ms = crate::clock::now_ms;
     let budget = match env
         .core
         .reserve_call(&id, caller, &e164, cfg.calls.max_duration, now_ms())
@@ -517,7 +518,7 @@ fn spawn_op(
         // A wrong (or refused) PIN is answered ever more slowly: a dialler guessing PINs
         // gets few tries per hour. The call's media goes on meanwhile.
         if crate::call::operations::PIN_FAILURES.contains(&result.0.as_str()) {
-            let now = crate::topup::books::now_ms();
+            let now = crate::clock::now_ms();
             match env.core.pin_failure_delay(&caller, now).await {
                 Ok(d) if !d.is_zero() => {
                     debug!(
@@ -571,8 +572,8 @@ async fn record_escalation(
         reason: reason.to_string(),
         topup_ids: topup_ids.to_vec(),
         state: EscalationState::Open,
-        created_at: crate::topup::books::now_ms(),
-        updated_at: crate::topup::books::now_ms(),
+        created_at: crate::clock::now_ms(),
+        updated_at: crate::clock::now_ms(),
     };
     if let Err(e) = env.core.record_escalation(&esc, esc.created_at).await {
         warn!(error = %e, "escalation not recorded");
@@ -612,13 +613,4 @@ pub fn next_wake(now: Instant, deadlines: impl IntoIterator<Item = Option<Instan
         .min()
         .unwrap_or(now + Duration::from_secs(1))
         .max(now)
-}
-
-/// Wall-clock time as RFC 3339 (UTC, milliseconds).
-pub fn timestamp() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    now.format(&fmt).unwrap_or_default()
 }

@@ -11,7 +11,7 @@ pub mod paid;
 pub mod session;
 pub mod simulate;
 
-pub use driver::{DialEvent, Edge, EdgeCommand, EdgeEvent, Record, drive, next_wake, timestamp};
+pub use driver::{DialEvent, Edge, EdgeCommand, EdgeEvent, Record, drive, next_wake};
 pub use session::{CallSession, HANGUP_LINGER, MediaParams, Output};
 
 /// What a call's driver uses of the service, and nothing else — as mini-redis's `Handler`

@@ -3,9 +3,9 @@
 //! identity for wallets and the payer of top-ups; PINs go straight to the core and are never
 //! returned or logged.
 
+use crate::clock::now_ms;
 use crate::dialplan::{Args, Op};
 use crate::topup::adapters::Adapters;
-use crate::topup::books::now_ms;
 use crate::topup::numbers::Hlr;
 use crate::topup::secrets::Pin;
 use crate::topup::topups::{Funding, TopupRequest};

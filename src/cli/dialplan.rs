@@ -127,7 +127,7 @@ pub async fn run(command: DialplanCommand) -> Result<()> {
                     cfg.security.auth,
                 )
                 .with_call_limits(cfg.calling.limits.clone());
-                core.seed_demo(topup_ivr::topup::books::now_ms()).await?;
+                core.seed_demo(topup_ivr::clock::now_ms()).await?;
                 let adapters = topup_ivr::topup::adapters::Adapters::new();
                 let sim = topup_ivr::call::simulate::Simulation {
                     plan,

@@ -17,11 +17,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::clock::now_ms;
 use crate::topup::Core;
 use crate::topup::TopupError;
 use crate::topup::adapters::Adapters;
 use crate::topup::apikeys::ApiKey;
-use crate::topup::books::now_ms;
 use crate::topup::money::Money;
 use crate::topup::numbers::Hlr;
 use crate::topup::secrets::Pin;

@@ -13,8 +13,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::clock::now_ms;
 use crate::server::state::Shared;
-use crate::topup::books::now_ms;
 use crate::topup::notices::{self, Applied};
 
 pub fn router(shared: Arc<Shared>) -> Router {

@@ -17,8 +17,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::clock::now_ms;
 use crate::server::state::Shared;
-use crate::topup::books::now_ms;
 
 pub(crate) const PAGE: &str = include_str!("console.html");
 const COOKIE: &str = "topup_agent";

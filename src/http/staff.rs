@@ -73,9 +73,7 @@ async fn overview(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
             .await?;
         let conflicts = core.carrier_conflicts(50).await?;
         let carriers = core.carriers().await?;
-        let nodes = core
-            .live_nodes(crate::topup::books::now_ms() - 10_000)
-            .await?;
+        let nodes = core.live_nodes(crate::clock::now_ms() - 10_000).await?;
         Ok::<_, crate::topup::TopupError>((q, sms, pending, conflicts, carriers, nodes))
     };
     let (q, sms, pending, conflicts, carriers, nodes) = match data.await {

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use crate::clock::now_ms;
 use crate::shutdown::Shutdown;
 use crate::topup::Core;
-use crate::topup::books::now_ms;
 use crate::topup::webhooks::signature;
 
 const EVERY: Duration = Duration::from_secs(1);

@@ -70,7 +70,7 @@ fn fit(soft: u64, calls: u64, http: u64) -> (u64, u64) {
 pub fn log_accept_error(what: &str, e: &std::io::Error) {
     use std::sync::atomic::AtomicU64;
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = crate::topup::books::now_ms() as u64;
+    let now = crate::clock::now_ms() as u64;
     if now.saturating_sub(LAST.swap(now, std::sync::atomic::Ordering::Relaxed)) < 1000 {
         return;
     }

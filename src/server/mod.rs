@@ -17,13 +17,13 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
 use crate::call::CallEnv;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::live::Live;
 use crate::store::Store;
 use crate::telephony::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::telephony::sip::transport::Transport;
 use crate::topup::adapters::Adapters;
-use crate::topup::books::now_ms;
 
 pub use crate::shutdown::Shutdown;
 pub use content::{

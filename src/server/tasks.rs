@@ -8,8 +8,8 @@ use tracing::{error, info, warn};
 
 use super::content::content_signature;
 use super::state::Shared;
+use crate::clock::now_ms;
 use crate::shutdown::Shutdown;
-use crate::topup::books::now_ms;
 
 /// Reloads prompts, dialplans and SMS texts on SIGHUP or when their files change. A broken
 /// file is reported and the running versions kept; calls in progress keep the version they

@@ -35,12 +35,12 @@ use super::session::{
     status_name,
 };
 use super::text::{self, Reassembler};
+use crate::clock::now_ms;
 use crate::config::{SmsConfig, SmscConfig};
 use crate::server::state::LinkStatus;
 use crate::shutdown::Shutdown;
 use crate::sms::messages::SmsTexts;
 use crate::topup::adapters::Adapters;
-use crate::topup::books::now_ms;
 use crate::topup::numbers::Hlr;
 use crate::topup::{Core, TopupError};
 

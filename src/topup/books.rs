@@ -18,14 +18,6 @@ use super::ledger::{
 use super::money::{Currency, Money};
 use crate::store::Db;
 
-/// Wall-clock milliseconds since the Unix epoch (the time the stores write).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn account_from_row(r: &sqlx::any::AnyRow) -> Result<Account, TopupError> {
     let id: String = r.try_get("id")?;
     let currency: String = r.try_get("currency")?;

@@ -201,7 +201,7 @@ pub(super) async fn run_leg(
         st.caller_gone = e.is_not_found();
         return "failure";
     }
-    let answered_at = crate::call::timestamp();
+    let answered_at = crate::clock::timestamp();
     let inband = t.shared.cfg.rtp.inband_dtmf == crate::config::InbandDtmf::Always;
     let call = EdgeCall {
         call_id: caller_id.clone(),

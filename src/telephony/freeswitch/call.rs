@@ -155,7 +155,7 @@ pub(super) async fn run_leg(
     };
     info!(service = %plan.service, from = %crate::redact::Phone(&call.caller), "incoming call");
     // The dialplan answered the call before parking it.
-    let answered_at = crate::call::timestamp();
+    let answered_at = crate::clock::timestamp();
     let (rate_word, payload) = match cfg.sample_rate {
         16000 => ("16k", Payload::L16Le16k),
         _ => ("8k", Payload::L16Le8k),
