@@ -121,7 +121,12 @@ fn calls_in_progress_survive_torture_floods_and_rtp_spray_untouched() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    // The abuse starts once the house is full: all ten of the generator's calls are up (how
+    // long the generator takes to start is the machine's business, not the test's).
+    server.wait_until("the generator's ten calls", Duration::from_secs(20), || {
+        server.health()["active_calls"] == 10
+    });
+    std::thread::sleep(Duration::from_millis(500));
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = sock.local_addr().unwrap().port();
     let to = server.sip;
