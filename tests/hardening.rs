@@ -116,7 +116,10 @@ fn a_login_flood_from_many_hosts_does_not_touch_a_call_in_progress() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    // The flood starts once both calls are up.
+    server.wait_until("the generator's two calls", Duration::from_secs(20), || {
+        server.health()["active_calls"] == 2
+    });
     // Eight hosts, each trying passwords as fast as answers come, for 6 s: each is throttled
     // as a source, so across them they still ask for many argon2 checks.
     let statuses = runtime().block_on(async {
