@@ -436,6 +436,14 @@ impl edge::Edge for FsEdge<'_> {
                     .ws
                     .send(Message::Text(r#"{"type":"killAudio"}"#.into()))
                     .await;
+                // The audio check's mark goes with the audio it followed, and FreeSWITCH does
+                // not always say so: a key right after the mark (a storm's slow start) can
+                // clear it with no `cleared` event, and the check would fail a call its caller
+                // hears. It starts again on what plays next.
+                if !self.audio_heard {
+                    self.check_deadline = None;
+                    self.streamed = 0;
+                }
             }
             EdgeCommand::Transfer {
                 escalation,
