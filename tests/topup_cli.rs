@@ -188,6 +188,30 @@ fn cards_accounts_topups_and_the_ledger_from_the_command_line() {
             "telcel-mx-100",
         ]);
         assert_eq!(r["state"], "succeeded");
+        // The sandbox carrier refuses numbers ending in 0000: the receipt says so, the money
+        // comes back, and the command fails (exit status), so a script notices.
+        let (ok, out, err) = env.run(&[
+            "topups",
+            "create",
+            "--id",
+            "cli-refused",
+            "--wallet",
+            "+12015550100",
+            "--to",
+            "+12015550000",
+            "--product",
+            "ivr-mobile-5",
+        ]);
+        assert!(!ok, "a failed top-up exits non-zero: {out}");
+        assert!(out.contains("failed"), "the receipt is printed: {out}");
+        assert!(
+            err.contains("top-up cli-refused failed") && err.contains("nothing was taken"),
+            "{err}"
+        );
+        assert_eq!(
+            env.json(&["accounts", "show", "+12015550100"])["wallet"]["available"],
+            "6.01"
+        );
         let r = env.json(&[
             "topups",
             "create",

@@ -870,6 +870,16 @@ pub async fn topups(cfg: &Config, cmd: TopupsCommand) -> Result<()> {
                 .topup(&adapters, hlr(cfg).as_ref(), &req, now_ms())
                 .await?;
             print(json, &r, print_receipt)?;
+            // The receipt is printed either way; a top-up that failed is a failed command
+            // (scripts see it in the exit status). A pending one is not: it settles later.
+            if r.state == TopupState::Failed {
+                anyhow::bail!(
+                    "top-up {} failed: {} (nothing was taken from {})",
+                    r.id,
+                    r.error.as_deref().unwrap_or("the carrier refused it"),
+                    r.payer
+                );
+            }
         }
         TopupsCommand::List { state, limit, json } => {
             let list = core.list_topups(state, limit).await?;
