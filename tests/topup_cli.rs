@@ -102,6 +102,16 @@ fn runtime() -> tokio::runtime::Runtime {
 fn cards_accounts_topups_and_the_ledger_from_the_command_line() {
     let rt = runtime();
     for env in envs(&rt) {
+        // Empty lists say so, in words (JSON stays an empty array).
+        for (args, none) in [
+            (&["escalations", "list"][..], "no escalations"),
+            (&["sms", "list"][..], "no SMS"),
+            (&["topups", "list"][..], "no top-ups"),
+            (&["carriers", "list"][..], "no carriers"),
+        ] {
+            assert_eq!(env.ok(args).trim(), none, "{args:?}");
+            assert_eq!(env.json(args), serde_json::json!([]), "{args:?}");
+        }
         env.ok(&[
             "carriers",
             "import",

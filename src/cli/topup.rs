@@ -199,13 +199,11 @@ pub async fn escalations(cfg: &Config, cmd: EscalationsCommand) -> Result<()> {
     let EscalationsCommand::List { limit, json } = cmd;
     let list = core.escalations(limit).await?;
     core.db.close().await;
-    print(json, &list, |l| {
-        for e in l {
-            println!(
-                "{} {:<11} {:<14} {:<9} at {:<14} {}",
-                e.id, e.state, e.caller, e.service, e.node, e.reason
-            );
-        }
+    print_rows(json, &list, "no escalations", |e| {
+        println!(
+            "{} {:<11} {:<14} {:<9} at {:<14} {}",
+            e.id, e.state, e.caller, e.service, e.node, e.reason
+        );
     })
 }
 
@@ -437,19 +435,17 @@ pub async fn sms(cfg: &Config, cmd: SmsCommand) -> Result<()> {
             let list = core
                 .list_sms(state.as_deref(), to.as_deref(), limit)
                 .await?;
-            print(json, &list, |l| {
-                for r in l {
-                    println!(
-                        "{:<32} {:<9} {:<15} {:<20} {:>2} {:>2} {}",
-                        r.id,
-                        r.state,
-                        r.destination,
-                        r.kind,
-                        r.parts,
-                        r.attempts,
-                        r.last_error.as_deref().unwrap_or("")
-                    );
-                }
+            print_rows(json, &list, "no SMS", |r| {
+                println!(
+                    "{:<32} {:<9} {:<15} {:<20} {:>2} {:>2} {}",
+                    r.id,
+                    r.state,
+                    r.destination,
+                    r.kind,
+                    r.parts,
+                    r.attempts,
+                    r.last_error.as_deref().unwrap_or("")
+                );
             })
         }
         SmsCommand::Show { id, json } => match core.sms(&id).await? {
@@ -530,6 +526,22 @@ fn print<T: Serialize + std::fmt::Debug>(json: bool, v: &T, text: impl FnOnce(&T
         text(v);
     }
     Ok(())
+}
+
+/// A list: JSON, or one line per row — and a line saying so when there is none (an empty
+/// answer looks like a broken command).
+fn print_rows<T: Serialize + std::fmt::Debug>(
+    json: bool,
+    rows: &[T],
+    none: &str,
+    row: impl Fn(&T),
+) -> Result<()> {
+    print(json, &rows, |rows| {
+        if rows.is_empty() {
+            println!("{none}");
+        }
+        rows.iter().for_each(&row);
+    })
 }
 
 fn read_pin(what: &str) -> Result<Pin> {
@@ -637,27 +649,20 @@ pub async fn carriers(cfg: &Config, cmd: CarriersCommand) -> Result<()> {
         }
         CarriersCommand::List { json } => {
             let list = core.carriers().await?;
-            print(json, &list, |l| {
-                for c in l {
-                    println!(
-                        "{:<16} {:<12} {} {} {:<8} {}",
-                        c.id, c.name, c.country, c.currency, c.adapter, c.status
-                    );
-                }
+            print_rows(json, &list, "no carriers", |c| {
+                println!(
+                    "{:<16} {:<12} {} {} {:<8} {}",
+                    c.id, c.name, c.country, c.currency, c.adapter, c.status
+                );
             })?;
         }
         CarriersCommand::Conflicts { limit, json } => {
             let list = core.carrier_conflicts(limit).await?;
-            print(json, &list, |l| {
-                if l.is_empty() {
-                    println!("no conflicting notices");
-                }
-                for c in l {
-                    println!(
-                        "{:<16} {:<24} {:<15} carrier says {:<10} we have {:<10} (notice {})",
-                        c.carrier_id, c.topup_id, c.recipient, c.notice, c.state, c.event_id
-                    );
-                }
+            print_rows(json, &list, "no conflicting notices", |c| {
+                println!(
+                    "{:<16} {:<24} {:<15} carrier says {:<10} we have {:<10} (notice {})",
+                    c.carrier_id, c.topup_id, c.recipient, c.notice, c.state, c.event_id
+                );
             })?;
         }
     }
@@ -883,19 +888,17 @@ pub async fn topups(cfg: &Config, cmd: TopupsCommand) -> Result<()> {
         }
         TopupsCommand::List { state, limit, json } => {
             let list = core.list_topups(state, limit).await?;
-            print(json, &list, |l| {
-                for r in l {
-                    println!(
-                        "{:<24} {:<9} {:<15} {:<14} {:>12} -> {:<14} {}",
-                        r.id,
-                        r.state,
-                        r.recipient,
-                        r.carrier_id,
-                        r.sent,
-                        r.received,
-                        r.error.as_deref().unwrap_or("")
-                    );
-                }
+            print_rows(json, &list, "no top-ups", |r| {
+                println!(
+                    "{:<24} {:<9} {:<15} {:<14} {:>12} -> {:<14} {}",
+                    r.id,
+                    r.state,
+                    r.recipient,
+                    r.carrier_id,
+                    r.sent,
+                    r.received,
+                    r.error.as_deref().unwrap_or("")
+                );
             })?;
         }
         TopupsCommand::Show { id } => {
