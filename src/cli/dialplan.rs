@@ -51,15 +51,7 @@ pub async fn run(command: DialplanCommand) -> Result<()> {
     };
     let load_plan = |file: &PathBuf, prompts: &PromptStore| -> Result<Dialplan> {
         let has = |l: &str, n: &str| prompts.get(l, n).is_some();
-        Dialplan::load(file, &Catalog::new(&has, &NAMES)).map_err(|errs| {
-            anyhow::anyhow!(
-                "{}",
-                errs.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })
+        Dialplan::load(file, &Catalog::new(&has, &NAMES)).map_err(plan_errors)
     };
     match command {
         DialplanCommand::Check { files, config } => {
@@ -71,15 +63,7 @@ pub async fn run(command: DialplanCommand) -> Result<()> {
             } else {
                 Dialplans::load_files(&files, &Catalog::new(&has, &NAMES))
             };
-            let plans = plans.map_err(|errs| {
-                anyhow::anyhow!(
-                    "{}",
-                    errs.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                )
-            })?;
+            let plans = plans.map_err(plan_errors)?;
             for p in plans.plans() {
                 println!(
                     "ok {} ({}): numbers {}, {} nodes, languages {}",
@@ -147,4 +131,15 @@ pub async fn run(command: DialplanCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A plan's errors, one per line.
+fn plan_errors(errs: Vec<topup_ivr::dialplan::DialplanError>) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}",
+        errs.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
 }

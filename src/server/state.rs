@@ -14,7 +14,6 @@ use super::content::{ServeError, load_content, sms_messages};
 use crate::call::CallEnv;
 use crate::config::Config;
 use crate::dialplan::Dialplans;
-use crate::live::Live;
 use crate::media::prompts::PromptStore;
 use crate::shutdown::Shutdown;
 use crate::sms::messages::SmsTexts;
@@ -28,9 +27,6 @@ pub struct Shared {
     pub cfg: Config,
     /// What a call's driver uses (and nothing else): the edges hand it to `call::drive`.
     pub call_env: Arc<CallEnv>,
-    /// Prompts and dialplans; replaced whole on reload (calls keep the version they started
-    /// with, through their own `Arc`s).
-    pub(super) content: Live<(Arc<PromptStore>, Arc<Dialplans>)>,
     /// The top-up core (its database also holds the call records).
     pub core: Core,
     /// The SMS texts and keywords when an SMSC is configured (the core's notifier writes with
@@ -58,11 +54,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn prompts(&self) -> Arc<PromptStore> {
-        self.content.current().0.clone()
+        self.call_env.prompts()
     }
 
     pub fn dialplans(&self) -> Arc<Dialplans> {
-        self.content.current().1.clone()
+        self.call_env.content.current().1.clone()
     }
 
     /// Loads prompts, dialplans and (when SMS are on) the SMS texts again; on any error
@@ -73,7 +69,8 @@ impl Shared {
             Some(texts) => Some((texts, sms_messages(&self.cfg)?)),
             None => None,
         };
-        self.content
+        self.call_env
+            .content
             .replace((Arc::new(prompts), Arc::new(dialplans)));
         if let Some((texts, m)) = sms {
             texts.replace(m);
