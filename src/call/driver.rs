@@ -19,6 +19,7 @@ use crate::dialplan::{Args, Dialplan, Op};
 use crate::media::dtmf::{Digit, DtmfMethod};
 use crate::shutdown::Shutdown;
 use crate::store::Cdr;
+use crate::store::call_log::CallEnd;
 use crate::topup::escalations::EscalationState;
 
 /// What an edge reports about a call.
@@ -146,12 +147,10 @@ impl Record {
     /// call ended before its plan started.
     pub async fn finish(mut self, env: &CallEnv, reason: &str, session: Option<&CallSession>) {
         let cdr = &mut self.cdr;
+        let mut path = vec![];
         match session {
             Some(s) => {
-                let path = s.interpreter().context().path;
-                if let Some(service) = &cdr.service {
-                    env.core.record_path(service, &path).await;
-                }
+                path = s.interpreter().context().path;
                 cdr.dtmf_methods = s.dtmf_methods();
                 if self.record_digits {
                     cdr.digits = Some(s.interpreter().digits().to_string());
@@ -162,9 +161,12 @@ impl Record {
         }
         cdr.end_reason = reason.to_string();
         cdr.ended_at = timestamp();
-        if let Err(e) = env.store.insert_cdr(cdr).await {
-            warn!(error = %e, "CDR not written");
-        }
+        env.call_log
+            .write(CallEnd {
+                cdr: self.cdr,
+                path,
+            })
+            .await;
     }
 }
 

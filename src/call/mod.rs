@@ -21,6 +21,8 @@ pub use session::{CallSession, HANGUP_LINGER, MediaParams, Output};
 pub struct CallEnv {
     pub core: crate::topup::Core,
     pub store: crate::store::Store,
+    /// Where ended calls' records go.
+    pub call_log: crate::store::call_log::CallLog,
     pub adapters: crate::topup::adapters::Adapters,
     pub hlr: Option<std::sync::Arc<crate::topup::numbers::Hlr>>,
     pub content: crate::live::Live<(

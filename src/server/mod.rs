@@ -21,6 +21,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::live::Live;
 use crate::store::Store;
+use crate::store::call_log::CallLog;
 use crate::telephony::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::telephony::sip::transport::Transport;
 use crate::topup::adapters::Adapters;
@@ -90,9 +91,11 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
     let content = Live::new((Arc::new(prompts), Arc::new(dialplans)));
     let hlr = hlr(&cfg).map(Arc::new);
     let adapters = Adapters::new();
+    let (call_log, call_log_writer) = CallLog::spawn(store.clone());
     let call_env = Arc::new(CallEnv {
         core: core.clone(),
         store: store.clone(),
+        call_log,
         adapters: adapters.clone(),
         hlr: hlr.clone(),
         content,
@@ -194,6 +197,8 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
             warn!("a background task did not stop within 5 s");
         }
     }
+    // The last calls' records are written (or, with the database out, tried for a while).
+    call_log_writer.finish().await;
     store.close().await;
     info!("stopped");
     Ok(())

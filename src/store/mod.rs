@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::str::FromStr;
 
+pub mod call_log;
+
 use serde::Serialize;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Row, Transaction};
@@ -85,6 +87,26 @@ pub fn make_private(dir: &Path) -> Vec<String> {
 #[cfg(not(unix))]
 pub fn make_private(_dir: &Path) -> Vec<String> {
     vec![]
+}
+
+/// The statement that stores one record.
+fn insert_cdr_query(c: &Cdr) -> sqlx::query::Query<'_, Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "INSERT INTO calls (call_id, caller, dialled, service, codec, dtmf_methods,
+            started_at, answered_at, ended_at, end_reason, digits)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&c.call_id)
+    .bind(&c.caller)
+    .bind(&c.dialled)
+    .bind(&c.service)
+    .bind(&c.codec)
+    .bind(&c.dtmf_methods)
+    .bind(&c.started_at)
+    .bind(&c.answered_at)
+    .bind(&c.ended_at)
+    .bind(&c.end_reason)
+    .bind(&c.digits)
 }
 
 /// Kept for call sites that predate the top-up core.
@@ -194,25 +216,9 @@ impl Db {
         })
     }
 
+    /// Writes one record at once (calls log theirs through [`call_log::CallLog`]).
     pub async fn insert_cdr(&self, c: &Cdr) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO calls (call_id, caller, dialled, service, codec, dtmf_methods,
-                started_at, answered_at, ended_at, end_reason, digits)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&c.call_id)
-        .bind(&c.caller)
-        .bind(&c.dialled)
-        .bind(&c.service)
-        .bind(&c.codec)
-        .bind(&c.dtmf_methods)
-        .bind(&c.started_at)
-        .bind(&c.answered_at)
-        .bind(&c.ended_at)
-        .bind(&c.end_reason)
-        .bind(&c.digits)
-        .execute(&self.pool)
-        .await?;
+        insert_cdr_query(c).execute(&self.pool).await?;
         Ok(())
     }
 

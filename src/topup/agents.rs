@@ -306,33 +306,6 @@ impl Core {
             .next())
     }
 
-    /// Counts a call's way through a plan: each node it reached, and the one it ended at.
-    /// Statistics only: a failure is logged, never passed on.
-    pub async fn record_path(&self, service: &str, path: &[String]) {
-        let Some(last) = path.last() else { return };
-        let mut seen = std::collections::BTreeSet::new();
-        for node in path {
-            if !seen.insert(node.as_str()) {
-                continue;
-            }
-            let ended = i64::from(node == last);
-            let r = sqlx::query(
-                "INSERT INTO node_stats (service, node, reached, ended) VALUES ($1, $2, 1, $3)
-                 ON CONFLICT (service, node) DO UPDATE SET reached = node_stats.reached + 1,
-                    ended = node_stats.ended + $3",
-            )
-            .bind(service)
-            .bind(node)
-            .bind(ended)
-            .execute(self.db.pool())
-            .await;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "node statistics not written");
-                return;
-            }
-        }
-    }
-
     /// Per node of a plan: (calls that reached it, calls that ended there).
     pub async fn node_stats(
         &self,

@@ -190,10 +190,10 @@ impl Transport {
                 if self.sources.poll_record(now, source) {
                     info!(call = %inc.call, "refused: no service for the dialled number");
                     let cdr = refused_cdr(&inc, None, "not-found");
-                    let store = self.shared.store.clone();
-                    tokio::spawn(async move {
-                        let _ = store.insert_cdr(&cdr).await;
-                    });
+                    self.shared
+                        .call_env
+                        .call_log
+                        .send(crate::store::call_log::CallEnd { cdr, path: vec![] });
                 }
                 return;
             }
