@@ -208,12 +208,12 @@ impl RealFreeSwitch {
             assert!(
                 self.is_running(),
                 "FreeSWITCH exited while starting:\n{}",
-                tail(&self.log(), 80)
+                super::tail_lines(&self.log(), 80)
             );
             assert!(
                 Instant::now() < deadline,
                 "FreeSWITCH did not start:\n{}",
-                tail(&self.log(), 80)
+                super::tail_lines(&self.log(), 80)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -232,8 +232,12 @@ impl RealFreeSwitch {
 
     /// An API command over the event socket (fs_cli); its output.
     pub fn api(&self, cmd: &str) -> String {
-        self.try_api(cmd)
-            .unwrap_or_else(|| panic!("fs_cli -x '{cmd}' failed:\n{}", tail(&self.log(), 40)))
+        self.try_api(cmd).unwrap_or_else(|| {
+            panic!(
+                "fs_cli -x '{cmd}' failed:\n{}",
+                super::tail_lines(&self.log(), 40)
+            )
+        })
     }
 
     /// Channels alive now.
@@ -340,20 +344,14 @@ impl RealFreeSwitch {
 impl Drop for RealFreeSwitch {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log();
-            let trouble: Vec<&str> = log
-                .lines()
-                .filter(|l| {
-                    ["[WARNING]", "[ERR]", "[CRIT]"]
-                        .iter()
-                        .any(|w| l.contains(w))
-                })
-                .take(100)
-                .collect();
             eprintln!(
-                "---- freeswitch.log: warnings and errors ----\n{}\n---- freeswitch.log (tail) ----\n{}",
-                trouble.join("\n"),
-                tail(&log, 60)
+                "{}",
+                super::peer_log_report(
+                    "freeswitch.log",
+                    &self.log(),
+                    &["[WARNING]", "[ERR]", "[CRIT]"],
+                    60
+                )
             );
         }
         self.stop();
@@ -361,11 +359,6 @@ impl Drop for RealFreeSwitch {
             RTP_SLOTS.lock().unwrap_or_else(|p| p.into_inner())[slot] = false;
         }
     }
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn write_config(dir: &Path, sip: SocketAddr, esl: SocketAddr, rtp: (u16, u16), trunk: SocketAddr) {

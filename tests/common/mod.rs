@@ -43,6 +43,54 @@ impl Turn {
     }
 }
 
+/// What a failed test prints of a peer's log: its warnings and errors first (each distinct
+/// line once, with how often it came; the cause of a failure under load is usually one of
+/// them, repeated), then the last `tail` lines.
+pub fn peer_log_report(name: &str, log: &str, markers: &[&str], tail: usize) -> String {
+    let mut seen: Vec<(String, usize)> = vec![];
+    for line in log
+        .lines()
+        .filter(|l| markers.iter().any(|m| l.contains(m)))
+    {
+        // Timestamps and thread ids differ between repeats of one warning: compare from the
+        // marker on, without a bracketed thread id (`WARNING[6038] http.c: ...`).
+        let at = markers
+            .iter()
+            .filter_map(|m| line.find(m))
+            .min()
+            .unwrap_or(0);
+        let from = &line[at..];
+        let key = match (from.find('['), from.find(']')) {
+            (Some(open), Some(close))
+                if open < close && from[open + 1..close].bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                format!("{}{}", &from[..open], &from[close + 1..])
+            }
+            _ => from.to_string(),
+        };
+        if let Some((_, n)) = seen.iter_mut().find(|(k, _)| *k == key) {
+            *n += 1;
+        } else if seen.len() < 100 {
+            seen.push((key, 1));
+        }
+    }
+    let trouble: Vec<String> = seen
+        .into_iter()
+        .map(|(k, n)| if n > 1 { format!("{n} x {k}") } else { k })
+        .collect();
+    format!(
+        "---- {name}: warnings and errors ----\n{}\n---- {name} (tail) ----\n{}",
+        trouble.join("\n"),
+        tail_lines(log, tail)
+    )
+}
+
+/// The last `n` lines of `text`.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Fails the test with a clear message when a peer program is missing.
 pub fn require(program: &str) {
     let found = Command::new("sh")

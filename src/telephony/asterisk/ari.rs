@@ -28,14 +28,51 @@ impl AriError {
     }
 }
 
+/// Asterisk's HTTP server serves at most `sessionlimit` connections at once (http.conf, 100 by
+/// default) and closes any further one unanswered; a media websocket whose handshake meets the
+/// limit fails, and its call with it. A connection counts from its accept until Asterisk's
+/// thread for it sees it closed, ARI's REST connections while they wait for the next request
+/// (15 s, `session_keep_alive`). Under a storm of call set-ups each concurrent REST request
+/// opened one more connection, and the ones over the idle pool were closed and opened again
+/// (on a loaded machine Asterisk counts a closed one for a while). The service keeps its use
+/// bounded and steady: at most this many requests and media handshakes at once (more wait
+/// their turn), ...
+pub const MAX_HTTP_AT_ONCE: usize = 16;
+/// ... its REST connections kept open for the next request rather than closed and reopened
+/// (so at most 2 × 16 connections at once, with the events websocket one more), ...
+const MAX_IDLE: usize = MAX_HTTP_AT_ONCE;
+/// ... and closed before Asterisk would close them (a request sent on a connection Asterisk is
+/// closing fails).
+const IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A REST client for one Asterisk.
 #[derive(Clone)]
 pub struct Ari {
     http: reqwest::Client,
+    /// Turns on Asterisk's HTTP server ([`MAX_HTTP_AT_ONCE`]).
+    turns: std::sync::Arc<tokio::sync::Semaphore>,
     /// `http://host:port/ari`
     base: String,
     username: String,
     password: String,
+}
+
+/// A websocket to Asterisk (ARI's events, chan_websocket's media).
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type WsError = tokio_tungstenite::tungstenite::Error;
+
+/// Asterisk closed the connection before answering the handshake (or refused or reset it):
+/// nothing reached chan_websocket, so trying again is safe.
+fn unanswered(e: &WsError) -> bool {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    matches!(
+        e,
+        WsError::Protocol(ProtocolError::HandshakeIncomplete)
+            | WsError::Io(_)
+            | WsError::ConnectionClosed
+            | WsError::AlreadyClosed
+    )
 }
 
 /// The parts of ARI's `Channel` model the adapter reads.
@@ -101,8 +138,11 @@ impl Ari {
         Ari {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
+                .pool_max_idle_per_host(MAX_IDLE)
+                .pool_idle_timeout(IDLE_FOR)
                 .build()
                 .unwrap_or_default(),
+            turns: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_AT_ONCE)),
             base: format!("{}/ari", cfg.url),
             username: cfg.username.clone(),
             password: cfg.password.expose().to_string(),
@@ -121,6 +161,34 @@ impl Ari {
         format!("{}/media/{connection_id}", ws_base(http))
     }
 
+    /// Opens chan_websocket's media connection for `connection_id` (sub-protocol `media`).
+    /// The handshake takes a turn on Asterisk's HTTP server; one that Asterisk closed
+    /// unanswered (its session limit reached by other clients) is tried again, twice.
+    pub async fn connect_media(&self, connection_id: &str) -> Result<WsStream, WsError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut tries = 0;
+        loop {
+            let mut req = self.media_url(connection_id).into_client_request()?;
+            req.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                tokio_tungstenite::tungstenite::http::HeaderValue::from_static("media"),
+            );
+            let r = {
+                let _turn = self.turns.acquire().await;
+                tokio_tungstenite::connect_async(req).await
+            };
+            match r {
+                Ok((ws, _)) => return Ok(ws),
+                Err(e) if tries < 2 && unanswered(&e) => {
+                    tries += 1;
+                    tracing::debug!(error = %e, tries, "media websocket not answered: again");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// `Authorization: Basic ...` for ARI.
     pub fn authorization(&self) -> String {
         use base64::Engine;
@@ -136,6 +204,7 @@ impl Ari {
         query: &[(&str, &str)],
     ) -> Result<Option<serde_json::Value>, AriError> {
         let what = format!("{method} {path}");
+        let _turn = self.turns.acquire().await;
         let resp = self
             .http
             .request(method, format!("{}{path}", self.base))

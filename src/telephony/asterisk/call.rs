@@ -633,10 +633,7 @@ pub(super) async fn open_media(
                 .external_media_websocket(&t.cfg.app, &t.media_id, format)
                 .await?;
             st.media = true;
-            let mut req = t.ari.media_url(&conn).into_client_request()?;
-            req.headers_mut()
-                .insert("Sec-WebSocket-Protocol", http_value("media"));
-            let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+            let ws = t.ari.connect_media(&conn).await?;
             Ok(MediaConn::Ws {
                 ws: Box::new(ws),
                 xoff: false,
@@ -654,10 +651,6 @@ pub(super) async fn open_media(
             Ok(MediaConn::Rtp { socket, asterisk })
         }
     }
-}
-
-pub(super) fn http_value(s: &'static str) -> tokio_tungstenite::tungstenite::http::HeaderValue {
-    tokio_tungstenite::tungstenite::http::HeaderValue::from_static(s)
 }
 
 /// Places the calling service's outbound leg into the application (it enters with

@@ -34,6 +34,7 @@ use crate::shutdown::Shutdown;
 use crate::telephony::edge::{
     self, DialEvent, DtmfDedup, EdgeCall, EdgeCommand, EdgeEvent, KeySource, Refusal,
 };
+use ari::WsStream;
 use ari::{Ari, Channel, Event};
 use chan_websocket::Command;
 
@@ -68,9 +69,6 @@ enum Leg {
     /// The outbound leg of the calling service.
     Callee,
 }
-
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How long one attempt to open the events connection may take (an Asterisk host that is
 /// down drops the SYN rather than refusing it).
