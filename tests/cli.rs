@@ -130,7 +130,12 @@ fn dialplan_check_reports_file_and_line() {
         .unwrap()
         .replace("on_failure = \"bye\"", "on_failure = \"byebye\"");
     std::fs::write(dir.path().join("echo.toml"), &text).unwrap();
-    let line = text.lines().position(|l| l == "[nodes.listen]").unwrap() + 1;
+    // The line and column of the bad field, not of its node's header.
+    let line = text
+        .lines()
+        .position(|l| l == "on_failure = \"byebye\"")
+        .unwrap()
+        + 1;
     let (ok, _, err) = run(&[
         "dialplan",
         "check",
@@ -139,9 +144,30 @@ fn dialplan_check_reports_file_and_line() {
     ]);
     assert!(!ok);
     assert!(
-        err.contains(&format!("echo.toml:{line}:")) && err.contains("`byebye`"),
+        err.contains(&format!(
+            "echo.toml:{line}:14: node `listen` goes to `byebye`"
+        )) && err.contains("did you mean `bye`?"),
         "{err}"
     );
+    // Run away from the checkout, the three dialplan commands say where they looked and why.
+    for args in [
+        &["dialplan", "check"][..],
+        &["dialplan", "graph", "x.toml"],
+        &["dialplan", "simulate", "x.toml"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("prompts directory prompts not found")
+                && err.contains("run from the checkout"),
+            "{args:?}: {err}"
+        );
+    }
     let (ok, out, err) = run(&["dialplan", "check"]);
     assert!(ok, "{err}");
     assert!(out.contains("echo"), "{out}");

@@ -51,17 +51,21 @@ pub async fn run(command: DialplanCommand) -> Result<()> {
     };
     let load_plan = |file: &PathBuf, prompts: &PromptStore| -> Result<Dialplan> {
         let has = |l: &str, n: &str| prompts.get(l, n).is_some();
-        Dialplan::load(file, &Catalog::new(&has, &NAMES)).map_err(plan_errors)
+        let names = |l: &str| prompts.names(l).into_iter().map(String::from).collect();
+        Dialplan::load(file, &Catalog::new(&has, &NAMES).with_prompt_names(&names))
+            .map_err(plan_errors)
     };
     match command {
         DialplanCommand::Check { files, config } => {
             let cfg = config.load()?;
             let prompts = load_prompts(&cfg)?;
             let has = |l: &str, n: &str| prompts.get(l, n).is_some();
+            let names = |l: &str| prompts.names(l).into_iter().map(String::from).collect();
+            let catalog = Catalog::new(&has, &NAMES).with_prompt_names(&names);
             let plans = if files.is_empty() {
-                Dialplans::load_dir(&cfg.paths.dialplans, &Catalog::new(&has, &NAMES))
+                Dialplans::load_dir(&cfg.paths.dialplans, &catalog)
             } else {
-                Dialplans::load_files(&files, &Catalog::new(&has, &NAMES))
+                Dialplans::load_files(&files, &catalog)
             };
             let plans = plans.map_err(plan_errors)?;
             for p in plans.plans() {

@@ -45,9 +45,10 @@ pub fn load_content(cfg: &Config) -> Result<(PromptStore, Dialplans), ServeError
         .is_some_and(|f| f.sample_rate == 16000);
     let prompts = PromptStore::load(&cfg.paths.prompts, LoadOptions { wideband })?;
     let has_prompt = |lang: &str, name: &str| prompts.get(lang, name).is_some();
+    let names = |lang: &str| prompts.names(lang).into_iter().map(String::from).collect();
     let dialplans = Dialplans::load_dir(
         &cfg.paths.dialplans,
-        &Catalog::new(&has_prompt, &crate::sms::messages::NAMES),
+        &Catalog::new(&has_prompt, &crate::sms::messages::NAMES).with_prompt_names(&names),
     )
     .map_err(ServeError::Dialplans)?;
     Ok((prompts, dialplans))

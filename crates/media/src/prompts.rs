@@ -41,6 +41,10 @@ pub enum PromptError {
     },
     #[error("{0}: no language directories (expected e.g. {0}/en/manifest.toml)")]
     Empty(PathBuf),
+    #[error(
+        "prompts directory {dir} not found (a relative path is taken from the working directory, {cwd}: run from the checkout, or set `prompts` under [paths] in the config)"
+    )]
+    NoDirectory { dir: PathBuf, cwd: String },
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> PromptError {
@@ -167,7 +171,15 @@ impl PromptStore {
     pub fn load(dir: &Path, opts: LoadOptions) -> Result<PromptStore, PromptError> {
         let mut store = PromptStore::default();
         let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| file_err(dir, e))?
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => PromptError::NoDirectory {
+                    dir: dir.to_path_buf(),
+                    cwd: std::env::current_dir()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default(),
+                },
+                _ => file_err(dir, e),
+            })?
             .filter_map(Result::ok)
             .filter(|e| e.path().join("manifest.toml").is_file())
             .collect();

@@ -43,24 +43,35 @@ impl Dialplan {
             let at = node_position(text, id);
             for t in node.targets() {
                 if !self.nodes.contains_key(t) {
+                    let hint = match did_you_mean(t, self.nodes.keys().map(String::as_str)) {
+                        Some(near) => format!("did you mean `{near}`? or add [nodes.{t}]"),
+                        None => format!("add [nodes.{t}] or fix the name"),
+                    };
                     err(
-                        at,
+                        field_position(text, id, t),
                         format!("node `{id}` goes to `{t}`, which does not exist"),
-                        Some("add [nodes.{t}] or fix the name"),
+                        Some(&hint),
                     );
                 }
             }
             for lang in &self.languages {
                 for p in node.prompts() {
                     if !has_prompt(lang, p) {
+                        let names = (catalog.prompt_names)(lang);
+                        let hint = match did_you_mean(p, names.iter().map(String::as_str)) {
+                            Some(near) => format!(
+                                "did you mean `{near}`? or add `{p}` to prompts/{lang}/manifest.toml and run scripts/gen-prompts.py"
+                            ),
+                            None => format!(
+                                "add it to prompts/{lang}/manifest.toml and run scripts/gen-prompts.py"
+                            ),
+                        };
                         err(
-                            at,
+                            field_position(text, id, p),
                             format!(
                                 "node `{id}`: prompt `{p}` does not exist in language `{lang}`"
                             ),
-                            Some(&format!(
-                                "add it to prompts/{lang}/manifest.toml and run scripts/gen-prompts.py"
-                            )),
+                            Some(&hint),
                         );
                     }
                 }
@@ -357,14 +368,30 @@ impl Dialplan {
                 queue.extend(n.targets());
             }
         }
-        for id in self.nodes.keys() {
-            if !seen.contains(id.as_str()) {
-                err(
-                    node_position(text, id),
-                    format!("node `{id}` cannot be reached from `{}`", self.start),
-                    Some("remove it or link it"),
-                );
-            }
+        // One line for all of them (a mistyped `next` can cut off most of a plan): the
+        // first in the file, and how many more.
+        let mut unreached: Vec<&str> = self
+            .nodes
+            .keys()
+            .map(String::as_str)
+            .filter(|id| !seen.contains(id))
+            .collect();
+        unreached.sort_by_key(|id| node_position(text, id));
+        if let Some(first) = unreached.first() {
+            let reason = match unreached.len() {
+                1 => format!("node `{first}` cannot be reached from `{}`", self.start),
+                n => format!(
+                    "node `{first}` and {} more cannot be reached from `{}`: {}",
+                    n - 1,
+                    self.start,
+                    list(&unreached[1..])
+                ),
+            };
+            err(
+                node_position(text, first),
+                reason,
+                Some("link them from a node that is reached, or remove them"),
+            );
         }
         // Reverse reachability from the exits.
         let mut reverse: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -385,42 +412,161 @@ impl Dialplan {
                 queue.extend(reverse.get(id).into_iter().flatten());
             }
         }
-        for id in self.nodes.keys() {
-            if seen.contains(id.as_str()) && !can_exit.contains(id.as_str()) {
-                err(
-                    node_position(text, id),
-                    format!("node `{id}` is in a loop with no way out"),
-                    Some("every path needs a hangup or transfer"),
-                );
-            }
+        let mut trapped: Vec<&str> = self
+            .nodes
+            .keys()
+            .map(String::as_str)
+            .filter(|id| seen.contains(id) && !can_exit.contains(id))
+            .collect();
+        trapped.sort_by_key(|id| node_position(text, id));
+        if let Some(first) = trapped.first() {
+            let reason = match trapped.len() {
+                1 => format!("node `{first}` is in a loop with no way out"),
+                _ => format!("nodes {} are in a loop with no way out", list(&trapped)),
+            };
+            err(
+                node_position(text, first),
+                reason,
+                Some("every path needs a hangup or transfer"),
+            );
         }
-        // Cycles made only of instant nodes.
-        for (id, n) in &self.nodes {
-            if !n.is_instant() {
-                continue;
-            }
-            let mut stack = vec![id.as_str()];
-            let mut visited = HashSet::new();
-            while let Some(cur) = stack.pop() {
-                for t in self.nodes.get(cur).map(Node::targets).unwrap_or_default() {
-                    if t == id {
-                        err(
-                            node_position(text, id),
-                            format!(
-                                "node `{id}` loops back to itself without waiting for anything"
-                            ),
-                            None,
-                        );
-                        stack.clear();
-                        break;
-                    }
-                    if self.nodes.get(t).is_some_and(Node::is_instant) && visited.insert(t) {
-                        stack.push(t);
-                    }
-                }
-            }
+        // A loop the caller cannot leave by a key and nothing counts: a caller could hear it
+        // forever (e.g. an operation that fails, a sentence, the operation again).
+        for cycle in self.cycles_without_choice() {
+            let first = cycle[0];
+            let path: Vec<String> = cycle
+                .iter()
+                .chain(std::iter::once(&first))
+                .map(|id| format!("`{id}`"))
+                .collect();
+            let instant = cycle
+                .iter()
+                .all(|id| self.nodes.get(*id).is_some_and(Node::is_instant));
+            let reason = if instant {
+                format!(
+                    "node `{first}` loops back to itself without waiting for anything ({})",
+                    path.join(" → ")
+                )
+            } else {
+                format!(
+                    "{} loops with no caller choice and no count: a caller could go round it forever",
+                    path.join(" → ")
+                )
+            };
+            err(
+                node_position(text, first),
+                reason,
+                Some("put a menu, collect or choose in the loop, or a count node that leaves it"),
+            );
         }
     }
+
+    /// The loops that contain no node where the caller chooses (menu, collect, choose) and no
+    /// count: each once, as the nodes of one strongly connected part of the plan without
+    /// those nodes, in file order.
+    fn cycles_without_choice(&self) -> Vec<Vec<&str>> {
+        let breaks = |n: &Node| {
+            matches!(
+                n,
+                Node::Menu { .. } | Node::Collect { .. } | Node::Choose { .. } | Node::Count { .. }
+            )
+        };
+        let inner: BTreeMap<&str, Vec<&str>> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| !breaks(n))
+            .map(|(id, n)| {
+                let to = n
+                    .targets()
+                    .into_iter()
+                    .filter(|t| self.nodes.get(*t).is_some_and(|n| !breaks(n)))
+                    .collect();
+                (id.as_str(), to)
+            })
+            .collect();
+        strongly_connected(&inner)
+            .into_iter()
+            .filter(|part| part.len() > 1 || inner[part[0]].contains(&part[0]))
+            .collect()
+    }
+}
+
+/// Tarjan's strongly connected components of `graph` (each in the graph's key order).
+fn strongly_connected<'a>(graph: &BTreeMap<&'a str, Vec<&'a str>>) -> Vec<Vec<&'a str>> {
+    struct State<'a> {
+        index: HashMap<&'a str, usize>,
+        low: HashMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on_stack: HashSet<&'a str>,
+        parts: Vec<Vec<&'a str>>,
+    }
+    fn visit<'a>(v: &'a str, g: &BTreeMap<&'a str, Vec<&'a str>>, s: &mut State<'a>) {
+        let i = s.index.len();
+        s.index.insert(v, i);
+        s.low.insert(v, i);
+        s.stack.push(v);
+        s.on_stack.insert(v);
+        for &w in g.get(v).into_iter().flatten() {
+            if !s.index.contains_key(w) {
+                visit(w, g, s);
+                let lw = s.low[w];
+                let lv = s.low.get_mut(v).expect("visited");
+                *lv = (*lv).min(lw);
+            } else if s.on_stack.contains(w) {
+                let iw = s.index[w];
+                let lv = s.low.get_mut(v).expect("visited");
+                *lv = (*lv).min(iw);
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut part = vec![];
+            while let Some(w) = s.stack.pop() {
+                s.on_stack.remove(w);
+                part.push(w);
+                if w == v {
+                    break;
+                }
+            }
+            part.sort_unstable();
+            s.parts.push(part);
+        }
+    }
+    let mut s = State {
+        index: HashMap::new(),
+        low: HashMap::new(),
+        stack: vec![],
+        on_stack: HashSet::new(),
+        parts: vec![],
+    };
+    for &v in graph.keys() {
+        if !s.index.contains_key(v) {
+            visit(v, graph, &mut s);
+        }
+    }
+    s.parts.sort();
+    s.parts
+}
+
+/// `a`, `b`, `c` (the first eight, then how many more).
+fn list(ids: &[&str]) -> String {
+    let mut shown: Vec<String> = ids.iter().take(8).map(|id| format!("`{id}`")).collect();
+    if ids.len() > 8 {
+        shown.push(format!("and {} more", ids.len() - 8));
+    }
+    shown.join(", ")
+}
+
+/// The known name closest to a mistyped one, when it is close enough to be the one meant.
+pub(super) fn did_you_mean<'a>(
+    wrong: &str,
+    known: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    known
+        .into_iter()
+        .map(|k| (strsim::jaro_winkler(wrong, k), k))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
 }
 
 /// Reports one problem at (line, col), with an optional hint.
@@ -437,6 +583,19 @@ pub(super) fn position_of(text: &str, prefix: &str) -> (usize, usize) {
                 .then(|| (i + 1, l.len() - trimmed.len() + 1))
         })
         .unwrap_or((1, 1))
+}
+
+/// (line, column) of `"value"` among the lines of node `id`'s table (where a field names
+/// it), else of the table's header.
+pub(super) fn field_position(text: &str, id: &str, value: &str) -> (usize, usize) {
+    let header = node_position(text, id);
+    let quoted = format!("\"{value}\"");
+    text.lines()
+        .enumerate()
+        .skip(header.0)
+        .take_while(|(_, l)| !l.trim_start().starts_with('['))
+        .find_map(|(i, l)| l.find(&quoted).map(|c| (i + 1, c + 1)))
+        .unwrap_or(header)
 }
 
 pub(super) fn node_position(text: &str, id: &str) -> (usize, usize) {

@@ -20,16 +20,8 @@ impl Dialplan {
         text: &str,
         catalog: &Catalog,
     ) -> Result<Dialplan, Vec<DialplanError>> {
-        let mut plan: Dialplan = toml::from_str(text).map_err(|e| {
-            vec![DialplanError::Syntax {
-                file: path.to_path_buf(),
-                reason: e
-                    .to_string()
-                    .trim_end()
-                    .replace('\n', " ")
-                    .replace("  ", " "),
-            }]
-        })?;
+        let mut plan: Dialplan =
+            toml::from_str(text).map_err(|e| vec![syntax_error(path, text, &e)])?;
         plan.source = path.to_path_buf();
         if plan.languages.is_empty() {
             plan.languages = vec![plan.language.clone()];
@@ -51,6 +43,78 @@ impl Dialplan {
                         .starts_with(p.trim_start_matches('+'))
                 }))
     }
+}
+
+/// A TOML or field error where it is (`file:line:col: reason (hint)`), the parser's own words
+/// for the reason, and a hint: the field or kind meant, or what a missing field is for.
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> DialplanError {
+    let reason = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return DialplanError::Syntax {
+            file: path.to_path_buf(),
+            reason,
+        };
+    };
+    // serde reports a wrong field of a node (a tagged table) on the whole table: point at the
+    // field's own line.
+    let mut start = span.start.min(text.len());
+    if let Some(field) = reason
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        // The span is the table's header or body: the table runs to the next header.
+        let end = span.end.min(text.len());
+        let end = text[end..].find("\n[").map_or(text.len(), |i| end + i);
+        let table = &text[start..end];
+        let mut at = 0;
+        for l in table.split_inclusive('\n') {
+            let t = l.trim_start();
+            if t.strip_prefix(field)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+            {
+                start += at + (l.len() - t.len());
+                break;
+            }
+            at += l.len();
+        }
+    }
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    DialplanError::Invalid {
+        file: path.to_path_buf(),
+        line,
+        col,
+        hint: syntax_hint(&reason),
+        reason,
+    }
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" (also variants, i.e. kinds) becomes
+/// "did you mean `a`?" when one is close, else the list; "missing field `x`" says to add it.
+fn syntax_hint(reason: &str) -> Option<String> {
+    let quoted =
+        |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(String::from).collect() };
+    for what in ["unknown field", "unknown variant"] {
+        if let Some(rest) = reason.strip_prefix(what) {
+            let names = quoted(rest);
+            let (wrong, expected) = names.split_first()?;
+            return Some(
+                match super::check::did_you_mean(wrong, expected.iter().map(String::as_str)) {
+                    Some(near) => format!("did you mean `{near}`?"),
+                    None if expected.is_empty() => "remove it".into(),
+                    None => format!("one of {}", expected.join(", ")),
+                },
+            );
+        }
+    }
+    if let Some(rest) = reason.strip_prefix("missing field") {
+        let field = quoted(rest).into_iter().next()?;
+        return Some(format!(
+            "add `{field} = ...` to this table (dialplans/README.md lists each kind's fields)"
+        ));
+    }
+    None
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +140,8 @@ pub struct Catalog<'a> {
     /// `has_prompt(language, name)`.
     pub has_prompt: &'a dyn Fn(&str, &str) -> bool,
     pub messages: &'a [&'a str],
+    /// The prompts of a language, for "did you mean" (none: no suggestion).
+    pub prompt_names: &'a dyn Fn(&str) -> Vec<String>,
 }
 
 impl Catalog<'static> {
@@ -83,6 +149,7 @@ impl Catalog<'static> {
     pub const EVERY_PROMPT: Catalog<'static> = Catalog {
         has_prompt: &every_prompt,
         messages: &[],
+        prompt_names: &no_names,
     };
 }
 
@@ -90,11 +157,24 @@ pub(super) fn every_prompt(_: &str, _: &str) -> bool {
     true
 }
 
+pub(super) fn no_names(_: &str) -> Vec<String> {
+    vec![]
+}
+
 impl<'a> Catalog<'a> {
     pub fn new(has_prompt: &'a dyn Fn(&str, &str) -> bool, messages: &'a [&'a str]) -> Self {
         Catalog {
             has_prompt,
             messages,
+            prompt_names: &no_names,
+        }
+    }
+
+    /// With the prompts' names, so a mistyped one gets a suggestion.
+    pub fn with_prompt_names(self, prompt_names: &'a dyn Fn(&str) -> Vec<String>) -> Self {
+        Catalog {
+            prompt_names,
+            ..self
         }
     }
 }
@@ -108,9 +188,18 @@ pub struct Dialplans {
 impl Dialplans {
     pub fn load_dir(dir: &Path, catalog: &Catalog) -> Result<Dialplans, Vec<DialplanError>> {
         let io = |e: std::io::Error| {
+            let reason = match e.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "no such directory (a relative path is taken from the working directory, {}: run from the checkout, or set `dialplans` under [paths] in the config)",
+                    std::env::current_dir()
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_default()
+                ),
+                _ => e.to_string(),
+            };
             vec![DialplanError::Io {
                 file: dir.to_path_buf(),
-                reason: e.to_string(),
+                reason,
             }]
         };
         let files = topup_values::textfile::toml_files(dir).map_err(io)?;

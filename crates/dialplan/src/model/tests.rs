@@ -6,6 +6,7 @@ pub(crate) const ECHO: &str = include_str!("../../../../dialplans/echo.toml");
 const CATALOG: Catalog = Catalog {
     has_prompt: &every_prompt,
     messages: &["call_no_funds"],
+    prompt_names: &no_names,
 };
 
 fn errors(text: &str) -> Vec<String> {
@@ -25,27 +26,93 @@ fn the_shipped_echo_plan_loads() {
     assert_eq!(p.languages, ["en"]);
 }
 
+/// The (line, column) of `needle` in `text`, 1-based.
+fn place(text: &str, needle: &str) -> (usize, usize) {
+    text.lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find(needle).map(|c| (i + 1, c + 1)))
+        .unwrap()
+}
+
 #[test]
-fn broken_references_are_reported_with_file_line_col_and_hint() {
+fn broken_references_are_reported_at_the_field_with_a_hint() {
     let text = ECHO.replace("next = \"readback\"", "next = \"nowhere\"");
     let msgs = errors(&text);
-    let line = text
-        .lines()
-        .position(|l| l.starts_with("[nodes.listen]"))
-        .unwrap()
-        + 1;
+    let (line, col) = place(&text, "\"nowhere\"");
+    assert_eq!(
+        msgs[0],
+        format!(
+            "t.toml:{line}:{col}: node `listen` goes to `nowhere`, which does not exist \
+             (hint: add [nodes.nowhere] or fix the name)"
+        )
+    );
+    // What follows from it comes after it, once: the nodes cut off, in one line.
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
     assert!(
-        msgs.iter()
-            .any(|m| m.starts_with(&format!("t.toml:{line}:1:"))
-                && m.contains("`nowhere`")
-                && m.contains("hint:")),
+        msgs[1].contains("node `readback` and 1 more cannot be reached from `welcome`: `check`"),
         "{msgs:?}"
     );
+}
+
+#[test]
+fn a_mistyped_node_or_prompt_gets_the_name_meant() {
+    let text = ECHO.replace("next = \"readback\"", "next = \"readbak\"");
+    let msgs = errors(&text);
     assert!(
-        msgs.iter()
-            .any(|m| m.contains("`readback` cannot be reached")),
+        msgs[0].ends_with("(hint: did you mean `readback`? or add [nodes.readbak])"),
         "{msgs:?}"
     );
+    let text = ECHO.replace("[\"goodbye\"]", "[\"godbye\"]");
+    let has_prompt = |_: &str, name: &str| name != "godbye";
+    let names = |_: &str| vec!["echo-welcome".to_string(), "goodbye".to_string()];
+    let msgs: Vec<String> = Dialplan::parse(
+        Path::new("t.toml"),
+        &text,
+        &Catalog::new(&has_prompt, &[]).with_prompt_names(&names),
+    )
+    .unwrap_err()
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    let (line, col) = place(&text, "\"godbye\"");
+    assert!(
+        msgs[0].starts_with(&format!(
+            "t.toml:{line}:{col}: node `bye`: prompt `godbye` does not exist in language `en` (hint: did you mean `goodbye`?"
+        )),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn toml_and_field_errors_say_where_and_what_was_meant() {
+    // A field name mistyped in a node.
+    let text = ECHO.replacen(
+        "prompts = [\"echo-welcome\"]",
+        "prompt = [\"echo-welcome\"]",
+        1,
+    );
+    let msgs = errors(&text);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let (line, col) = place(&text, "prompt = ");
+    assert!(
+        msgs[0].starts_with(&format!("t.toml:{line}:{col}: unknown field `prompt`")),
+        "{msgs:?}"
+    );
+    assert!(msgs[0].contains("did you mean `prompts`?"), "{msgs:?}");
+    // A kind mistyped.
+    let text = ECHO.replacen("kind = \"play\"", "kind = \"plya\"", 1);
+    let msgs = errors(&text);
+    assert!(msgs[0].contains("did you mean `play`?"), "{msgs:?}");
+    // A missing field.
+    let text = ECHO.replacen("start = \"welcome\"\n", "", 1);
+    let msgs = errors(&text);
+    assert!(msgs[0].contains("missing field `start`"), "{msgs:?}");
+    assert!(msgs[0].contains("hint: add `start = ...`"), "{msgs:?}");
+    // Broken TOML: the line and column of the mistake.
+    let text = ECHO.replacen("next = \"listen\"", "next = \"listen", 1);
+    let msgs = errors(&text);
+    let (line, _) = place(&text, "next = \"listen");
+    assert!(msgs[0].starts_with(&format!("t.toml:{line}:")), "{msgs:?}");
 }
 
 #[test]
@@ -105,7 +172,11 @@ fn menus_need_invalid_handling_and_loops_need_exits() {
         "{e:?}"
     );
     let e = errors(&MINI.replace("target = \"menu\"", "target = \"a\""));
-    assert!(e.iter().any(|m| m.contains("without waiting")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("`a` loops back to itself without waiting for anything")),
+        "{e:?}"
+    );
     // The menu's only way out goes to a loop: menu -> a -> b -> a...
     let trapped = MINI
         .replace(
@@ -116,6 +187,35 @@ fn menus_need_invalid_handling_and_loops_need_exits() {
         .replace("target = \"menu\"", "target = \"a\"");
     let e = errors(&trapped);
     assert!(e.iter().any(|m| m.contains("no way out")), "{e:?}");
+}
+
+#[test]
+fn a_loop_needs_a_caller_choice_or_a_count() {
+    // menu -1-> a (an operation) -default-> b (a sentence) -> a ...: a caller whose operation
+    // keeps failing hears the sentence forever, though the plan has exits.
+    let looping = MINI
+        .replace(
+            "[nodes.a]\nkind = \"goto\"\ntarget = \"b\"",
+            "[nodes.a]\nkind = \"invoke\"\nop = \"list_products\"\nresults = { ok = \"bye\", default = \"b\" }",
+        )
+        .replace(
+            "[nodes.b]\nkind = \"goto\"\ntarget = \"menu\"",
+            "[nodes.b]\nkind = \"play\"\nprompts = [\"sorry\"]\nnext = \"a\"",
+        );
+    let e = errors(&looping);
+    assert_eq!(
+        e,
+        [format!(
+            "t.toml:{}:1: `a` → `b` → `a` loops with no caller choice and no count: a caller could go round it forever (hint: put a menu, collect or choose in the loop, or a count node that leaves it)",
+            place(&looping, "[nodes.a]").0
+        )]
+    );
+    // Back through the menu: the caller chooses each time round.
+    assert!(errors(&looping.replace("next = \"a\"", "next = \"menu\"")).is_empty());
+    // Or a count that leaves the loop after three rounds.
+    let counted = looping.replace("next = \"a\"", "next = \"again\"")
+        + "[nodes.again]\nkind = \"count\"\nvar = \"n\"\nlimit = 3\nnext = \"a\"\non_limit = \"bye\"\n";
+    assert!(errors(&counted).is_empty(), "{:?}", errors(&counted));
 }
 
 #[test]
