@@ -159,6 +159,10 @@ pub struct Interpreter {
     path: VecDeque<String>,
     inputs: BTreeMap<String, String>,
     last_failure: Option<String>,
+    /// An entry that ended by its length: the terminator the caller was told to press, when it
+    /// comes next and before this time, ends nothing more (it would spill into the next
+    /// prompt as a wrong key).
+    spent_terminator: Option<(char, Instant)>,
 }
 
 impl Interpreter {
@@ -187,6 +191,7 @@ impl Interpreter {
             path: VecDeque::new(),
             inputs: BTreeMap::new(),
             last_failure: None,
+            spent_terminator: None,
         }
     }
 
@@ -207,6 +212,12 @@ impl Interpreter {
                 // the keypad for an hour.
                 if self.digits.len() < MAX_RECORDED_DIGITS {
                     self.digits.push(d.as_char());
+                }
+                if let Some((t, until)) = self.spent_terminator.take()
+                    && t == d.as_char()
+                    && now <= until
+                {
+                    return;
                 }
                 self.typeahead.push_back(d);
                 match &self.phase {
@@ -742,6 +753,14 @@ impl Interpreter {
                 *deadline = now + *inter_digit_timeout;
                 if digits.len() >= *max_digits {
                     let value = digits.clone();
+                    // Full: a terminator typed after it (or already typed ahead) is spent.
+                    if let Some(t) = terminator.as_deref().and_then(|t| t.chars().next()) {
+                        if self.typeahead.front().map(|k| k.as_char()) == Some(t) {
+                            self.typeahead.pop_front();
+                        } else {
+                            self.spent_terminator = Some((t, now + *inter_digit_timeout));
+                        }
+                    }
                     self.finish_collect(now, value);
                 }
             }
@@ -789,12 +808,19 @@ impl Interpreter {
         if value.len() < *min_digits {
             return self.fail(now, "invalid");
         }
+        // A number keyed without its country code is read in the caller's country.
+        let home = self
+            .vars
+            .get("caller")
+            .and_then(|c| topup_values::phone::parse_callable(c).ok())
+            .map(|n| n.country);
         let extra = match validate(
             &value,
             *validator,
             regex.as_deref(),
             *amount_min,
             *amount_max,
+            home.as_deref(),
         ) {
             Ok(extra) => extra,
             Err(why) => {
@@ -985,12 +1011,15 @@ fn say_phone(e164: &str) -> Vec<String> {
 }
 
 /// Checks a collected value; returns extra variables (`<var>_<suffix>`) or why it is invalid.
+/// Checks what a collect took; `home` is the caller's country (ISO alpha-2), in which a phone
+/// number keyed without its country code is read.
 pub fn validate(
     value: &str,
     validator: Option<Validator>,
     regex: Option<&str>,
     amount_min: Option<u64>,
     amount_max: Option<u64>,
+    home: Option<&str>,
 ) -> Result<Vec<(String, String)>, String> {
     match validator {
         None => Ok(vec![]),
@@ -1003,9 +1032,9 @@ pub fn validate(
         }
         Some(v @ (Validator::E164 | Validator::Callable)) => {
             let parsed = if v == Validator::E164 {
-                topup_values::phone::parse_number(value)
+                topup_values::phone::parse_number_from(value, home)
             } else {
-                topup_values::phone::parse_callable(value)
+                topup_values::phone::parse_callable_from(value, home)
             };
             parsed
                 .map(|n| vec![("e164".into(), n.e164), ("country".into(), n.country)])

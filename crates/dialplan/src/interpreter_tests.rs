@@ -235,6 +235,55 @@ fn shop() -> Interpreter {
 }
 
 #[test]
+fn a_terminator_after_a_full_entry_does_not_spill_into_the_next_prompt() {
+    // A card PIN at its longest (14 digits) and then `#`, as the prompt asked: the `#` ends
+    // nothing more, and the next entry (the number) does not take it as an empty one.
+    let ok = CallEvent::Result {
+        code: "ok".into(),
+        vars: vec![("balance".into(), "1 USD".into())],
+    };
+    for typed_ahead in [false, true] {
+        let t0 = Instant::now();
+        let mut i = shop();
+        if typed_ahead {
+            // All of it while the first prompt still plays.
+            keys(&mut i, t0, "1112345678901234#");
+        } else {
+            keys(&mut i, t0, "11");
+            actions(&mut i);
+            done(&mut i, t0);
+            keys(&mut i, t0, "12345678901234");
+            keys(&mut i, t0 + Duration::from_millis(400), "#");
+        }
+        i.handle_event(t0, ok.clone());
+        done(&mut i, t0);
+        assert_eq!(i.node(), "number");
+        let heard = played(&mut i);
+        assert!(
+            !heard.contains(&"invalid-number".to_string()),
+            "typed ahead: {typed_ahead}: {heard:?}"
+        );
+        keys(&mut i, t0, "525512345678#");
+        assert_eq!(
+            played(&mut i)[0],
+            "you-entered",
+            "typed ahead: {typed_ahead}"
+        );
+    }
+    // A `#` long after is a key like any other: here, an empty entry.
+    let t0 = Instant::now();
+    let mut i = shop();
+    keys(&mut i, t0, "11");
+    actions(&mut i);
+    done(&mut i, t0);
+    keys(&mut i, t0, "12345678901234");
+    keys(&mut i, t0 + Duration::from_secs(10), "#");
+    i.handle_event(t0, ok);
+    done(&mut i, t0);
+    assert!(played(&mut i).contains(&"invalid-number".to_string()));
+}
+
+#[test]
 fn menus_route_retry_with_short_prompts_and_give_up() {
     let t0 = Instant::now();
     let mut i = shop();
@@ -370,8 +419,12 @@ fn numbers_are_validated_read_back_and_confirmed() {
         ["invalid-number", "enter-number"],
         "too short for min_digits"
     );
+    // Neither with a country code (999 is none) nor a US number (the caller's country).
     keys(&mut i, t0, "99912345678#");
-    assert_eq!(i.var("to_error"), Some("unknown country code"));
+    assert_eq!(
+        i.var("to_error"),
+        Some("the country code is missing (start with it, e.g. 52 for Mexico)")
+    );
     actions(&mut i);
     keys(&mut i, t0, "525512345678#");
     let heard = played(&mut i);
@@ -539,21 +592,74 @@ fn an_instant_cycle_is_cut_at_runtime() {
 
 #[test]
 fn validators() {
-    assert!(validate("1234", Some(Validator::Pin), None, None, None).is_ok());
-    assert!(validate("12*4", Some(Validator::Pin), None, None, None).is_err());
+    assert!(validate("1234", Some(Validator::Pin), None, None, None, None).is_ok());
+    assert!(validate("12*4", Some(Validator::Pin), None, None, None, None).is_err());
     assert_eq!(
-        validate("25", Some(Validator::Amount), None, Some(1), Some(50)),
+        validate("25", Some(Validator::Amount), None, Some(1), Some(50), None),
         Ok(vec![])
     );
-    assert!(validate("51", Some(Validator::Amount), None, Some(1), Some(50)).is_err());
-    assert!(validate("abc", Some(Validator::Regex), Some("[0-9]+"), None, None).is_err());
-    assert!(validate("123", Some(Validator::Regex), Some("[0-9]+"), None, None).is_ok());
-    let e = validate("84912345678", Some(Validator::E164), None, None, None).unwrap();
+    assert!(validate("51", Some(Validator::Amount), None, Some(1), Some(50), None).is_err());
+    assert!(
+        validate(
+            "abc",
+            Some(Validator::Regex),
+            Some("[0-9]+"),
+            None,
+            None,
+            None
+        )
+        .is_err()
+    );
+    assert!(
+        validate(
+            "123",
+            Some(Validator::Regex),
+            Some("[0-9]+"),
+            None,
+            None,
+            None
+        )
+        .is_ok()
+    );
+    let e = validate("84912345678", Some(Validator::E164), None, None, None, None).unwrap();
     assert_eq!(e[0], ("e164".into(), "+84912345678".into()));
     // A landline: not for a top-up, but a call may go there.
-    assert!(validate("842438251234", Some(Validator::E164), None, None, None).is_err());
-    let e = validate("842438251234", Some(Validator::Callable), None, None, None).unwrap();
+    assert!(
+        validate(
+            "842438251234",
+            Some(Validator::E164),
+            None,
+            None,
+            None,
+            None
+        )
+        .is_err()
+    );
+    let e = validate(
+        "842438251234",
+        Some(Validator::Callable),
+        None,
+        None,
+        None,
+        None,
+    )
+    .unwrap();
     assert_eq!(e[0], ("e164".into(), "+842438251234".into()));
+}
+
+#[test]
+fn a_number_without_its_country_code_is_read_in_the_callers_country() {
+    let t0 = Instant::now();
+    let mut i = shop(); // the caller is +1 201 555 0100
+    keys(&mut i, t0, "12");
+    actions(&mut i);
+    done(&mut i, t0);
+    assert_eq!(i.node(), "number");
+    keys(&mut i, t0, "2015550150#");
+    let heard = played(&mut i);
+    assert_eq!(heard[0], "you-entered", "{heard:?}");
+    assert_eq!(i.var("to_e164"), Some("+12015550150"));
+    assert_eq!(i.var("to_country"), Some("US"));
 }
 
 #[test]

@@ -25,6 +25,9 @@ pub enum InvalidNumber {
     /// Premium-rate, shared-cost, pager, voicemail access or of no known type.
     #[error("not a number calls may be placed to")]
     NotCallable,
+    /// Neither a number with its country code nor a national number of the caller's country.
+    #[error("the country code is missing (start with it, e.g. 52 for Mexico)")]
+    MissingCountryCode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +72,27 @@ pub fn parse_number(input: &str) -> Result<PlanNumber, InvalidNumber> {
 /// numbers are refused here whatever the blocked prefixes say (they are where toll fraud
 /// pays out), as are pagers, voicemail access and numbers of no known type.
 pub fn parse_callable(input: &str) -> Result<PlanNumber, InvalidNumber> {
-    parse_plan(input, |t| match t {
+    parse_plan(input, parse_callable_kind)
+}
+
+/// As [`parse_number`], and what it refuses is tried as a national number of `home` (the
+/// caller's country, ISO 3166 alpha-2, e.g. from caller ID): "2015550150" from a US caller is
+/// +12015550150. A number that is neither is said to lack its country code.
+pub fn parse_number_from(input: &str, home: Option<&str>) -> Result<PlanNumber, InvalidNumber> {
+    with_home(input, home, parse_number, |t| match t {
+        Type::Mobile => Ok(NumberKind::Mobile),
+        Type::FixedLineOrMobile => Ok(NumberKind::FixedLineOrMobile),
+        _ => Err(InvalidNumber::NotMobile),
+    })
+}
+
+/// As [`parse_callable`], with national numbers of `home` (see [`parse_number_from`]).
+pub fn parse_callable_from(input: &str, home: Option<&str>) -> Result<PlanNumber, InvalidNumber> {
+    with_home(input, home, parse_callable, parse_callable_kind)
+}
+
+fn parse_callable_kind(t: Type) -> Result<NumberKind, InvalidNumber> {
+    match t {
         Type::Mobile => Ok(NumberKind::Mobile),
         Type::FixedLineOrMobile => Ok(NumberKind::FixedLineOrMobile),
         Type::FixedLine => Ok(NumberKind::FixedLine),
@@ -78,7 +101,46 @@ pub fn parse_callable(input: &str) -> Result<PlanNumber, InvalidNumber> {
         Type::PersonalNumber => Ok(NumberKind::Personal),
         Type::Uan => Ok(NumberKind::Uan),
         _ => Err(InvalidNumber::NotCallable),
-    })
+    }
+}
+
+fn with_home(
+    input: &str,
+    home: Option<&str>,
+    international: impl Fn(&str) -> Result<PlanNumber, InvalidNumber>,
+    kind: impl Fn(Type) -> Result<NumberKind, InvalidNumber>,
+) -> Result<PlanNumber, InvalidNumber> {
+    let first = international(input);
+    let t = input.trim();
+    let (Err(e), Some(home)) = (&first, home) else {
+        return first;
+    };
+    if t.starts_with('+') || t.starts_with("00") || *e == InvalidNumber::NotANumber {
+        return first;
+    }
+    let Ok(region) = home.parse::<phonenumber::country::Id>() else {
+        return first;
+    };
+    let digits: String = t.chars().filter(|c| c.is_ascii_digit()).collect();
+    let national = match phonenumber::parse(Some(region), &digits) {
+        Ok(number) if number.is_valid() => {
+            let db = &phonenumber::metadata::DATABASE;
+            kind(number.number_type(db)).map(|kind| PlanNumber {
+                e164: format!("+{}{}", number.code().value(), national_digits(&number)),
+                country: home.to_string(),
+                country_code: number.code().value(),
+                kind,
+            })
+        }
+        _ => Err(InvalidNumber::MissingCountryCode),
+    };
+    match (national, e) {
+        (Ok(n), _) => Ok(n),
+        // Read with a country code it is a valid number, of another kind (a landline where a
+        // mobile is wanted): refused for what it is.
+        (Err(_), InvalidNumber::NotMobile | InvalidNumber::NotCallable) => first,
+        (Err(n), _) => Err(n),
+    }
 }
 
 fn parse_plan(
@@ -181,6 +243,53 @@ mod tests {
         assert_eq!(
             (us.country.as_str(), us.kind),
             ("US", NumberKind::FixedLineOrMobile)
+        );
+    }
+
+    #[test]
+    fn national_numbers_are_read_in_the_callers_country() {
+        // A US caller keys a US number without its 1.
+        let n = parse_number_from("2015550150", Some("US")).unwrap();
+        assert_eq!(
+            (n.e164.as_str(), n.country.as_str()),
+            ("+12015550150", "US")
+        );
+        // A Mexican caller keys a national mobile; with its country code it is read as such.
+        assert_eq!(
+            parse_number_from("5512345678", Some("MX")).unwrap().e164,
+            "+525512345678"
+        );
+        assert_eq!(
+            parse_number_from("525512345678", Some("US")).unwrap().e164,
+            "+525512345678"
+        );
+        // A UK caller with the trunk 0.
+        assert_eq!(
+            parse_number_from("07911123456", Some("GB")).unwrap().e164,
+            "+447911123456"
+        );
+        // Neither: the country code is missing. Without a home country, the reason as before.
+        assert_eq!(
+            parse_number_from("12345678", Some("MX")),
+            Err(InvalidNumber::MissingCountryCode)
+        );
+        assert_eq!(
+            parse_number_from("5512345678", None),
+            parse_number("5512345678")
+        );
+        // Written with `+`, it is not re-read.
+        assert_eq!(
+            parse_number_from("+5512345678", Some("MX")),
+            parse_number("+5512345678")
+        );
+        // A national landline is refused as a landline, not as a missing country code.
+        assert_eq!(
+            parse_number_from("5552345678", Some("MX")).map(|n| n.kind),
+            parse_number("+525552345678").map(|n| n.kind)
+        );
+        assert_eq!(
+            parse_callable_from("02079460123", Some("GB")).unwrap().e164,
+            "+442079460123"
         );
     }
 
