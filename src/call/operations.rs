@@ -137,6 +137,16 @@ pub async fn run(ctx: &OpContext<'_>, op: Op, args: &Args) -> OpResult {
                     ("price", r.sent.clone()),
                     ("balance", balance.to_string()),
                     ("carrier_ref", r.carrier_ref.clone().unwrap_or_default()),
+                    // "You will receive a confirmation by text message" only when one is
+                    // sent: with SMS configured.
+                    (
+                        "receipt_prompt",
+                        if core.notifier.is_some() {
+                            "sms-receipt".to_string()
+                        } else {
+                            String::new()
+                        },
+                    ),
                 ];
                 let code = match r.state.as_str() {
                     "succeeded" => "ok",
@@ -314,6 +324,8 @@ mod tests {
             )
             .await;
             assert_eq!((r.0.as_str(), get(&r, "balance")), ("ok", "4.01 USD"));
+            // No SMS configured: no "you will receive a confirmation by text message".
+            assert_eq!(get(&r, "receipt_prompt"), "");
             let r = run(
                 &ctx,
                 Op::Topup,
@@ -396,6 +408,31 @@ mod tests {
                 run(&nobody, Op::WalletAuth, &a(&[("pin", "1234")])).await.0,
                 "no_wallet"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_top_up_says_an_sms_confirmation_follows_only_when_sms_are_on() {
+        for (core, _g) in crate::sms::testing::sms_cores().await {
+            core.seed_demo(1).await.unwrap();
+            let adapters = Adapters::new();
+            let ctx = OpContext {
+                core: &core,
+                adapters: &adapters,
+                hlr: None,
+                caller: demo::WALLET,
+                request_id: "voice:sms:1".into(),
+                channel: "voice",
+                language: None,
+            };
+            let r = run(
+                &ctx,
+                Op::Topup,
+                &a(&[("number", "+525512345678"), ("product", "telcel-mx-100")]),
+            )
+            .await;
+            assert_eq!(r.0, "ok");
+            assert_eq!(get(&r, "receipt_prompt"), "sms-receipt");
         }
     }
 }

@@ -226,6 +226,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("fue exitosa"), "{text}");
+        // No SMS here: no promise of one.
+        assert!(!text.contains("mensaje de texto"), "{text}");
         assert!(t.last().unwrap().contains("hangup"), "{text}");
     }
 }
