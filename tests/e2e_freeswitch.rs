@@ -379,7 +379,6 @@ fn a_setup_storm_of_200_calls_at_20_per_second_all_get_audio() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON report ({e}): {stderr}"));
-    std::fs::write("/tmp/fs_storm.log", fs.log()).unwrap();
     assert_eq!(r["established"], 200, "{r:#}");
     assert_eq!(r["failed"], serde_json::json!({}), "{r:#}");
     assert_eq!(r["refused"], serde_json::json!({}), "{r:#}");

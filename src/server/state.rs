@@ -46,6 +46,8 @@ pub struct Shared {
     pub asterisk_up: std::sync::atomic::AtomicBool,
     /// Whether the FreeSWITCH event socket is up (for `/health`).
     pub freeswitch_up: std::sync::atomic::AtomicBool,
+    /// When FreeSWITCH last reported a call's audio played (ms since the epoch; 0: never).
+    pub freeswitch_played_at: std::sync::atomic::AtomicI64,
     /// Calls in progress per service (staff pages).
     pub active_by_service: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
     /// Renders `/metrics` (None when another recorder was installed first).
@@ -59,6 +61,21 @@ impl Shared {
 
     pub fn dialplans(&self) -> Arc<Dialplans> {
         self.call_env.content.current().1.clone()
+    }
+
+    /// What to dial on the built-in SIP edge: (service, `sip:NUMBER@ADDRESS:PORT`) for every
+    /// number of every plan.
+    pub fn dial_uris(&self) -> Vec<(String, String)> {
+        let at = std::net::SocketAddr::new(self.cfg.sip.advertise, self.cfg.sip.listen.port());
+        self.dialplans()
+            .plans()
+            .iter()
+            .flat_map(|p| {
+                p.numbers
+                    .iter()
+                    .map(move |n| (p.service.clone(), format!("sip:{n}@{at}")))
+            })
+            .collect()
     }
 
     /// Loads prompts, dialplans and (when SMS are on) the SMS texts again; on any error
