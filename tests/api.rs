@@ -120,6 +120,27 @@ fn a_top_up_is_made_once_per_idempotency_key() {
 #[test]
 fn bad_requests_get_a_clear_error_and_change_nothing() {
     let server = Server::start("");
+    // The front page says what to dial and links the console, staff pages and API; the
+    // ready log says the same.
+    let (status, page) = common::http_get(server.http, "/").unwrap();
+    assert_eq!(status, 200, "{page}");
+    for want in [
+        format!("<code>sip:recharge@{}</code> (recharge)", server.sip),
+        format!("<code>sip:echo@{}</code> (echo)", server.sip),
+        "href=\"/console\"".into(),
+        "href=\"/staff\"".into(),
+        "href=\"/api/v1/openapi.json\"".into(),
+    ] {
+        assert!(page.contains(&want), "{want} not in {page}");
+    }
+    assert!(
+        server.log().contains(&format!(
+            "dial sip:echo@{0}, sip:recharge@{0}, sip:wallet@{0}; agents: http://{1}/console",
+            server.sip, server.http
+        )),
+        "{}",
+        server.log()
+    );
     let k = key(&server, "lookup,topup", 1000);
     let post = |key: Option<&str>, headers: &[(&str, &str)], body: &str| {
         api_call(&server, "POST", "/api/v1/topups", key, headers, Some(body))

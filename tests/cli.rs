@@ -232,10 +232,20 @@ fn sms_check_passes_the_shipped_texts_and_names_the_line_of_a_broken_one() {
 }
 
 #[test]
-fn sms_retry_of_an_unknown_message_says_so() {
+fn commands_refuse_a_missing_data_directory_and_an_unknown_sms_is_said_so() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let d = data.to_str().unwrap();
+    // No data directory there: refused, naming it (and nothing is made).
+    let (ok, _, err) = run(&["sms", "list", "--json", "--data-dir", d]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("no data directory at {d}")) && err.contains("db migrate"),
+        "{err}"
+    );
+    assert!(!data.exists());
+    let (ok, _, err) = run(&["db", "migrate", "--data-dir", d]);
+    assert!(ok, "{err}");
     let (ok, out, err) = run(&["sms", "list", "--json", "--data-dir", d]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "[]");

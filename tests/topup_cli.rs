@@ -79,9 +79,13 @@ impl Env {
 
 /// One SQLite and one Postgres environment.
 fn envs(rt: &tokio::runtime::Runtime) -> Vec<Env> {
+    // The SQLite data directory exists, as where the service runs (commands refuse one that
+    // does not).
+    let sqlite = tempfile::tempdir().unwrap();
+    std::fs::create_dir(sqlite.path().join("data")).unwrap();
     vec![
         Env {
-            dir: tempfile::tempdir().unwrap(),
+            dir: sqlite,
             database_url: None,
         },
         Env {
@@ -266,8 +270,39 @@ fn cards_accounts_topups_and_the_ledger_from_the_command_line() {
         );
         let (ok, _, err) = env.run(&["topups", "list", "--state", "done"]);
         assert!(!ok && err.contains("`done` is not a top-up state"), "{err}");
+        // A receipt as text, and as JSON.
+        let text = env.ok(&["topups", "show", "cli-2"]);
+        assert!(
+            text.starts_with("cli-2 succeeded: ") && text.contains("to +12015550150"),
+            "{text}"
+        );
+        assert_eq!(env.json(&["topups", "show", "cli-2"])["state"], "succeeded");
         let lookup = env.json(&["numbers", "lookup", "+84 98 123 4567"]);
         assert_eq!(lookup["carrier_id"], "viettel-vn");
+        // A national number: the reason, and how to write it.
+        let (ok, _, err) = env.run(&["numbers", "lookup", "5512345678"]);
+        assert!(!ok);
+        assert!(
+            err.contains("invalid number: too short")
+                && err.contains("write it as +<country code><number>"),
+            "{err}"
+        );
+        // A rate of zero is refused as a bad value, before anything is stored.
+        let (ok, _, err) = env.run(&[
+            "apikeys",
+            "create",
+            "--name",
+            "zero",
+            "--wallet",
+            "+12015550100",
+            "--per-minute",
+            "0",
+        ]);
+        assert!(!ok);
+        assert!(
+            err.contains("invalid value '0' for '--per-minute") && err.contains("1..=100000"),
+            "{err}"
+        );
         let products = env.json(&["products", "list", "--number", "+84981234567"]);
         assert_eq!(products[0]["id"], "viettel-vn-100k");
         let check = env.json(&["ledger", "check"]);
@@ -400,7 +435,7 @@ prefixes = [\"63917\"]\nhttp = {{ base_url = \"{url}\", operator_id = \"globe\",
             child.wait().unwrap();
 
             let pending: serde_json::Value =
-                serde_json::from_str(&env.ok(&["topups", "show", "crash-1"])).unwrap();
+                serde_json::from_str(&env.ok(&["topups", "show", "crash-1", "--json"])).unwrap();
             assert_eq!(
                 pending["state"], "pending",
                 "recorded and reserved before the carrier was asked"

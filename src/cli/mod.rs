@@ -264,6 +264,21 @@ pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// Opens the top-up core for a command on the data the service keeps. With SQLite the data
+/// directory must exist already (`serve` and `db migrate` make it): run from another directory,
+/// a command would otherwise make an empty database there and answer "no such account".
+pub(crate) async fn open_core(cfg: &Config) -> Result<topup_ivr::topup::Core> {
+    if cfg.database_url.is_none() && !cfg.paths.data_dir.is_dir() {
+        let dir =
+            std::path::absolute(&cfg.paths.data_dir).unwrap_or_else(|_| cfg.paths.data_dir.clone());
+        anyhow::bail!(
+            "no data directory at {} (run this where `topup-ivr serve` runs, pass --data-dir or set data_dir under [paths]; `topup-ivr db migrate` makes a new one)",
+            dir.display()
+        );
+    }
+    Ok(topup_ivr::server::open_core(cfg).await?)
+}
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -323,7 +338,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
         } => {
             let cfg = config.load()?;
             let cdrs = async {
-                let core = topup_ivr::server::open_core(&cfg).await?;
+                let core = open_core(&cfg).await?;
                 let rows = core.db.recent_cdrs(limit).await;
                 core.db.close().await;
                 anyhow::Ok(rows?)

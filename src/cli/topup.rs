@@ -5,12 +5,14 @@
 use std::io::BufRead;
 use std::path::PathBuf;
 
+use super::open_core;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use serde::Serialize;
 use topup_ivr::clock::now_ms;
 use topup_ivr::config::Config;
-use topup_ivr::server::{hlr, open_core};
+use topup_ivr::server::hlr;
+use topup_ivr::topup::TopupError;
 use topup_ivr::topup::adapters::Adapters;
 use topup_ivr::topup::books::check_books;
 use topup_ivr::topup::cards::{format_date, parse_date_end};
@@ -174,7 +176,11 @@ pub enum TopupsCommand {
         json: bool,
     },
     /// One top-up's receipt.
-    Show { id: String },
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask carriers about pending top-ups that are due, and settle them.
     Reconcile {
         /// Check every pending top-up now, due or not.
@@ -281,8 +287,8 @@ pub enum ApikeysCommand {
         /// Comma-separated: lookup, topup, redeem, wallet.
         #[arg(long, default_value = "lookup,topup")]
         scopes: String,
-        /// Requests per minute.
-        #[arg(long, default_value_t = 120)]
+        /// Requests per minute (1 to 100000).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(i64).range(1..=100_000))]
         per_minute: i64,
         /// POST final top-up states here, signed (the signing secret is printed once).
         #[arg(long)]
@@ -704,7 +710,10 @@ pub async fn products(cfg: &Config, cmd: ProductsCommand) -> Result<()> {
 pub async fn numbers(cfg: &Config, cmd: NumbersCommand) -> Result<()> {
     let core = open_core(cfg).await?;
     let NumbersCommand::Lookup { number, json } = cmd;
-    let info = core.lookup_number(&number, hlr(cfg).as_ref()).await?;
+    let info = core
+        .lookup_number(&number, hlr(cfg).as_ref())
+        .await
+        .map_err(|e| with_country_hint(&number, e))?;
     print(json, &info, |i| {
         println!(
             "{} {} {:?} carrier {} ({:?}{})",
@@ -901,12 +910,12 @@ pub async fn topups(cfg: &Config, cmd: TopupsCommand) -> Result<()> {
                 );
             })?;
         }
-        TopupsCommand::Show { id } => {
+        TopupsCommand::Show { id, json } => {
             let r = core
                 .topup_receipt(&id)
                 .await?
                 .with_context(|| format!("no top-up {id}"))?;
-            print(true, &r, |_| {})?;
+            print(json, &r, print_receipt)?;
         }
         TopupsCommand::Reconcile { all } => {
             let now = now_ms();
@@ -922,6 +931,20 @@ pub async fn topups(cfg: &Config, cmd: TopupsCommand) -> Result<()> {
     }
     core.db.close().await;
     Ok(())
+}
+
+/// A number written without `+` is read as starting with its country code (as callers are
+/// asked to key it): when that fails, say so, since a national number is the likely cause.
+fn with_country_hint(number: &str, e: TopupError) -> anyhow::Error {
+    let n = number.trim();
+    match e {
+        TopupError::InvalidNumber(_) if !n.starts_with('+') && !n.starts_with("00") => {
+            anyhow::anyhow!(
+                "{e} ({n} is read as starting with its country code: write it as +<country code><number>, e.g. +525512345678 for a Mexican mobile)"
+            )
+        }
+        e => e.into(),
+    }
 }
 
 fn print_receipt(r: &topup_ivr::topup::topups::Receipt) {

@@ -18,9 +18,9 @@ mod tests;
 use raw::RawConfig;
 use resolve::resolve;
 
-/// A config problem: where (file or flag), which key, and why.
+/// A config problem: where (file or flag), which key (none for the file as a whole), and why.
 #[derive(Debug, thiserror::Error)]
-#[error("{origin}: key `{key}`: {reason}")]
+#[error("{origin}: {}{reason}", if key.is_empty() { String::new() } else { format!("key `{key}`: ") })]
 pub struct ConfigError {
     pub origin: String,
     pub key: String,
@@ -335,8 +335,8 @@ impl Config {
                 let origin = path.display().to_string();
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
                     origin: origin.clone(),
-                    key: "-".into(),
-                    reason: format!("cannot read: {e}"),
+                    key: String::new(),
+                    reason: format!("cannot read the configuration file: {e}"),
                 })?;
                 (origin.clone(), parse_raw(&origin, &text)?)
             }
@@ -412,10 +412,19 @@ pub fn exposed_secrets(path: &str, mode: u32, secrets: &[String]) -> Option<Stri
 }
 
 fn parse_raw(origin: &str, text: &str) -> Result<RawConfig, ConfigError> {
-    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
-        origin: origin.into(),
-        key: "-".into(),
-        reason: one_line(&e.to_string()),
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        // Where the mistake is, as `file:line:col`, and the parser's words for it.
+        let at = e.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{origin}:{line}:{col}")
+        });
+        ConfigError {
+            origin: at.unwrap_or_else(|| origin.into()),
+            key: String::new(),
+            reason: one_line(e.message()),
+        }
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         // A key written as `""` (TOML allows it) is named as it is written, not as nothing.

@@ -32,6 +32,25 @@ mod checks {
     }
 
     #[test]
+    fn broken_toml_and_a_missing_file_say_where_and_what_without_a_key() {
+        let e = load("[sip]\nlisten = \"127.0.0.1:5070\n").unwrap_err();
+        assert_eq!(e.key, "");
+        let msg = e.to_string();
+        assert!(msg.starts_with("test.toml:2:"), "{msg}");
+        assert!(!msg.contains("key `"), "{msg}");
+        let e = Config::load(
+            Some(Path::new("/nonexistent/topup-ivr.toml")),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("/nonexistent/topup-ivr.toml: cannot read the configuration file: "),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_values_are_rejected_with_the_reason() {
         let e = load("[sip]\nlisten = 5060\n").unwrap_err();
         assert_eq!(e.key, "sip.listen");

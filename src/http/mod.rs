@@ -22,6 +22,7 @@ use crate::shutdown::Shutdown;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(index))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .with_state(shared.clone())
@@ -193,6 +194,31 @@ async fn metrics(State(s): State<Arc<Shared>>) -> axum::response::Response {
         handle.render(),
     )
         .into_response()
+}
+
+/// `/`: where things are, for whoever just started the service: the numbers to dial, and
+/// the console, the staff pages, the API's description, health and metrics.
+async fn index(State(s): State<Arc<Shared>>) -> axum::response::Html<String> {
+    let esc = |t: &str| {
+        t.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let dial: String = s
+        .dial_uris()
+        .iter()
+        .map(|(service, uri)| format!("<li><code>{}</code> ({})</li>", esc(uri), esc(service)))
+        .collect();
+    axum::response::Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>topup-ivr</title></head>\
+         <body><h1>topup-ivr</h1><p>Dial:</p><ul>{dial}</ul><ul>\
+         <li><a href=\"/console\">Agent console</a> (agents: <code>topup-ivr agents create</code>)</li>\
+         <li><a href=\"/staff\">Staff pages</a> (supervisors)</li>\
+         <li><a href=\"/api/v1/openapi.json\">Top-up API</a> (OpenAPI; keys: <code>topup-ivr apikeys create</code>)</li>\
+         <li><a href=\"/health\">Health</a> · <a href=\"/metrics\">Metrics</a></li>\
+         </ul></body></html>"
+    ))
 }
 
 /// 200 while taking calls, 503 while draining (load balancers stop sending calls).

@@ -52,7 +52,7 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
 /// Runs the service until `stop` completes (the command line passes [`termination_signal`]),
 /// then shuts down gracefully: new calls refused, calls in progress given `shutdown_grace`,
 /// then hung up.
-pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), ServeError> {
+pub async fn serve(mut cfg: Config, stop: impl Future<Output = ()>) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
     let (prompts, dialplans) = load_content(&cfg)?;
     // The number plan is loaded lazily on first use (about half a second): load it now, not
@@ -78,6 +78,8 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
             source,
         })?;
     let sip_local = sip_socket.local_addr().unwrap_or(cfg.sip.listen);
+    // The port bound (the configured one may be 0: any), for what the service says to dial.
+    cfg.sip.listen = sip_local;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(Shutdown::Running);
     let endpoint = Endpoint::new(
@@ -111,6 +113,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
         sms_links: Default::default(),
         asterisk_up: Default::default(),
         freeswitch_up: Default::default(),
+        freeswitch_played_at: Default::default(),
         metrics: install_metrics(),
         active_by_service: Default::default(),
         store: store.clone(),
@@ -129,13 +132,20 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<(), Se
         .iter()
         .map(|p| p.service.clone())
         .collect();
+    let http_local = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
     info!(
         sip = %sip_local,
-        http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        http = %http_local,
         prompts = shared.prompts().len(),
         services = %services.join(","),
         startup_ms = started.elapsed().as_millis() as u64,
         "topup-ivr ready"
+    );
+    // Where things are, once, for whoever just started it.
+    let dial: Vec<String> = shared.dial_uris().into_iter().map(|(_, uri)| uri).collect();
+    info!(
+        "dial {}; agents: http://{http_local}/console, staff: http://{http_local}/staff, API: http://{http_local}/api/v1/openapi.json (all linked from http://{http_local}/)",
+        dial.join(", ")
     );
 
     let transport = tokio::spawn(Transport::new(sip_socket, endpoint, shared.clone()).run());
