@@ -102,9 +102,10 @@ pub fn hlr(cfg: &Config) -> Option<Hlr> {
 }
 
 /// A fingerprint of the prompt and dialplan files (names, sizes, modification times).
-pub(super) fn content_signature(
-    cfg: &Config,
-) -> Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)> {
+/// The content files as last seen: (path, size, modified).
+pub(super) type ContentSignature = Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>;
+
+pub(super) fn content_signature(cfg: &Config) -> ContentSignature {
     let mut out = vec![];
     let mut dirs = vec![cfg.paths.dialplans.clone()];
     if cfg.sms.enabled() {

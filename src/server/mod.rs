@@ -27,6 +27,7 @@ use crate::telephony::sip::transport::Transport;
 use crate::topup::adapters::Adapters;
 
 pub use crate::shutdown::Shutdown;
+use content::content_signature;
 pub use content::{
     ServeError, hlr, load_content, load_sms, open_core, open_core_and_texts, sms_messages,
 };
@@ -54,6 +55,8 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
 /// then hung up.
 pub async fn serve(mut cfg: Config, stop: impl Future<Output = ()>) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
+    // Taken before loading: a file changed from here on is reloaded.
+    let loaded = content_signature(&cfg);
     let (prompts, dialplans) = load_content(&cfg)?;
     // The number plan is loaded lazily on first use (about half a second): load it now, not
     // in the first caller's silence.
@@ -154,7 +157,7 @@ pub async fn serve(mut cfg: Config, stop: impl Future<Output = ()>) -> Result<()
         shared.clone(),
         shared.cfg.topups.reconcile_every,
     ));
-    let reloader = tokio::spawn(reload_loop(shared.clone()));
+    let reloader = tokio::spawn(reload_loop(shared.clone(), loaded));
     let sms = shared.sms_texts.clone().map(|texts| {
         tokio::spawn(crate::sms::gateway::run(crate::sms::gateway::SmsEnv {
             core: shared.core.clone(),

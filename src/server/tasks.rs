@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use super::content::content_signature;
+use super::content::{ContentSignature, content_signature};
 use super::state::Shared;
 use crate::clock::now_ms;
 use crate::shutdown::Shutdown;
@@ -14,10 +14,12 @@ use crate::shutdown::Shutdown;
 /// Reloads prompts, dialplans and SMS texts on SIGHUP or when their files change. A broken
 /// file is reported and the running versions kept; calls in progress keep the version they
 /// started with.
-pub(super) async fn reload_loop(shared: Arc<Shared>) {
+/// `loaded` is the files' signature taken before the running content was loaded: a change made
+/// between that load and this task's start is a change too.
+pub(super) async fn reload_loop(shared: Arc<Shared>, loaded: ContentSignature) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let every = shared.cfg.paths.reload_every;
-    let mut last = content_signature(&shared.cfg);
+    let mut last = loaded;
     loop {
         let forced = tokio::select! {
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
