@@ -358,7 +358,11 @@ impl edge::Edge for FsEdge<'_> {
                     }
                 }
             }
-            FsInput::Leg(Some(LegEvent::CalleeGone(cause))) => {
+            FsInput::Leg(Some(LegEvent::CalleeNotPlaced(cause))) if self.callee == Some(true) => {
+                debug!(%cause, "the originate job failed after the answer: the call goes on");
+                None
+            }
+            FsInput::Leg(Some(LegEvent::CalleeGone(cause) | LegEvent::CalleeNotPlaced(cause))) => {
                 let answered = self.callee.take()?;
                 Some(EdgeEvent::Dial(match (answered, cause.as_str()) {
                     (true, _) => DialEvent::Ended,

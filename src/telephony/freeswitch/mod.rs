@@ -55,6 +55,10 @@ enum LegEvent {
     CalleeUp,
     /// The outbound leg is gone (or never came), with FreeSWITCH's hangup cause.
     CalleeGone(String),
+    /// The originate job failed, with its cause: the leg never came, if it had not answered
+    /// (once it has, only its hangup ends it: the job can report an error after the answer,
+    /// when the leg was bridged away from it, while the call goes on).
+    CalleeNotPlaced(String),
     /// The caller's channel parked again (after our repair), with its
     /// `send_silence_when_idle`.
     Parked(Option<String>),
@@ -438,7 +442,7 @@ fn on_frame(
                 // originate failed before a channel existed (or after: the hangup says why too).
                 ("BACKGROUND_JOB", Some(Leg::Callee)) => {
                     if let Some(cause) = ev.body.trim().strip_prefix("-ERR ") {
-                        route(LegEvent::CalleeGone(cause.trim().to_string()))
+                        route(LegEvent::CalleeNotPlaced(cause.trim().to_string()))
                     }
                 }
                 ("CUSTOM", Some(Leg::Caller))
