@@ -415,9 +415,7 @@ fn parse_raw(origin: &str, text: &str) -> Result<RawConfig, ConfigError> {
     let de = toml::Deserializer::parse(text).map_err(|e| {
         // Where the mistake is, as `file:line:col`, and the parser's words for it.
         let at = e.span().map(|span| {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let (line, col) = topup_values::textfile::line_col(text, span.start);
             format!("{origin}:{line}:{col}")
         });
         ConfigError {

@@ -333,16 +333,6 @@ fn sample(name: &str) -> &'static str {
 /// Longest a message may get with long values in it, in SMS parts.
 const MAX_CHECKED_PARTS: usize = 4;
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.chars().count(), |i| before[i + 1..].chars().count())
-        + 1;
-    (line, col)
-}
-
 impl Messages {
     /// Loads `dir/<lang>.toml` for every language file there.
     pub fn load_dir(dir: &Path, default_language: &str) -> Result<Messages, Vec<MessagesError>> {
@@ -386,7 +376,7 @@ impl Messages {
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_default();
             let at = |offset: usize, reason: String| {
-                let (line, col) = line_col(text, offset);
+                let (line, col) = topup_values::textfile::line_col(text, offset);
                 MessagesError::At {
                     file: path.clone(),
                     line,

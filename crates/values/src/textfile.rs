@@ -7,6 +7,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// The 1-based (line, column) of a byte offset in `text`, the column in characters (where a
+/// parser's error span points, for `file:line:col` messages).
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.chars().count(), |i| before[i + 1..].chars().count())
+        + 1;
+    (line, col)
+}
+
 /// The `.toml` files of a directory, sorted by name (dialplans, SMS language files).
 pub fn toml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?

@@ -78,9 +78,7 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> DialplanError {
             at += l.len();
         }
     }
-    let before = &text[..start];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let (line, col) = topup_values::textfile::line_col(text, start);
     DialplanError::Invalid {
         file: path.to_path_buf(),
         line,
