@@ -272,6 +272,24 @@ mod tests {
         )
     }
 
+    /// A voice call's context for `caller`, without an HLR.
+    fn voice<'a>(
+        core: &'a Core,
+        adapters: &'a Adapters,
+        caller: &'a str,
+        request_id: &str,
+    ) -> OpContext<'a> {
+        OpContext {
+            core,
+            adapters,
+            hlr: None,
+            caller,
+            request_id: request_id.into(),
+            channel: "voice",
+            language: None,
+        }
+    }
+
     fn get<'a>(r: &'a OpResult, k: &str) -> &'a str {
         r.1.iter()
             .find(|(n, _)| n == k)
@@ -285,15 +303,7 @@ mod tests {
             core.seed_demo(1).await.unwrap();
             let adapters = Adapters::new();
             let caller = "+12015550177";
-            let ctx = OpContext {
-                core: &core,
-                adapters: &adapters,
-                hlr: None,
-                caller,
-                request_id: "voice:c1:1".into(),
-                channel: "voice",
-                language: None,
-            };
+            let ctx = voice(&core, &adapters, caller, "voice:c1:1");
             let r = run(&ctx, Op::RedeemCard, &a(&[("pin", "99999999999999")])).await;
             assert_eq!(r.0, "invalid_pin");
             // A PIN that did not come from a secret collect is no PIN: the right digits as
@@ -358,15 +368,7 @@ mod tests {
         for (core, _g) in cores().await {
             core.seed_demo(1).await.unwrap();
             let adapters = Adapters::new();
-            let ctx = OpContext {
-                core: &core,
-                adapters: &adapters,
-                hlr: None,
-                caller: demo::WALLET,
-                request_id: "voice:c2:1".into(),
-                channel: "voice",
-                language: None,
-            };
+            let ctx = voice(&core, &adapters, demo::WALLET, "voice:c2:1");
             assert_eq!(
                 run(&ctx, Op::WalletAuth, &a(&[("pin", "0000")])).await.0,
                 "invalid_pin"
@@ -416,15 +418,7 @@ mod tests {
         for (core, _g) in crate::sms::testing::sms_cores().await {
             core.seed_demo(1).await.unwrap();
             let adapters = Adapters::new();
-            let ctx = OpContext {
-                core: &core,
-                adapters: &adapters,
-                hlr: None,
-                caller: demo::WALLET,
-                request_id: "voice:sms:1".into(),
-                channel: "voice",
-                language: None,
-            };
+            let ctx = voice(&core, &adapters, demo::WALLET, "voice:sms:1");
             let r = run(
                 &ctx,
                 Op::Topup,

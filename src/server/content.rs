@@ -101,10 +101,10 @@ pub fn hlr(cfg: &Config) -> Option<Hlr> {
     })
 }
 
-/// A fingerprint of the prompt and dialplan files (names, sizes, modification times).
-/// The content files as last seen: (path, size, modified).
+/// The content files as seen at one time: (path, size, modified).
 pub(super) type ContentSignature = Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>;
 
+/// A fingerprint of the prompt and dialplan files (names, sizes, modification times).
 pub(super) fn content_signature(cfg: &Config) -> ContentSignature {
     let mut out = vec![];
     let mut dirs = vec![cfg.paths.dialplans.clone()];

@@ -34,8 +34,7 @@ use crate::shutdown::Shutdown;
 use crate::telephony::edge::{
     self, DialEvent, DtmfDedup, EdgeCall, EdgeCommand, EdgeEvent, KeySource, Refusal,
 };
-use ari::WsStream;
-use ari::{Ari, Channel, Event};
+use ari::{Ari, Channel, Event, WsStream};
 use chan_websocket::Command;
 
 /// What the events task tells a call task.
