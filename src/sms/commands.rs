@@ -12,7 +12,9 @@
 //!
 //! Keywords come from the language files, are matched without regard to case, and tell the
 //! reply's language when only one language has them. Extra spaces are fine; a number may be
-//! written in groups (`+52 55 1234 5678`) or with `00` for `+`. An amount is at most six digits
+//! written in groups (`+52 55 1234 5678`), with `00` for `+`, or in one piece without either:
+//! then with its country code or as a national number of the sender's country
+//! (`5512345678` from a Mexican phone). An amount is at most six digits
 //! with two decimals (`.` or `,`); a card PIN has more digits than that, so `TOPUP 10 1234 …`
 //! and `TOPUP 11112222333344 …` cannot be confused. [`Parsed::redacted`] is the message with
 //! every PIN masked, for the inbox and logs.
@@ -142,9 +144,10 @@ fn number_digits(t: &str) -> Option<String> {
 }
 
 /// A recipient number starting at `tokens[0]`: with `+` or `00` it may run over the next
-/// groups of digits (the longest run that is a valid number wins), without them it is one
-/// token of at least eight digits read as international. Returns the E.164 text and how many
-/// tokens it took.
+/// groups of digits (the longest run that is a valid number wins) and is returned in E.164;
+/// without them it is one token of at least eight digits, returned as written (digits only):
+/// the service reads it with its country code if it has one, else as a national number of the
+/// sender's country. Returns the number and how many tokens it took.
 fn recipient(tokens: &[&str]) -> Option<(String, usize)> {
     let first = *tokens.first()?;
     let international = first.starts_with('+') || first.starts_with("00");
@@ -153,7 +156,7 @@ fn recipient(tokens: &[&str]) -> Option<(String, usize)> {
         digits = digits[2..].to_string();
     }
     if !international {
-        return (digits.len() >= 8 && digits.len() <= 15).then(|| (format!("+{digits}"), 1));
+        return (digits.len() >= 8 && digits.len() <= 15).then_some((digits, 1));
     }
     let mut best = (format!("+{digits}"), 1);
     let mut found_valid = crate::topup::numbers::parse_number(&best.0).is_ok();
@@ -400,10 +403,10 @@ mod tests {
             Ok(Command::TopupWallet {
                 amount: "10".into(),
                 pin: Pin::new("1234"),
-                number: "+525512345678".into(),
+                number: "525512345678".into(),
                 message: None
             }),
-            "digits alone are read with their country code"
+            "digits alone are passed on as written, for the service to read with the sender's country"
         );
     }
 

@@ -150,6 +150,8 @@ impl Commands<'_> {
                 number,
                 message,
             } => {
+                let number =
+                    recipient_e164(&number, sender).map_err(|e| (e, Ctx::number(&number)))?;
                 // Check the number before the card is spent on it.
                 let n = core
                     .lookup_number(&number, self.hlr)
@@ -183,6 +185,8 @@ impl Commands<'_> {
                 number,
                 message,
             } => {
+                let number =
+                    recipient_e164(&number, sender).map_err(|e| (e, Ctx::number(&number)))?;
                 core.authenticate_wallet(sender, &pin, now)
                     .await
                     .map_err(no_ctx)?;
@@ -427,6 +431,19 @@ fn balance_reply(kind: &'static str, b: Money) -> Reply {
     }
 }
 
+/// A recipient as the sender wrote it, in E.164: with `+`, as it is; without, with its country
+/// code if it has one, else as a national number of the sender's country (a Mexican sender's
+/// `5512345678` is +52 55 1234 5678), as the keypad reads the caller's.
+fn recipient_e164(written: &str, sender: &str) -> Result<String, TopupError> {
+    if written.starts_with('+') {
+        return Ok(written.to_string());
+    }
+    let home = crate::topup::numbers::parse_callable(sender)
+        .ok()
+        .map(|n| n.country);
+    Ok(topup_values::phone::parse_number_from(written, home.as_deref())?.e164)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,6 +648,48 @@ mod tests {
             assert_eq!(core.list_topups(None, 10).await.unwrap().len(), 1);
             // The card is spent: the same card again is refused, and said so.
             assert_eq!(t.send(from, text).await, "card_used");
+            assert!(check_books(&core.db).await.unwrap().balanced());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_number_without_its_country_code_is_read_in_the_senders_country() {
+        for (core, _g) in sms_cores().await {
+            let t = T::new(&core);
+            // The demo wallet is a US number: a US number written nationally is read as one.
+            assert_eq!(
+                t.send(demo::WALLET, "TOPUP 5 1234 201-555-0150").await,
+                "topup_sent"
+            );
+            // With its country code and no `+`, as before.
+            assert_eq!(
+                t.send(demo::WALLET, "TOPUP 10 1234 525512345678").await,
+                "topup_sent"
+            );
+            let recipients: Vec<String> = core
+                .list_topups(None, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|t| t.recipient)
+                .collect();
+            assert!(
+                recipients.contains(&"+12015550150".to_string())
+                    && recipients.contains(&"+525512345678".to_string()),
+                "{recipients:?}"
+            );
+            // Neither: the sender is told to write the country code.
+            assert_eq!(
+                t.send(demo::WALLET, "TOPUP 10 1234 12345678").await,
+                "invalid_number"
+            );
+            let got = bodies(&t.outbox(demo::WALLET).await);
+            assert!(
+                got.last().unwrap().1.starts_with(
+                    "12345678 is not a valid phone number. Write it with the country code"
+                ),
+                "{got:?}"
+            );
             assert!(check_books(&core.db).await.unwrap().balanced());
         }
     }
