@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Synthesise the prompt set from each prompts/<lang>/manifest.toml with espeak-ng + sox.
 
-Output: prompts/<lang>/<name>.wav, 8 kHz, 16-bit, mono, peak-normalised to -3 dBFS, with
-40 ms of silence at each end. Run from the repository root:
+Output: prompts/<lang>/<name>.wav, 8 kHz, 16-bit, mono, with 25 ms of silence at each end,
+spoken at 175 words a minute (fragments of numbers at 185, with 15 ms of silence), and brought to one loudness by `topup-ivr prompts normalize`
+(ITU-R BS.1770, the level `prompts check` holds every prompt to). Run from the repository root:
 
     scripts/gen-prompts.py            # every language, only missing files
     scripts/gen-prompts.py --force en # regenerate English
@@ -17,13 +18,24 @@ import tomllib
 VOICES = {"en": "en-us", "es": "es-419", "vi": "vi"}
 
 
-def synth(text: str, voice: str, out: pathlib.Path) -> None:
+# Fragments are joined into numbers, amounts and phone numbers ("plus one, two zero one...");
+# said a little faster and with little silence around them, they read as one phrase.
+FRAGMENT_PREFIXES = ("digit-", "num-", "cur-", "letter-", "minute-")
+FRAGMENTS = {"plus", "and", "con", "press", "for", "for-price", "paying", "pound", "star", "number-in"}
+
+
+def is_fragment(name: str) -> bool:
+    return name.startswith(FRAGMENT_PREFIXES) or name in FRAGMENTS
+
+
+def synth(text: str, voice: str, out: pathlib.Path, fragment: bool) -> None:
+    speed, pad = ("185", "0.015") if fragment else ("175", "0.025")
     with tempfile.NamedTemporaryFile(suffix=".wav") as raw:
-        subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", raw.name, text], check=True)
+        subprocess.run(["espeak-ng", "-v", voice, "-s", speed, "-w", raw.name, text], check=True)
         subprocess.run(
             ["sox", raw.name, "-r", "8000", "-b", "16", "-c", "1", str(out),
-             "silence", "1", "0.01", "0.1%", "reverse", "silence", "1", "0.01", "0.1%", "reverse",
-             "gain", "-n", "-3", "pad", "0.04", "0.04"],
+             "silence", "1", "0.01", "0.1%", "reverse", "silence", "1", "0.01", "0.5%", "reverse",
+             "gain", "-n", "-3", "pad", pad, pad],
             check=True,
         )
 
@@ -35,6 +47,7 @@ def main() -> int:
     args = ap.parse_args()
     root = pathlib.Path("prompts")
     langs = args.languages or sorted(p.name for p in root.iterdir() if (p / "manifest.toml").is_file())
+    made = []
     for lang in langs:
         manifest = tomllib.loads((root / lang / "manifest.toml").read_text())["prompts"]
         voice = VOICES.get(lang, lang)
@@ -46,8 +59,14 @@ def main() -> int:
             if name == "pause":
                 subprocess.run(["sox", "-n", "-r", "8000", "-b", "16", "-c", "1", str(out), "trim", "0", "0.25"], check=True)
             else:
-                synth(text, v, out)
+                synth(text, v, out, is_fragment(name))
+                made.append(str(out))
             print(f"{out}: {text}")
+    if made:
+        normalize = ["cargo", "run", "--quiet", "--bin", "topup-ivr", "--", "prompts", "normalize"]
+        if subprocess.run([*normalize, *made]).returncode != 0:
+            print("gen-prompts.py: normalising the prompts' loudness failed", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -74,7 +74,10 @@ fn a_top_up_is_made_once_per_idempotency_key() {
     assert_eq!(s, 200);
     assert_eq!(r2["id"], r1["id"]);
     let (_, b) = api_call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
-    assert_eq!(b["balance"], "19.01 USD", "25.00 - 5.99 once: {b}");
+    assert_eq!(
+        b["balance"], "21.90 USD",
+        "25.00 - 3.10 (the smallest, 50 pesos) once: {b}"
+    );
     // The same key with another body is a client bug: 409, nothing charged.
     let other = json!({"recipient": "+525512345678", "product_id": second}).to_string();
     let (s, c) = api_call(
@@ -87,7 +90,7 @@ fn a_top_up_is_made_once_per_idempotency_key() {
     );
     assert_eq!((s, code(&c)), (409, "conflict"), "{c}");
     let (_, b) = api_call(&server, "GET", "/api/v1/balance", Some(&k), &[], None);
-    assert_eq!(b["balance"], "19.01 USD");
+    assert_eq!(b["balance"], "21.90 USD");
 
     let id = r1["id"].as_str().unwrap();
     let (s, r3) = api_call(

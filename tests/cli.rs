@@ -307,3 +307,58 @@ fn serve_on_an_unusable_data_directory_says_why_once_and_exits() {
         None => eprintln!("not root: the disk-full case is not run"),
     }
 }
+
+#[test]
+fn prompts_check_names_a_prompt_out_of_loudness_and_normalize_evens_it() {
+    // The shipped English set, with one phrase re-recorded 8 dB too quiet.
+    let dir = tempfile::tempdir().unwrap();
+    let en = dir.path().join("prompts/en");
+    std::fs::create_dir_all(&en).unwrap();
+    for f in std::fs::read_dir(repo().join("prompts/en")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, en.join(f.file_name().unwrap())).unwrap();
+    }
+    let quiet = en.join("goodbye.wav");
+    let spec = hound::WavReader::open(&quiet).unwrap().spec();
+    let samples: Vec<i16> = hound::WavReader::open(&quiet)
+        .unwrap()
+        .into_samples::<i16>()
+        .map(|s| (s.unwrap() as f32 * 0.4) as i16)
+        .collect();
+    let mut w = hound::WavWriter::create(&quiet, spec).unwrap();
+    for s in samples {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+    let prompts = dir.path().join("prompts");
+    let check = || {
+        run(&[
+            "prompts",
+            "check",
+            "--prompts-dir",
+            prompts.to_str().unwrap(),
+        ])
+    };
+
+    let (ok, out, err) = check();
+    assert!(!ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("goodbye.wav"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("dB quieter"), "{line}");
+    assert_eq!(out.lines().count(), 1, "only the quiet one: {out}");
+    assert!(err.contains("1 of ") && err.contains("normalize"), "{err}");
+
+    let (ok, out, err) = run(&["prompts", "normalize", quiet.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("-> -22.0 LUFS"), "{out}");
+    let (ok, out, err) = check();
+    assert!(ok, "{out}{err}");
+
+    // A format it cannot rewrite is refused with what to do.
+    let mp3 = en.join("x.mp3");
+    std::fs::write(&mp3, b"not audio").unwrap();
+    let (ok, _, err) = run(&["prompts", "normalize", mp3.to_str().unwrap()]);
+    assert!(!ok && err.contains("16-bit PCM WAV"), "{err}");
+}

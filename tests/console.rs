@@ -70,7 +70,7 @@ fn an_agent_sees_a_live_escalation_and_acts_on_it_in_a_browser() {
         "keys.xml",
         "wallet",
         "+12015550100",
-        "1234#1525512345678#1110",
+        "1234#1525512345678#1210",
     )
     .run(&server);
     let seen = next();

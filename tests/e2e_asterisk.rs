@@ -95,7 +95,7 @@ fn a_card_top_up_through_asterisk_over_websocket_media() {
         ast.sip,
         RECHARGE,
         "+12015550161",
-        "111112222333344#12015550150#121",
+        "111112222333344#12015550150#111",
         Codec::Pcmu,
         None,
     )
@@ -135,7 +135,7 @@ fn a_card_top_up_through_asterisk_over_rtp_media_in_alaw() {
         ast.sip,
         RECHARGE,
         "+12015550161",
-        "111112222333344#12015550150#121",
+        "111112222333344#12015550150#111",
         Codec::Pcma,
         None,
     )
@@ -167,7 +167,7 @@ fn a_wallet_top_up_through_asterisk_pays_from_the_wallet() {
         ast.sip,
         WALLET,
         "+12015550100",
-        "1234#1525512345678#111",
+        "1234#1525512345678#121",
         Codec::Pcmu,
         Some(Duration::from_secs(22)),
     );
@@ -299,7 +299,7 @@ fn a_caller_hanging_up_at_any_step_leaves_nothing_behind() {
         ("11111", 500),
         ("111112222333344#", 200),
         ("111112222333344#1201", 100),
-        ("111112222333344#12015550150#12", 1500),
+        ("111112222333344#12015550150#11", 1500),
     ];
     for (i, (keys, after)) in steps.iter().enumerate() {
         let bye = Duration::from_millis(400 * keys.len() as u64 + after);

@@ -232,7 +232,7 @@ fn baresip_tops_up_a_number_with_a_card_by_keypad_alone() {
     bs.wait_event("CALL_ESTABLISHED", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1500));
     // English, a demo card, a demo prepaid number, confirm, 5 dollars, confirm.
-    bs.command("sndcode", "111112222333344#12015550150#121");
+    bs.command("sndcode", "111112222333344#12015550150#111");
     bs.wait_event("CALL_CLOSED", Duration::from_secs(90));
     server.wait_idle();
     let out = std::process::Command::new(BIN)

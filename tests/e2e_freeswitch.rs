@@ -145,7 +145,7 @@ fn a_card_top_up_through_freeswitch_credits_the_recipient_and_is_heard() {
         fs.sip,
         RECHARGE,
         "+12015550161",
-        "111112222333344#12015550150#121",
+        "111112222333344#12015550150#111",
         Codec::Pcmu,
         None,
     )
@@ -181,7 +181,7 @@ fn a_wallet_top_up_through_freeswitch_in_alaw_pays_from_the_wallet() {
         fs.sip,
         WALLET,
         "+12015550100",
-        "1234#1525512345678#111",
+        "1234#1525512345678#121",
         Codec::Pcma,
         Some(Duration::from_secs(22)),
     );
@@ -276,7 +276,7 @@ fn a_caller_hanging_up_at_any_step_leaves_no_channel() {
         ("11111", 500),
         ("111112222333344#", 200),
         ("111112222333344#1201", 100),
-        ("111112222333344#12015550150#12", 1500),
+        ("111112222333344#12015550150#11", 1500),
     ];
     for (i, (keys, after)) in steps.iter().enumerate() {
         let bye = Duration::from_millis(400 * keys.len() as u64 + after);

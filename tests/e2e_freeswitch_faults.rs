@@ -78,7 +78,7 @@ fn a_card_top_up_through_freeswitch_credits_the_recipient() {
         fs.metadata(&uuid).as_deref(),
         Some(format!("{{\"uuid\":\"{uuid}\"}}").as_str())
     );
-    fs.press(&uuid, "111112222333344#12015550150#121");
+    fs.press(&uuid, "111112222333344#12015550150#111");
     wait_hung_up(&fs, &server, &uuid);
     server.wait_idle();
     assert_eq!(fs.hangup_cause(&uuid).as_deref(), Some("NORMAL_CLEARING"));
@@ -154,7 +154,7 @@ fn a_caller_hanging_up_at_any_step_is_recorded_and_nothing_is_topped_up() {
         "1111",
         "111112222333344#",
         "111112222333344#1201",
-        "111112222333344#12015550150#12",
+        "111112222333344#12015550150#11",
     ];
     for (i, keys) in steps.iter().enumerate() {
         let uuid = fs.call(&format!("+1201555018{i}"), "recharge");
@@ -192,7 +192,7 @@ fn the_event_socket_reconnects_and_calls_gone_meanwhile_are_ended() {
     });
     fs.allow_esl();
     fs.wait_connected(Duration::from_secs(10));
-    fs.press(&stays, "11112222333344#12015550150#121");
+    fs.press(&stays, "11112222333344#12015550150#111");
     wait_hung_up(&fs, &server, &stays);
     server.wait_idle();
     let calls = server.calls();
@@ -318,7 +318,7 @@ fn a_wallet_top_up_through_freeswitch_pays_from_the_wallet() {
     let uuid = fs.call("+12015550100", "wallet");
     std::thread::sleep(Duration::from_millis(700));
     // PIN, 1: top up a number, the number, the first amount, confirm.
-    fs.press(&uuid, "1234#1525512345678#111");
+    fs.press(&uuid, "1234#1525512345678#121");
     server.wait_until("the top-up is done", Duration::from_secs(30), || {
         cli(&server, &["topups", "list"])[0]["state"] == "succeeded"
     });

@@ -123,7 +123,7 @@ fn calls_spread_over_two_nodes_and_stopping_one_drops_no_call() {
 
     // Two wallet top-ups through the proxy, whichever node takes them: a number, then the
     // same number again as the recent recipient (offered first, whichever node wrote it).
-    for digits in ["1234#1525512345678#111", "1234#111"] {
+    for digits in ["1234#1525512345678#121", "1234#121"] {
         run_through(
             &keys("proxied_keys.xml", "wallet", "+12015550100", digits)
                 .arg("-d")

@@ -16,7 +16,7 @@ fn a_card_top_up_by_keypad_alone_credits_the_recipient_and_uses_the_card() {
         "keys.xml",
         "recharge",
         "+12015550161",
-        "111112222333344#12015550150#121",
+        "111112222333344#12015550150#111",
     )
     .run(&server);
     server.wait_idle();
@@ -85,13 +85,13 @@ fn a_wallet_top_up_then_the_recent_recipient_is_offered_first() {
         "keys_then_bye.xml",
         "wallet",
         "+12015550100",
-        "1234#1525512345678#111",
+        "1234#1525512345678#121",
     )
     .arg("-d")
     .arg("12000")
     .run(&server);
     // PIN, 1: top up +52... again, first amount, confirm — no number typed.
-    keys("keys_then_bye.xml", "wallet", "+12015550100", "1234#111")
+    keys("keys_then_bye.xml", "wallet", "+12015550100", "1234#121")
         .arg("-d")
         .arg("12000")
         .run(&server);

@@ -241,7 +241,7 @@ fn an_ivr_top_up_is_confirmed_to_both_through_the_smsc_for_their_prefix() {
         "keys.xml",
         "recharge",
         "+12015550161",
-        "111112222333344#12015550150#121",
+        "111112222333344#12015550150#111",
     )
     .run(&server);
     server.wait_idle();

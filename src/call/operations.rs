@@ -326,7 +326,8 @@ mod tests {
             assert_eq!(r.0, "no_carrier");
             let r = run(&ctx, Op::ListProducts, &a(&[("number", "+525512345678")])).await;
             assert_eq!(get(&r, "products.count"), "3", "fixed denominations only");
-            assert_eq!(get(&r, "products.1.receive"), "100.00 MXN");
+            assert_eq!(get(&r, "products.1.receive"), "50.00 MXN", "smallest first");
+            assert_eq!(get(&r, "products.2.receive"), "100.00 MXN");
             let r = run(
                 &ctx,
                 Op::Topup,

@@ -1,7 +1,8 @@
 //! `dialplan simulate`: a call in the terminal. The plan's interpreter runs on a simulated clock
 //! against the real top-up core; prompts take their real length; the caller presses the given
 //! keys one by one whenever the plan waits for a key (`,` lets a timeout pass instead).
-//! The transcript says what the caller hears (the prompts' texts) and what the service does.
+//! The transcript says what the caller hears (the prompts' texts) and what the service does,
+//! and ends with how long the caller listened to prompts: the figure a plan author keeps short.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +27,36 @@ pub struct Simulation<'a> {
     pub caller: String,
 }
 
+/// What a simulated call did.
+pub struct Run {
+    /// The transcript, one line per event.
+    pub lines: Vec<String>,
+    /// Prompt audio the caller heard (interrupted prompts count up to the interruption).
+    pub prompt_audio: Duration,
+    /// From the answer to the end of the simulation.
+    pub call: Duration,
+}
+
+impl Run {
+    /// The closing line: prompt audio against the call's length.
+    pub fn summary(&self) -> String {
+        format!(
+            "prompt audio {:.1} s in a {:.1} s call",
+            self.prompt_audio.as_secs_f64(),
+            self.call.as_secs_f64()
+        )
+    }
+}
+
 impl Simulation<'_> {
-    /// Runs the call; returns the transcript, one line per event.
-    pub async fn run(&self, keys: &str) -> Vec<String> {
+    /// Runs the call.
+    pub async fn run(&self, keys: &str) -> Run {
+        let mut run = self.transcript(keys).await;
+        run.lines.push(run.summary());
+        run
+    }
+
+    async fn transcript(&self, keys: &str) -> Run {
         let t0 = Instant::now();
         let mut now = t0;
         let caller = caller_e164(&self.caller);
@@ -41,6 +69,12 @@ impl Simulation<'_> {
         );
         let mut keys = keys.chars().filter(|c| !c.is_whitespace()).peekable();
         let mut out = vec![];
+        let mut heard = Duration::ZERO;
+        let done = |out: Vec<String>, heard: Duration, now: Instant| Run {
+            lines: out,
+            prompt_audio: heard,
+            call: now - t0,
+        };
         let stamp = |now: Instant| format!("[{:7.2}]", (now - t0).as_secs_f64());
         // When the prompts being played end (None: nothing playing).
         let mut playing_until: Option<Instant> = None;
@@ -65,14 +99,15 @@ impl Simulation<'_> {
                         }
                         let start = playing_until.unwrap_or(now).max(now);
                         playing_until = Some(start + Duration::from_millis(ms));
+                        heard += Duration::from_millis(ms);
                         let lang = refs.first().map(|r| r.language.as_str()).unwrap_or("");
                         out.push(format!("{} says ({lang}): {}", stamp(now), words.join(" ")));
                     }
                     CallAction::StopPlayback => {
-                        if playing_until.is_some() {
+                        if let Some(end) = playing_until.take() {
+                            heard = heard.saturating_sub(end.saturating_duration_since(now));
                             out.push(format!("{} (prompt interrupted)", stamp(now)));
                         }
-                        playing_until = None;
                     }
                     CallAction::Invoke { op, args } => {
                         op_seq += 1;
@@ -117,16 +152,16 @@ impl Simulation<'_> {
                             context.node,
                             context.inputs
                         ));
-                        return out;
+                        return done(out, heard, now);
                     }
                     CallAction::Hangup { reason } => {
                         out.push(format!("{} hangup: {reason}", stamp(now)));
-                        return out;
+                        return done(out, heard, now);
                     }
                 }
             }
             if interp.is_finished() {
-                return out;
+                return done(out, heard, now);
             }
             // The caller presses a key while the plan waits for one (or during a prompt that
             // allows barge-in — the plan decides; here keys come when it waits).
@@ -172,7 +207,7 @@ impl Simulation<'_> {
             break;
         }
         out.push(format!("{} (simulation stopped)", stamp(now)));
-        out
+        done(out, heard, now)
     }
 }
 
@@ -183,15 +218,12 @@ mod tests {
     use crate::topup::testing::cores;
     use std::path::Path;
 
-    #[tokio::test]
-    async fn a_card_top_up_simulated_against_the_real_core() {
-        let prompts = PromptStore::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
-            LoadOptions::default(),
-        )
-        .unwrap();
+    /// A call to a shipped plan, from `caller`, on a fresh demo core.
+    async fn simulate(plan: &str, caller: &str, keys: &str) -> Run {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let prompts = PromptStore::load(&root.join("prompts"), LoadOptions::default()).unwrap();
         let plan = Dialplan::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("dialplans/recharge.toml"),
+            &root.join("dialplans").join(plan),
             &crate::dialplan::Catalog::new(
                 &|l, n| prompts.get(l, n).is_some(),
                 &crate::sms::messages::NAMES,
@@ -207,20 +239,28 @@ mod tests {
             core: &core,
             adapters: &adapters,
             hlr: None,
-            caller: "+12015550123".into(),
+            caller: caller.into(),
         };
-        let t = sim.run("2 33334444555566# 525512345678# 1 1 1 ,").await;
+        sim.run(keys).await
+    }
+
+    #[tokio::test]
+    async fn a_card_top_up_simulated_against_the_real_core() {
+        let run = simulate(
+            "recharge.toml",
+            "+12015550123",
+            "2 33334444555566# 525512345678# 1 2 1 ,",
+        )
+        .await;
+        let t = &run.lines;
         let text = t.join("\n");
         assert!(
-            text.contains("says (es): Ingrese el PIN de su tarjeta"),
+            text.contains("says (es): Marque el PIN de su tarjeta"),
             "{text}"
         );
         assert!(text.contains("redeem_card(pin=****) -> ok"), "{text}");
         assert!(!text.contains("33334444555566"), "the PIN is never shown");
-        assert!(
-            text.contains("says (es): Es un número de Telcel en México"),
-            "{text}"
-        );
+        assert!(text.contains("says (es): Es de Telcel en México"), "{text}");
         assert!(
             text.contains("topup(number=+525512345678, product=telcel-mx-100) -> ok"),
             "{text}"
@@ -228,6 +268,74 @@ mod tests {
         assert!(text.contains("fue exitosa"), "{text}");
         // No SMS here: no promise of one.
         assert!(!text.contains("mensaje de texto"), "{text}");
-        assert!(t.last().unwrap().contains("hangup"), "{text}");
+        assert!(t[t.len() - 2].contains("hangup"), "{text}");
+        assert!(t.last().unwrap().starts_with("prompt audio "), "{text}");
+        assert!(run.prompt_audio > Duration::from_secs(5), "{text}");
+        assert!(run.call > run.prompt_audio, "{text}");
+    }
+
+    /// What a first-time caller with a card listens to, key to key, on the shipped card plan:
+    /// at most 45 s of prompts to top up a US number and 60 s for a Mexican one (Spanish
+    /// too), without losing what they need to hear (the card's value, the number read back
+    /// once, the carrier, the amounts, the price where it differs, the outcome and balance).
+    #[tokio::test]
+    async fn the_shipped_card_plan_keeps_a_first_time_caller_brief() {
+        for (who, keys, budget, must_hear) in [
+            (
+                "US number",
+                "1 11112222333344# 12015550150# 1 1 1 ,",
+                45,
+                &[
+                    "Card accepted: ten dollars",
+                    "You entered plus one",
+                    "IVR Mobile",
+                    "Choose an amount. five dollars press one ten dollars press two",
+                    "succeeded.",
+                    "Your balance is five dollars",
+                ][..],
+            ),
+            (
+                "Mexican number",
+                "1 11112222333344# 525512345678# 1 2 1 ,",
+                60,
+                &[
+                    "You entered plus five two",
+                    "Telcel",
+                    "fifty pesos for three dollars and ten cents press one",
+                    "You will send one hundred pesos for five dollars and ninety nine cents",
+                ][..],
+            ),
+            (
+                "Mexican number, in Spanish",
+                "2 11112222333344# 525512345678# 1 2 1 ,",
+                60,
+                &["Telcel", "cien pesos"][..],
+            ),
+        ] {
+            let run = simulate("recharge.toml", "+12015550123", keys).await;
+            let text = run.lines.join("\n");
+            assert!(
+                run.lines[run.lines.len() - 2].contains("hangup"),
+                "{who}: {text}"
+            );
+            assert!(text.contains("topup("), "{who}: {text}");
+            for words in must_hear {
+                assert!(
+                    text.replace(',', "").contains(words),
+                    "{who}: `{words}` not heard:\n{text}"
+                );
+            }
+            // The number is read back once, not again in the confirmation and the outcome.
+            assert_eq!(
+                text.matches("plus").count() + text.matches("más").count(),
+                1,
+                "{who}: {text}"
+            );
+            assert!(
+                run.prompt_audio <= Duration::from_secs(budget),
+                "{who}: {:.1} s of prompts (budget {budget} s):\n{text}",
+                run.prompt_audio.as_secs_f64()
+            );
+        }
     }
 }

@@ -125,7 +125,7 @@ pub async fn run(command: DialplanCommand) -> Result<()> {
                     hlr: None,
                     caller,
                 };
-                for line in sim.run(&digits).await {
+                for line in sim.run(&digits).await.lines {
                     println!("{line}");
                 }
                 core.db.close().await;

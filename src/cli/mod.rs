@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 mod dialplan;
+mod prompts;
 mod topup;
 
 use dialplan::DialplanCommand;
+use prompts::PromptsCommand;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -241,12 +243,6 @@ pub(crate) enum DtmfCommand {
     },
 }
 
-#[derive(Subcommand)]
-pub(crate) enum PromptsCommand {
-    /// Load every prompt as `serve` would.
-    Check(ConfigArgs),
-}
-
 /// The error and its causes on one line, each cause shown once: our error types already
 /// write their cause into their own message, and repeating it ("data directory x: Not a
 /// directory: data directory x: Not a directory") only hides what went wrong.
@@ -420,18 +416,7 @@ pub(crate) async fn run(cli: Cli) -> Result<()> {
             .await?;
             println!("database ready");
         }
-        Command::Prompts {
-            command: PromptsCommand::Check(args),
-        } => {
-            let cfg = args.load()?;
-            let store = topup_ivr::media::prompts::PromptStore::load(
-                &cfg.paths.prompts,
-                Default::default(),
-            )?;
-            let mut langs: Vec<&str> = store.languages().collect();
-            langs.sort();
-            println!("ok: {} prompts in {}", store.len(), langs.join(", "));
-        }
+        Command::Prompts { command } => prompts::run(command)?,
     }
     Ok(())
 }

@@ -557,11 +557,13 @@ impl Core {
         row.as_ref().map(carrier_from_row).transpose()
     }
 
-    /// Active products of a carrier.
+    /// Active products of a carrier, as a caller hears them: denominations from the smallest
+    /// (what the recipient gets, then the price), then open amounts.
     pub async fn products(&self, carrier_id: &str) -> Result<Vec<Product>, TopupError> {
         let rows = sqlx::query(
             "SELECT id, carrier_id, kind, label, send_currency, price_minor, receive_minor, receive_currency,
-                    min_minor, max_minor, fx_rate_e8 FROM products WHERE carrier_id = $1 AND status = 'active' ORDER BY id",
+                    min_minor, max_minor, fx_rate_e8 FROM products WHERE carrier_id = $1 AND status = 'active'
+             ORDER BY kind, receive_currency, receive_minor, price_minor, min_minor, id",
         )
         .bind(carrier_id)
         .fetch_all(self.db.pool())

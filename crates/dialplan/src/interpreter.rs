@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::model::{
-    CONFIRM_PROMPT, ConfirmAs, Dialplan, Node, Op, PRESS_PROMPT, SayItem, Validator,
+    CONFIRM_PROMPT, COUNTRY_CODE_PROMPT, ConfirmAs, Dialplan, Node, Op, PRESS_PROMPT, SayItem,
+    Validator,
 };
 use super::say;
 use topup_media::dtmf::Digit;
 use topup_values::money::Money;
+use topup_values::phone::InvalidNumber;
 use topup_values::pin::Pin;
 
 /// Keys a call's record keeps at most.
@@ -132,14 +134,40 @@ enum After {
 }
 
 enum Phase {
-    Playing { barge_in: bool, then: After },
-    MenuWait { deadline: Instant },
-    Collecting { digits: String, deadline: Instant },
-    ConfirmWait { value: String, deadline: Instant },
-    ChooseWait { count: usize, deadline: Instant },
-    Invoking { waiting_music: bool },
+    Playing {
+        barge_in: bool,
+        then: After,
+    },
+    MenuWait {
+        deadline: Instant,
+    },
+    Collecting {
+        digits: String,
+        deadline: Instant,
+    },
+    ConfirmWait {
+        value: String,
+        deadline: Instant,
+    },
+    ChooseWait {
+        count: usize,
+        deadline: Instant,
+    },
+    /// An operation runs; its wait prompts start at `music_at` (None: none, or started).
+    Invoking {
+        waiting_music: bool,
+        music_at: Option<Instant>,
+    },
     Done,
 }
+
+/// The failure kind of a number keyed without its country code (and none the caller's country
+/// could supply).
+const NO_COUNTRY_CODE: &str = "no-country-code";
+
+/// How long an operation may take before its wait prompts play: a caller is not told "one moment
+/// please" about an answer that comes at once.
+pub const WAIT_PROMPTS_AFTER: Duration = Duration::from_millis(800);
 
 pub struct Interpreter {
     plan: Arc<Dialplan>,
@@ -234,11 +262,11 @@ impl Interpreter {
             }
             CallEvent::PromptDone => match &mut self.phase {
                 Phase::Playing { .. } => self.after_play(now),
-                Phase::Invoking { waiting_music } => *waiting_music = false,
+                Phase::Invoking { waiting_music, .. } => *waiting_music = false,
                 _ => {}
             },
             CallEvent::Result { code, vars } => {
-                let Phase::Invoking { waiting_music } = self.phase else {
+                let Phase::Invoking { waiting_music, .. } = self.phase else {
                     return;
                 };
                 if waiting_music {
@@ -270,6 +298,7 @@ impl Interpreter {
             | Phase::Collecting { deadline, .. }
             | Phase::ConfirmWait { deadline, .. }
             | Phase::ChooseWait { deadline, .. } => Some(*deadline),
+            Phase::Invoking { music_at, .. } => *music_at,
             _ => None,
         }
     }
@@ -288,6 +317,18 @@ impl Interpreter {
             Phase::ConfirmWait { value, deadline } if now >= *deadline => {
                 let value = value.clone();
                 self.confirm_failed(now, value);
+            }
+            Phase::Invoking {
+                music_at: Some(at), ..
+            } if now >= *at => {
+                if let Some(Node::Invoke { wait_prompts, .. }) = self.plan.nodes.get(&self.node) {
+                    let refs = self.refs(wait_prompts.clone());
+                    self.actions.push_back(CallAction::Play(refs));
+                }
+                self.phase = Phase::Invoking {
+                    waiting_music: true,
+                    music_at: None,
+                };
             }
             _ => {}
         }
@@ -443,6 +484,11 @@ impl Interpreter {
         };
         let mut out = vec![];
         for it in items {
+            if let Some([a, b]) = &it.unless_same
+                && value(a) == value(b)
+            {
+                continue;
+            }
             if let Some(p) = &it.prompt {
                 out.push(p.clone());
             } else if let Some(v) = &it.prompt_from {
@@ -469,6 +515,21 @@ impl Interpreter {
             }
         }
         out
+    }
+
+    /// A choose node's list: "five dollars, press 1; ten dollars, press 2", a pause between
+    /// choices so that "press 1" and the next amount do not run together.
+    fn choices(&self, list: &str, item: &[SayItem], count: usize) -> Vec<String> {
+        let mut names = vec![];
+        for i in 1..=count {
+            if i > 1 {
+                names.push(say::PAUSE.to_string());
+            }
+            names.extend(self.say_items(item, Some(&format!("{list}.{i}"))));
+            names.push(PRESS_PROMPT.to_string());
+            names.push(format!("digit-{i}"));
+        }
+        names
     }
 
     // ---- nodes ----
@@ -533,11 +594,7 @@ impl Interpreter {
                         continue;
                     }
                     let mut names = prompts.clone();
-                    for i in 1..=count {
-                        names.extend(self.say_items(item, Some(&format!("{list}.{i}"))));
-                        names.push(PRESS_PROMPT.to_string());
-                        names.push(format!("digit-{i}"));
-                    }
+                    names.extend(self.choices(list, item, count));
                     return self.play(now, names, true, After::ChooseWait(count));
                 }
                 Node::Invoke {
@@ -569,13 +626,9 @@ impl Interpreter {
                         return;
                     };
                     self.actions.push_back(CallAction::Invoke { op, args });
-                    let music = !wait_prompts.is_empty();
-                    if music {
-                        self.actions
-                            .push_back(CallAction::Play(self.refs(wait_prompts.clone())));
-                    }
                     self.phase = Phase::Invoking {
-                        waiting_music: music,
+                        waiting_music: false,
+                        music_at: (!wait_prompts.is_empty()).then(|| now + WAIT_PROMPTS_AFTER),
                     };
                     return;
                 }
@@ -824,8 +877,14 @@ impl Interpreter {
         ) {
             Ok(extra) => extra,
             Err(why) => {
+                // A caller who left out the country code is told so, not just "not valid".
+                let kind = if why == InvalidNumber::MissingCountryCode.to_string() {
+                    NO_COUNTRY_CODE
+                } else {
+                    "invalid"
+                };
                 self.vars.insert(format!("{var}_error"), why);
-                return self.fail(now, "invalid");
+                return self.fail(now, kind);
             }
         };
         if *secret {
@@ -976,11 +1035,7 @@ impl Interpreter {
                 } = node
                 {
                     names.extend(prompts.clone());
-                    for i in 1..=count {
-                        names.extend(self.say_items(item, Some(&format!("{list}.{i}"))));
-                        names.push(PRESS_PROMPT.to_string());
-                        names.push(format!("digit-{i}"));
-                    }
+                    names.extend(self.choices(list, item, count));
                 }
                 self.play(now, names, true, After::ChooseWait(count));
                 return;
@@ -991,12 +1046,13 @@ impl Interpreter {
             self.last_failure = Some(format!("{}-{kind}", self.node));
             return self.goto(now, on_failure.clone());
         }
-        let sorry = if kind == "no-input" && !no_input.is_empty() {
-            no_input
+        let mut names = if kind == "no-input" && !no_input.is_empty() {
+            no_input.clone()
+        } else if kind == NO_COUNTRY_CODE {
+            vec![COUNTRY_CODE_PROMPT.to_string()]
         } else {
-            invalid
+            invalid.clone()
         };
-        let mut names = sorry.clone();
         names.extend(again);
         self.play(now, names, true, then);
     }

@@ -329,10 +329,14 @@ fn star_goes_back_and_secrets_are_masked_in_the_context() {
     keys(&mut i, t0, "12345678#");
     let a = actions(&mut i);
     assert!(a.iter().any(|x| matches!(x, CallAction::Invoke { op, args } if *op == Op::RedeemCard && args.pin("pin") == Some(&Pin::new("12345678")))));
-    assert!(
-        a.iter()
-            .any(|x| matches!(x, CallAction::Play(p) if p[0].name == "please-wait"))
-    );
+    // "One moment please" only if the answer is slow to come.
+    assert!(matches!(a.last(), Some(CallAction::Invoke { .. })), "{a:?}");
+    assert_eq!(i.poll_timeout(), Some(t0 + WAIT_PROMPTS_AFTER));
+    i.handle_timeout(t0 + WAIT_PROMPTS_AFTER - Duration::from_millis(1));
+    assert!(actions(&mut i).is_empty());
+    i.handle_timeout(t0 + WAIT_PROMPTS_AFTER);
+    assert_eq!(played(&mut i), ["please-wait"]);
+    assert_eq!(i.poll_timeout(), None);
     let ctx = i.context();
     assert_eq!(ctx.inputs["pin"], "****");
     assert_eq!(ctx.path, ["lang", "main", "pin", "main", "pin", "redeem"]);
@@ -345,8 +349,11 @@ fn invoke_results_pick_the_branch_and_set_variables() {
     keys(&mut i, t0, "11");
     keys(&mut i, t0, "12345678#");
     actions(&mut i);
+    // A slow answer: the wait prompts have started.
+    i.handle_timeout(t0 + WAIT_PROMPTS_AFTER);
+    assert_eq!(played(&mut i), ["please-wait"]);
     i.handle_event(
-        t0,
+        t0 + WAIT_PROMPTS_AFTER,
         CallEvent::Result {
             code: "invalid_pin".into(),
             vars: vec![],
@@ -368,7 +375,6 @@ fn invoke_results_pick_the_branch_and_set_variables() {
     assert_eq!(
         played(&mut i),
         [
-            "please-wait",
             "your-balance-is",
             "num-12",
             "cur-usd-many",
@@ -720,4 +726,31 @@ fn a_caller_leaning_on_the_keypad_leaves_a_record_of_bounded_size() {
     keys(&mut i, t0, &"12".repeat(5000));
     assert_eq!(i.digits().len(), MAX_RECORDED_DIGITS);
     assert!(i.digits().starts_with("1212"));
+}
+
+#[test]
+fn a_number_without_its_country_code_is_met_with_that_reason() {
+    let t0 = Instant::now();
+    let mut i = shop();
+    keys(&mut i, t0, "1112345678#");
+    i.handle_event(
+        t0,
+        CallEvent::Result {
+            code: "ok".into(),
+            vars: vec![("balance".into(), "1 USD".into())],
+        },
+    );
+    done(&mut i, t0);
+    assert_eq!(i.node(), "number");
+    actions(&mut i);
+    // Neither international nor a national number of the caller's country (US).
+    keys(&mut i, t0, "12345678#");
+    assert_eq!(
+        played(&mut i),
+        [COUNTRY_CODE_PROMPT, "enter-number"],
+        "the reason, then the question again"
+    );
+    // Any other invalid entry: the plan's own prompts.
+    keys(&mut i, t0, "1234#");
+    assert_eq!(played(&mut i)[0], "invalid-number");
 }

@@ -3,6 +3,7 @@
 
 pub mod dtmf;
 pub mod g711;
+pub mod loudness;
 pub mod peer;
 pub mod player;
 pub mod prompts;

@@ -79,6 +79,10 @@ pub struct SayItem {
     /// A variable holding a number of minutes.
     #[serde(default)]
     pub minutes: Option<String>,
+    /// Said only when these two variables differ: `unless_same = [".receive", ".price"]` skips
+    /// "paying five dollars" after "for five dollars".
+    #[serde(default)]
+    pub unless_same: Option<[String; 2]>,
 }
 
 impl SayItem {
@@ -257,7 +261,8 @@ pub enum Node {
         args: BTreeMap<String, String>,
         /// Result code → node; `default` catches the rest (required).
         results: BTreeMap<String, String>,
-        /// Played while the operation runs.
+        /// Played while the operation runs, once it has taken longer than
+        /// `WAIT_PROMPTS_AFTER` (an answer that comes at once needs no "one moment please").
         #[serde(default)]
         wait_prompts: Vec<String>,
     },
@@ -514,11 +519,15 @@ impl Node {
                 no_input_prompts,
                 confirm_prompts,
                 confirm,
+                validator,
                 ..
             } => {
                 let mut v = names(&[prompts, invalid_prompts, no_input_prompts, confirm_prompts]);
                 if confirm.is_some() {
                     v.push(CONFIRM_PROMPT);
+                }
+                if matches!(validator, Some(Validator::E164 | Validator::Callable)) {
+                    v.push(COUNTRY_CODE_PROMPT);
                 }
                 v
             }
@@ -566,6 +575,9 @@ impl Node {
 
 /// "Press 1 if this is correct, 2 to enter it again."
 pub const CONFIRM_PROMPT: &str = "confirm-1-2";
+/// "Please start with the country code": said instead of the invalid prompts when a number
+/// (validator `e164` or `callable`) was keyed without one.
+pub const COUNTRY_CODE_PROMPT: &str = "number-needs-country-code";
 /// "press" (followed by the key) in choose menus.
 pub const PRESS_PROMPT: &str = "press";
 
