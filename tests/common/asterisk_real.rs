@@ -72,23 +72,13 @@ fn install() -> PathBuf {
     root
 }
 
-/// RTP ports for the Asterisks of this process: two ranges of 700 from 30000 to 31399, below
+/// RTP ports for the Asterisks of the tests: two ranges of 700 from 30000 to 31399, below
 /// the ephemeral range (32768 up, where the load generator's sockets are) and above the
 /// service's (20000-29000) and the peers' (10000-19999). A storm of ~100 calls at once holds a
 /// pair for each caller and one for each media channel. Each Asterisk holds a range until it is
-/// dropped; a third at once (more test threads than two) shares one (Asterisk skips ports in
-/// use).
-static RTP_SLOTS: std::sync::Mutex<[bool; 2]> = std::sync::Mutex::new([false; 2]);
-
-fn take_rtp_slot() -> Option<usize> {
-    let mut slots = RTP_SLOTS.lock().unwrap_or_else(|p| p.into_inner());
-    let free = slots.iter().position(|used| !used)?;
-    slots[free] = true;
-    Some(free)
-}
-
-fn rtp_range(slot: Option<usize>) -> (u16, u16) {
-    let base = 30000 + slot.unwrap_or(0) as u16 * 700;
+/// dropped (a lock across test processes); a third waits for one.
+fn rtp_range(slot: usize) -> (u16, u16) {
+    let base = 30000 + slot as u16 * 700;
     (base, base + 698)
 }
 
@@ -111,7 +101,8 @@ pub struct RealAsterisk {
     /// The HTTP server (ARI and chan_websocket media).
     pub http: SocketAddr,
     pub rtp: (u16, u16),
-    rtp_slot: Option<usize>,
+    /// The RTP range's slot, held (across test processes) until dropped.
+    _rtp_slot: super::FileLock,
     child: Option<Child>,
     /// Held for the test's length (dropped last).
     _turn: super::Turn,
@@ -128,7 +119,7 @@ impl RealAsterisk {
         let dir = tempfile::tempdir().unwrap();
         let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-        let rtp_slot = take_rtp_slot();
+        let (rtp_slot, rtp_lock) = super::FileLock::slot("asterisk-rtp", 2);
         let rtp = rtp_range(rtp_slot);
         let trunk = opts
             .trunk
@@ -140,7 +131,7 @@ impl RealAsterisk {
             sip,
             http,
             rtp,
-            rtp_slot,
+            _rtp_slot: rtp_lock,
             child: None,
             _turn: turn,
         };
@@ -395,9 +386,6 @@ impl Drop for RealAsterisk {
             );
         }
         self.stop();
-        if let Some(slot) = self.rtp_slot {
-            RTP_SLOTS.lock().unwrap_or_else(|p| p.into_inner())[slot] = false;
-        }
     }
 }
 

@@ -61,17 +61,10 @@ fn install() -> PathBuf {
     root
 }
 
-/// RTP ports: two ranges of 680 from 31400 to 32759 (one per test thread), above the Asterisk
-/// ranges and below the ephemeral range (32768 up), where the load generator's and sipp's
-/// sockets are: a port FreeSWITCH picks there may be taken (`Bind Error!` and the call fails).
-static RTP_SLOTS: std::sync::Mutex<[bool; 2]> = std::sync::Mutex::new([false; 2]);
-
-fn take_rtp_slot() -> Option<usize> {
-    let mut slots = RTP_SLOTS.lock().unwrap_or_else(|p| p.into_inner());
-    let free = slots.iter().position(|used| !used)?;
-    slots[free] = true;
-    Some(free)
-}
+// RTP ports: two ranges of 680 from 31400 to 32759 (a lock across test processes for each; a
+// third FreeSWITCH waits for one), above the Asterisk
+// ranges and below the ephemeral range (32768 up), where the load generator's and sipp's
+// sockets are: a port FreeSWITCH picks there may be taken (`Bind Error!` and the call fails).
 
 /// How a test wants its FreeSWITCH.
 #[derive(Clone, Debug, Default)]
@@ -90,7 +83,8 @@ pub struct RealFreeSwitch {
     /// The event socket.
     pub esl: SocketAddr,
     pub rtp: (u16, u16),
-    rtp_slot: Option<usize>,
+    /// The RTP range's slot, held (across test processes) until dropped.
+    _rtp_slot: super::FileLock,
     child: Option<Child>,
     /// Held for the test's length (dropped last).
     _turn: super::Turn,
@@ -107,8 +101,8 @@ impl RealFreeSwitch {
         let dir = tempfile::tempdir().unwrap();
         let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         let esl: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-        let rtp_slot = take_rtp_slot();
-        let base = 31400 + rtp_slot.unwrap_or(0) as u16 * 680;
+        let (rtp_slot, rtp_lock) = super::FileLock::slot("freeswitch-rtp", 2);
+        let base = 31400 + rtp_slot as u16 * 680;
         let rtp = (base, base + 678);
         let trunk = opts
             .trunk
@@ -120,7 +114,7 @@ impl RealFreeSwitch {
             sip,
             esl,
             rtp,
-            rtp_slot,
+            _rtp_slot: rtp_lock,
             child: None,
             _turn: turn,
         };
@@ -355,9 +349,6 @@ impl Drop for RealFreeSwitch {
             );
         }
         self.stop();
-        if let Some(slot) = self.rtp_slot {
-            RTP_SLOTS.lock().unwrap_or_else(|p| p.into_inner())[slot] = false;
-        }
     }
 }
 

@@ -22,24 +22,82 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A test's turn on the machine. Tests of one binary run two at a time; a load test (a storm of
-/// calls through a softswitch) runs alone, so it neither starves nor is starved by the calls of
-/// another test (both softswitches play late audio under load, and tests that compare audio
-/// sample for sample would see it).
-pub enum Turn {
-    Shared(std::sync::RwLockReadGuard<'static, ()>),
-    Alone(std::sync::RwLockWriteGuard<'static, ()>),
+/// A lock held across every test process of this checkout (cargo test runs one binary at a
+/// time with threads, nextest a process per test): an `flock` on a file under the tests' scratch
+/// directory, released when dropped (or when the process dies).
+pub struct FileLock(std::fs::File);
+
+impl FileLock {
+    fn open(name: &str) -> std::fs::File {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("locks");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join(name))
+            .unwrap()
+    }
+
+    fn take(name: &str, op: libc::c_int) -> Option<FileLock> {
+        use std::os::fd::AsRawFd;
+        let f = Self::open(name);
+        loop {
+            // SAFETY: flock on a descriptor this value owns; no memory is passed.
+            if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+                return Some(FileLock(f));
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => return None,
+                _ => panic!("flock {name}: {e}"),
+            }
+        }
+    }
+
+    pub fn exclusive(name: &str) -> FileLock {
+        Self::take(name, libc::LOCK_EX).unwrap()
+    }
+
+    pub fn shared(name: &str) -> FileLock {
+        Self::take(name, libc::LOCK_SH).unwrap()
+    }
+
+    pub fn try_exclusive(name: &str) -> Option<FileLock> {
+        Self::take(name, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    /// One of `n` slots (`name-0`...), waiting while all are held: (the slot, its lock).
+    pub fn slot(name: &str, n: usize) -> (usize, FileLock) {
+        loop {
+            for i in 0..n {
+                if let Some(l) = Self::try_exclusive(&format!("{name}-{i}")) {
+                    return (i, l);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
-static TURNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+/// A test's turn on the machine. Softswitch tests share it; a load test (a storm of calls
+/// through a softswitch) runs alone, so it neither starves nor is starved by the calls of
+/// another test (both softswitches play late audio under load, and tests that compare audio
+/// sample for sample would see it). Held across test processes; a test waiting to run alone
+/// holds the gate, so that shared turns asked for meanwhile wait behind it, not it behind them.
+pub struct Turn(FileLock);
 
 impl Turn {
     pub fn shared() -> Turn {
-        Turn::Shared(TURNS.read().unwrap_or_else(|p| p.into_inner()))
+        let _gate = FileLock::shared("turn-gate");
+        Turn(FileLock::shared("turn"))
     }
 
     pub fn alone() -> Turn {
-        Turn::Alone(TURNS.write().unwrap_or_else(|p| p.into_inner()))
+        let _gate = FileLock::exclusive("turn-gate");
+        Turn(FileLock::exclusive("turn"))
     }
 }
 
