@@ -436,9 +436,14 @@ fn voice_card_top_ups_killed_mid_call_redeem_each_card_once_and_lose_nothing() {
         rng
     };
     // Two rounds: six callers a second apart redeem a card each and top up by voice (a call
-    // redeems about 15 s in and tops up about 40 s in); the service is killed between the
-    // redemptions and the top-ups in the first round, among the top-ups in the second.
+    // redeems about 11 s in and tops up about 44 s in); the service is killed between the
+    // redemptions and the top-ups in the first round, among the top-ups in the second (just
+    // after the round's first top-up is written, however long the calls took to get there).
     for round in 0..2 {
+        let topups_before = cli(&server, &["topups", "list", "--limit", "1000"])
+            .as_array()
+            .unwrap()
+            .len();
         let pins = server.dir.path().join(format!("pins-{round}.txt"));
         let mine: Vec<&str> = cards[round * 6..round * 6 + 6]
             .iter()
@@ -453,12 +458,18 @@ fn voice_card_top_ups_killed_mid_call_redeem_each_card_once_and_lose_nothing() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let at = if round == 0 {
-            14_000 + next() % 16_000
+        if round == 0 {
+            std::thread::sleep(Duration::from_millis(14_000 + next() % 16_000));
         } else {
-            36_000 + next() % 10_000
-        };
-        std::thread::sleep(Duration::from_millis(at));
+            server.wait_until("a top-up of the round", Duration::from_secs(120), || {
+                cli(&server, &["topups", "list", "--limit", "1000"])
+                    .as_array()
+                    .unwrap()
+                    .len()
+                    > topups_before
+            });
+            std::thread::sleep(Duration::from_millis(next() % 2_000));
+        }
         server.kill9();
         let _ = generator.kill();
         let _ = generator.wait();
