@@ -2,8 +2,9 @@
 """Synthesise the prompt set from each prompts/<lang>/manifest.toml with espeak-ng + sox.
 
 Output: prompts/<lang>/<name>.wav, 8 kHz, 16-bit, mono, with 25 ms of silence at each end,
-spoken at 175 words a minute (fragments of numbers at 185, with 15 ms of silence), and brought to one loudness by `topup-ivr prompts normalize`
-(ITU-R BS.1770, the level `prompts check` holds every prompt to). Run from the repository root:
+spoken at 175 words a minute (fragments of numbers at 185, with 15 ms of silence), and brought
+to one loudness by `topup-ivr prompts normalize` (ITU-R BS.1770, the level `prompts check`
+holds every prompt to). Run from the repository root:
 
     scripts/gen-prompts.py            # every language, only missing files
     scripts/gen-prompts.py --force en # regenerate English

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use topup_ivr::media::loudness::{self, TARGET_LUFS, TOLERANCE_DB};
-use topup_ivr::media::prompts::{PromptStore, decode_file};
+use topup_ivr::media::prompts::{EXTENSIONS, PromptStore, decode_file};
 
 use super::ConfigArgs;
 
@@ -94,9 +94,10 @@ fn audio_files(dir: &Path) -> Result<Vec<PathBuf>> {
         }
         for f in std::fs::read_dir(&lang)? {
             let f = f?.path();
-            let audio = f.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                ["wav", "mp3", "ogg", "flac"].contains(&e.to_ascii_lowercase().as_str())
-            });
+            let audio = f
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
             if audio {
                 out.push(f);
             }
@@ -124,27 +125,24 @@ fn normalize(path: &Path, target: f64) -> Result<Option<(f64, f64)>> {
     let is_wav = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
-    let spec = hound::WavReader::open(path)
-        .ok()
-        .map(|r| r.spec())
-        .filter(|s| {
-            is_wav && s.sample_format == hound::SampleFormat::Int && s.bits_per_sample == 16
-        });
-    let Some(spec) = spec else {
+    let reader = hound::WavReader::open(path).ok().filter(|r| {
+        let s = r.spec();
+        is_wav && s.sample_format == hound::SampleFormat::Int && s.bits_per_sample == 16
+    });
+    let Some(reader) = reader else {
         bail!(
             "{}: only 16-bit PCM WAV files are normalised; convert it first (e.g. `sox {} -b 16 out.wav`)",
             path.display(),
             path.display()
         );
     };
+    let spec = reader.spec();
+    let raw: Vec<i16> = reader.into_samples::<i16>().collect::<Result<_, _>>()?;
     let (samples, rate) = decode_file(path)?;
     let Some(before) = loudness::integrated_lufs(&samples, rate) else {
         return Ok(None);
     };
     let gain = loudness::gain_to(before, loudness::peak(&samples), target);
-    let raw: Vec<i16> = hound::WavReader::open(path)?
-        .into_samples::<i16>()
-        .collect::<Result<_, _>>()?;
     let scaled: Vec<i16> = raw
         .iter()
         .map(|&s| (s as f32 * gain).round().clamp(-32768.0, 32767.0) as i16)

@@ -438,9 +438,7 @@ fn recipient_e164(written: &str, sender: &str) -> Result<String, TopupError> {
     if written.starts_with('+') {
         return Ok(written.to_string());
     }
-    let home = crate::topup::numbers::parse_callable(sender)
-        .ok()
-        .map(|n| n.country);
+    let home = topup_values::phone::home_country(sender);
     Ok(topup_values::phone::parse_number_from(written, home.as_deref())?.e164)
 }
 

@@ -163,7 +163,7 @@ enum Phase {
 
 /// The failure kind of a number keyed without its country code (and none the caller's country
 /// could supply).
-const NO_COUNTRY_CODE: &str = "no-country-code";
+pub const NO_COUNTRY_CODE: &str = "no-country-code";
 
 /// How long an operation may take before its wait prompts play: a caller is not told "one moment
 /// please" about an answer that comes at once.
@@ -865,8 +865,8 @@ impl Interpreter {
         let home = self
             .vars
             .get("caller")
-            .and_then(|c| topup_values::phone::parse_callable(c).ok())
-            .map(|n| n.country);
+            .map(String::as_str)
+            .and_then(topup_values::phone::home_country);
         let extra = match validate(
             &value,
             *validator,
@@ -876,13 +876,8 @@ impl Interpreter {
             home.as_deref(),
         ) {
             Ok(extra) => extra,
-            Err(why) => {
-                // A caller who left out the country code is told so, not just "not valid".
-                let kind = if why == InvalidNumber::MissingCountryCode.to_string() {
-                    NO_COUNTRY_CODE
-                } else {
-                    "invalid"
-                };
+            // A caller who left out the country code is told so, not just "not valid".
+            Err(Rejected { kind, why }) => {
                 self.vars.insert(format!("{var}_error"), why);
                 return self.fail(now, kind);
             }
@@ -1066,9 +1061,33 @@ fn say_phone(e164: &str) -> Vec<String> {
     say::phone(e164, cc_len)
 }
 
-/// Checks a collected value; returns extra variables (`<var>_<suffix>`) or why it is invalid.
-/// Checks what a collect took; `home` is the caller's country (ISO alpha-2), in which a phone
-/// number keyed without its country code is read.
+/// Why a collected value was refused: the reason (kept in `<var>_error`) and the failure kind
+/// the collect reports (`invalid`, or [`NO_COUNTRY_CODE`] for a number keyed without one, which
+/// the caller is told).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub kind: &'static str,
+    pub why: String,
+}
+
+impl From<String> for Rejected {
+    fn from(why: String) -> Rejected {
+        Rejected {
+            kind: "invalid",
+            why,
+        }
+    }
+}
+
+impl From<&str> for Rejected {
+    fn from(why: &str) -> Rejected {
+        why.to_string().into()
+    }
+}
+
+/// Checks what a collect took; returns extra variables (`<var>_<suffix>`) or why it is
+/// refused. `home` is the caller's country (ISO alpha-2), in which a phone number keyed
+/// without its country code is read.
 pub fn validate(
     value: &str,
     validator: Option<Validator>,
@@ -1076,7 +1095,7 @@ pub fn validate(
     amount_min: Option<u64>,
     amount_max: Option<u64>,
     home: Option<&str>,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, Rejected> {
     match validator {
         None => Ok(vec![]),
         Some(Validator::Pin) => {
@@ -1094,14 +1113,21 @@ pub fn validate(
             };
             parsed
                 .map(|n| vec![("e164".into(), n.e164), ("country".into(), n.country)])
-                .map_err(|e| e.to_string())
+                .map_err(|e| Rejected {
+                    kind: if e == InvalidNumber::MissingCountryCode {
+                        NO_COUNTRY_CODE
+                    } else {
+                        "invalid"
+                    },
+                    why: e.to_string(),
+                })
         }
         Some(Validator::Amount) => {
-            let n: u64 = value
-                .parse()
-                .map_err(|_| "not a whole amount".to_string())?;
+            let n: u64 = value.parse().map_err(|_| "not a whole amount")?;
             match (amount_min, amount_max) {
-                (Some(lo), Some(hi)) if n < lo || n > hi => Err(format!("outside {lo} to {hi}")),
+                (Some(lo), Some(hi)) if n < lo || n > hi => {
+                    Err(format!("outside {lo} to {hi}").into())
+                }
                 _ => Ok(vec![]),
             }
         }

@@ -425,13 +425,14 @@ fn numbers_are_validated_read_back_and_confirmed() {
         ["invalid-number", "enter-number"],
         "too short for min_digits"
     );
-    // Neither with a country code (999 is none) nor a US number (the caller's country).
+    // Neither with a country code (999 is none) nor a US number (the caller's country): the
+    // caller hears that reason, then the question again.
     keys(&mut i, t0, "99912345678#");
     assert_eq!(
         i.var("to_error"),
         Some("the country code is missing (start with it, e.g. 52 for Mexico)")
     );
-    actions(&mut i);
+    assert_eq!(played(&mut i), [COUNTRY_CODE_PROMPT, "enter-number"]);
     keys(&mut i, t0, "525512345678#");
     let heard = played(&mut i);
     assert_eq!(heard[0], "you-entered");
@@ -726,31 +727,4 @@ fn a_caller_leaning_on_the_keypad_leaves_a_record_of_bounded_size() {
     keys(&mut i, t0, &"12".repeat(5000));
     assert_eq!(i.digits().len(), MAX_RECORDED_DIGITS);
     assert!(i.digits().starts_with("1212"));
-}
-
-#[test]
-fn a_number_without_its_country_code_is_met_with_that_reason() {
-    let t0 = Instant::now();
-    let mut i = shop();
-    keys(&mut i, t0, "1112345678#");
-    i.handle_event(
-        t0,
-        CallEvent::Result {
-            code: "ok".into(),
-            vars: vec![("balance".into(), "1 USD".into())],
-        },
-    );
-    done(&mut i, t0);
-    assert_eq!(i.node(), "number");
-    actions(&mut i);
-    // Neither international nor a national number of the caller's country (US).
-    keys(&mut i, t0, "12345678#");
-    assert_eq!(
-        played(&mut i),
-        [COUNTRY_CODE_PROMPT, "enter-number"],
-        "the reason, then the question again"
-    );
-    // Any other invalid entry: the plan's own prompts.
-    keys(&mut i, t0, "1234#");
-    assert_eq!(played(&mut i)[0], "invalid-number");
 }

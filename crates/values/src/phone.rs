@@ -75,6 +75,12 @@ pub fn parse_callable(input: &str) -> Result<PlanNumber, InvalidNumber> {
     parse_plan(input, parse_callable_kind)
 }
 
+/// The country (ISO 3166 alpha-2) of a caller's or sender's own number, in which the numbers
+/// they key or write without a country code are read; `None` when it is not a number.
+pub fn home_country(own: &str) -> Option<String> {
+    parse_callable(own).ok().map(|n| n.country)
+}
+
 /// As [`parse_number`], and what it refuses is tried as a national number of `home` (the
 /// caller's country, ISO 3166 alpha-2, e.g. from caller ID): "2015550150" from a US caller is
 /// +12015550150. A number that is neither is said to lack its country code.
